@@ -1,0 +1,28 @@
+/** The API key check (`--api-key`): `Authorization: Bearer <key>` on every route but /health. */
+import type { MiddlewareHandler } from "hono";
+import { UnauthorizedError } from "./errors.ts";
+
+const OPEN_PATHS = new Set(["/health", "/health/"]);
+
+async function digest(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+// Comparing digests takes the same time whatever the key and the guess share, and leaks no length.
+function sameDigest(a: Uint8Array, b: Uint8Array): boolean {
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+/** Middleware that rejects requests without the bearer key (401), except on /health. */
+export function requireApiKey(apiKey: string): MiddlewareHandler {
+  const expected = digest(apiKey);
+  return async (c, next) => {
+    if (OPEN_PATHS.has(c.req.path)) return next();
+    const match = /^Bearer\s+(.+)$/i.exec(c.req.header("authorization") ?? "");
+    const presented = await digest(match ? match[1].trim() : "");
+    if (!match || !sameDigest(presented, await expected)) throw new UnauthorizedError();
+    return next();
+  };
+}

@@ -1,0 +1,111 @@
+/** The model's tokenizer and its own chat template: text <-> token ids, and conversations -> prompt token ids. */
+import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
+import { type ChatMessage, templateMessages, templateTools, type ToolDefinition } from "./messages.ts";
+
+/** How a conversation is rendered: the request's tools, template variables and whether to open an assistant turn. */
+export interface RenderOptions {
+  tools?: readonly ToolDefinition[] | null;
+  chat_template_kwargs?: Record<string, unknown> | null;
+  add_generation_prompt?: boolean;
+}
+
+/** The tokenizer directory (or hub id) could not be loaded. */
+export class TokenizerLoadError extends Error {
+  constructor(readonly source: string, cause: unknown) {
+    super(`cannot load a tokenizer from '${source}': ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = "TokenizerLoadError";
+  }
+}
+
+/** The chat template could not render the conversation (no template, or the template rejected the messages). */
+export class ChatTemplateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ChatTemplateError";
+  }
+}
+
+// Template variables a request must not replace: the conversation itself and the choice of template.
+const RESERVED_TEMPLATE_NAMES = new Set(["messages", "chat_template"]);
+
+/** A transformers.js tokenizer with the operations the server needs, in the server's own terms. */
+export class ChatTokenizer {
+  /** The end-of-sequence token id of the tokenizer's configuration, or null when it names none. */
+  readonly eosTokenId: number | null;
+  /** One more than the largest token id the tokenizer knows. */
+  readonly vocabSize: number;
+  readonly #tokenizer: PreTrainedTokenizer;
+  readonly #tokenStrings: string[];
+
+  constructor(tokenizer: PreTrainedTokenizer) {
+    this.#tokenizer = tokenizer;
+    this.eosTokenId = typeof tokenizer.eos_token_id === "number" ? tokenizer.eos_token_id : null;
+    const strings: string[] = [];
+    for (const [token, id] of tokenizer.get_vocab()) strings[id] = token;
+    this.#tokenStrings = strings;
+    this.vocabSize = strings.length;
+  }
+
+  /** Loads the tokenizer (tokenizer.json, tokenizer_config.json) of a local model directory, or of a hub id. */
+  static async load(source: string, options: { localFilesOnly?: boolean } = {}): Promise<ChatTokenizer> {
+    try {
+      const tokenizer = await AutoTokenizer.from_pretrained(source, { local_files_only: options.localFilesOnly ?? true });
+      return new ChatTokenizer(tokenizer);
+    } catch (err) {
+      throw new TokenizerLoadError(source, err);
+    }
+  }
+
+  /** Whether the tokenizer has a chat template. */
+  get hasChatTemplate(): boolean {
+    return this.#tokenizer.chat_template != null;
+  }
+
+  /** Whether `id` is a token id the tokenizer knows. */
+  isKnownId(id: number): boolean {
+    return Number.isInteger(id) && id >= 0 && this.#tokenStrings[id] !== undefined;
+  }
+
+  /** The token ids of `text`; with addSpecialTokens (the default) the tokenizer's own BOS/EOS rules apply. */
+  encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.#tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
+  }
+
+  /** The text of `ids`; special tokens are kept unless skipSpecialTokens. */
+  decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
+    // transformers.js rejects an empty list; an empty list is the empty text.
+    if (ids.length === 0) return "";
+    return this.#tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false });
+  }
+
+  /** The vocabulary strings of `ids` (byte-level, e.g. "Ġto"); "" for an id the tokenizer does not know. */
+  tokenStrings(ids: readonly number[]): string[] {
+    return ids.map((id) => this.#tokenStrings[id] ?? "");
+  }
+
+  /** The text of a conversation rendered by the model's chat template. */
+  renderChatText(messages: readonly ChatMessage[], options: RenderOptions = {}): string {
+    if (!this.hasChatTemplate) throw new ChatTemplateError("the model's tokenizer has no chat template");
+    const variables: Record<string, unknown> = {};
+    for (const [name, value] of Object.entries(options.chat_template_kwargs ?? {})) {
+      if (!RESERVED_TEMPLATE_NAMES.has(name)) variables[name] = value;
+    }
+    const conversation = templateMessages(messages);
+    const tools = options.tools == null ? null : templateTools(options.tools);
+    try {
+      return this.#tokenizer.apply_chat_template(conversation, {
+        ...variables,
+        add_generation_prompt: options.add_generation_prompt ?? true,
+        tools,
+        tokenize: false,
+      });
+    } catch (err) {
+      throw new ChatTemplateError(`the chat template failed: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  /** The prompt token ids of a conversation rendered by the model's chat template (no special tokens added). */
+  renderChat(messages: readonly ChatMessage[], options: RenderOptions = {}): number[] {
+    return this.encode(this.renderChatText(messages, options), { addSpecialTokens: false });
+  }
+}
