@@ -1,0 +1,264 @@
+/**
+ * The engine: one loop that drives the model. Requests are submitted as prompt ids + sampling parameters and come
+ * back as token events; between steps the scheduler lets requests join and leave (continuous batching).
+ */
+import { KvCache, type KvCacheStats } from "./kv-cache.ts";
+import type { ModelRunner } from "./model-runner.ts";
+import { RowTable } from "./rows.ts";
+import { Scheduler, type StepPlan } from "./scheduler.ts";
+import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
+import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
+import { SequenceSampler } from "./sampler.ts";
+
+export interface EngineOptions {
+  maxModelLen: number;
+  maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
+  /** Bytes for all KV (running rows and prefix cache). */
+  kvCacheBytes?: number;
+  blockSize?: number;
+  prefixCaching?: boolean;
+  /** End-of-sequence ids of the model (a sampled one stops the sequence unless ignore_eos). */
+  eosTokenIds: number[];
+  /** Rounds a row length up to what the runner allocates. */
+  rowCapacity?: (length: number) => number;
+}
+
+/** A request the engine cannot take (the API answers 400). */
+export class EngineRequestError extends Error {
+  constructor(message: string, readonly param: string | null = null) {
+    super(message);
+    this.name = "EngineRequestError";
+  }
+}
+
+/** A submitted request: its id and the stream of its tokens. */
+export interface SubmittedRequest {
+  id: number;
+  promptIds: readonly number[];
+  /** Token events; the last carries the finish reason, except after an abort, which just ends the stream. */
+  events: AsyncIterable<TokenEvent>;
+  /** Why it ended, once it has. */
+  readonly finishReason: FinishReason | null;
+}
+
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  preemptions: number;
+  steps: number;
+  cache: KvCacheStats;
+}
+
+export class Engine {
+  readonly scheduler: Scheduler;
+  readonly cache: KvCache;
+  readonly #rows: RowTable;
+  readonly #samplers = new Map<Sequence, SequenceSampler>();
+  readonly #byId = new Map<number, Sequence>();
+  readonly #eos: Set<number>;
+  #policyVersion = 0;
+  #loop: Promise<void> | null = null;
+  #preemptions = 0;
+  #steps = 0;
+
+  constructor(readonly runner: ModelRunner, readonly options: EngineOptions) {
+    const maxNumSeqs = options.maxNumSeqs ?? 32;
+    const blockSize = options.blockSize ?? 16;
+    const bytesPerToken = runner.floatsPerToken * 4;
+    const kvCacheBytes = options.kvCacheBytes ?? 512 * 1024 * 1024;
+    this.cache = new KvCache({ blockSize, floatsPerToken: runner.floatsPerToken, capacityBlocks: 0 });
+    this.scheduler = new Scheduler({
+      maxNumSeqs,
+      maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512,
+      kvCacheBytes,
+      bytesPerToken,
+      rowCapacity: options.rowCapacity ?? ((n) => n),
+    }, this.cache, options.prefixCaching ?? true);
+    this.#rows = new RowTable(runner, Math.min(runner.maxRows, maxNumSeqs + 1));
+    this.#eos = new Set(options.eosTokenIds);
+  }
+
+  /** Version of the weights in use; every token event carries it. */
+  get policyVersion(): number {
+    return this.#policyVersion;
+  }
+
+  /** Queues a request; its events end with one that carries a finish reason. */
+  submit(promptIds: readonly number[], params: SamplingParams): SubmittedRequest {
+    const { maxModelLen } = this.options;
+    if (promptIds.length === 0) throw new EngineRequestError("the prompt is empty", "prompt");
+    if (promptIds.length >= maxModelLen) {
+      throw new EngineRequestError(
+        `This model's maximum context length is ${maxModelLen} tokens, but the prompt has ${promptIds.length} tokens, leaving no room to generate.`,
+        "messages",
+      );
+    }
+    for (const id of promptIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.runner.vocabSize) {
+        throw new EngineRequestError(`token id ${id} is outside the vocabulary (size ${this.runner.vocabSize})`, "prompt");
+      }
+    }
+    checkAgainstVocab(params, this.runner.vocabSize);
+    const seq = new Sequence(promptIds);
+    this.#samplers.set(seq, new SequenceSampler(params, promptIds));
+    this.#byId.set(seq.id, seq);
+    this.scheduler.add(seq);
+    this.#kick();
+    return {
+      id: seq.id,
+      promptIds: seq.tokens.slice(0, seq.promptLength),
+      events: seq.events,
+      get finishReason() {
+        return seq.finishReason;
+      },
+    };
+  }
+
+  /** Ends a request now (finish reason "abort"); its row and blocks are freed at once. */
+  abort(id: number): void {
+    const seq = this.#byId.get(id);
+    if (seq) this.#finish(seq, "abort");
+  }
+
+  stats(): EngineStats {
+    return {
+      running: this.scheduler.running.length,
+      waiting: this.scheduler.waiting.length,
+      preemptions: this.#preemptions,
+      steps: this.#steps,
+      cache: this.cache.stats(),
+    };
+  }
+
+  /** Resolves when no request is left. */
+  async idle(): Promise<void> {
+    while (this.#loop) await this.#loop;
+  }
+
+  #kick(): void {
+    if (this.#loop) return;
+    this.#loop = (async () => {
+      // Yield first so that requests submitted together join the same first step.
+      await Promise.resolve();
+      try {
+        while (this.scheduler.hasWork) await this.#step();
+      } finally {
+        this.#loop = null;
+      }
+    })();
+  }
+
+  async #step(): Promise<void> {
+    const plan = this.scheduler.schedule();
+    this.#steps++;
+    this.#applyPreemptions(plan);
+    this.#applyAdmissions(plan);
+    let longest = 0;
+    for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
+    for (const p of plan.prefill) longest = Math.max(longest, p.seq.numComputed + p.tokens);
+    this.runner.reserve(longest);
+    try {
+      if (plan.decode.length) await this.#decode(plan.decode);
+      for (const { seq, tokens } of plan.prefill) if (seq.status === "running") await this.#prefill(seq, tokens);
+    } catch (err) {
+      // A failed model run fails the sequences of this step, not the server.
+      for (const seq of [...plan.decode, ...plan.prefill.map((p) => p.seq)]) this.#finish(seq, "abort", err);
+    }
+  }
+
+  #applyPreemptions(plan: StepPlan): void {
+    for (const seq of plan.preempted) {
+      this.#preemptions++;
+      this.#rows.release(seq);
+      this.cache.release(seq.blockIds);
+      seq.blockIds = [];
+    }
+  }
+
+  #applyAdmissions(plan: StepPlan): void {
+    const bs = this.cache.blockSize;
+    for (const { seq, cachedBlocks } of plan.admitted) {
+      const row = this.#rows.assign(seq);
+      this.runner.reserve(seq.length);
+      cachedBlocks.forEach((id, i) => this.runner.writeKv(row, i * bs, bs, this.cache.data(id)));
+      seq.blockIds = [...cachedBlocks];
+    }
+  }
+
+  async #decode(seqs: Sequence[]): Promise<void> {
+    const ordered = this.#rows.gather(seqs);
+    const logits = await this.runner.step(
+      ordered.map((s) => ({ row: s.row!, tokens: [s.tokens[s.length - 1]], start: s.numComputed })),
+    );
+    ordered.forEach((seq, i) => {
+      seq.numComputed++;
+      this.#sample(seq, logits[i]);
+    });
+  }
+
+  async #prefill(seq: Sequence, count: number): Promise<void> {
+    const start = seq.numComputed;
+    const [logits] = await this.runner.step([{ row: seq.row!, tokens: seq.tokens.slice(start, start + count), start }]);
+    seq.numComputed += count;
+    if (!seq.isPrefilling) this.#sample(seq, logits);
+    else this.#cacheFullBlocks(seq);
+  }
+
+  #sample(seq: Sequence, logits: Float32Array): void {
+    if (seq.status !== "running") return;
+    const sampler = this.#samplers.get(seq)!;
+    const pick = sampler.sample(logits, seq.outputIds);
+    seq.tokens.push(pick.tokenId);
+    seq.firstTokenAt ??= performance.now();
+    this.#cacheFullBlocks(seq);
+    const event: TokenEvent = {
+      index: seq.numGenerated - 1,
+      tokenId: pick.tokenId,
+      logprob: pick.logprob,
+      topLogprobs: pick.topLogprobs,
+      policyVersion: this.#policyVersion,
+    };
+    const reason = this.#stopReason(seq, sampler.params, pick.tokenId);
+    if (reason) event.finishReason = reason;
+    seq.events.push(event);
+    if (reason) this.#finish(seq, reason);
+  }
+
+  #stopReason(seq: Sequence, params: SamplingParams, tokenId: number): FinishReason | null {
+    const generated = seq.numGenerated;
+    if (generated >= params.min_tokens) {
+      if (!params.ignore_eos && this.#eos.has(tokenId)) return "stop";
+      if (params.stop_token_ids.includes(tokenId)) return "stop";
+    }
+    if (params.max_tokens !== null && generated >= params.max_tokens) return "length";
+    if (seq.length >= this.options.maxModelLen) return "length";
+    return null;
+  }
+
+  /** Copies the sequence's newly completed blocks into the prefix cache (when it has room). */
+  #cacheFullBlocks(seq: Sequence): void {
+    if (!this.scheduler.prefixCaching || seq.row === null) return;
+    const bs = this.cache.blockSize;
+    while ((seq.blockIds.length + 1) * bs <= seq.numComputed) {
+      const start = seq.blockIds.length * bs;
+      const parent = seq.blockIds.at(-1) ?? KvCache.ROOT;
+      const id = this.cache.insert(parent, seq.tokens, start, (out) => this.runner.readKv(seq.row!, start, bs, out));
+      if (id === null) return;
+      seq.blockIds.push(id);
+    }
+  }
+
+  #finish(seq: Sequence, reason: FinishReason, error?: unknown): void {
+    if (seq.status === "finished") return;
+    const wasRunning = this.scheduler.remove(seq);
+    if (wasRunning || seq.row !== null) this.#rows.release(seq);
+    this.cache.release(seq.blockIds);
+    seq.blockIds = [];
+    seq.status = "finished";
+    seq.finishReason = reason;
+    this.#samplers.delete(seq);
+    this.#byId.delete(seq.id);
+    seq.events.close(error);
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * The prefix cache: full blocks of KV keyed by their whole token prefix, shared across requests, bounded in bytes,
+ * evicted least-recently-used once no sequence references them, and tagged with the weights version.
+ */
+
+interface Block {
+  id: number;
+  key: string;
+  parent: number;
+  data: Float32Array;
+  refs: number;
+  lastUsed: number;
+  children: Set<number>;
+}
+
+export interface KvCacheStats {
+  /** Prompt tokens looked up, and how many of them were found cached. */
+  queriedTokens: number;
+  hitTokens: number;
+  evictions: number;
+  blocks: number;
+  capacityBlocks: number;
+}
+
+const ROOT = -1;
+
+/** Block store for automatic prefix caching. */
+export class KvCache {
+  readonly blockSize: number;
+  readonly floatsPerBlock: number;
+  #capacity: number;
+  #blocks = new Map<number, Block>();
+  #byKey = new Map<string, number>();
+  #nextId = 0;
+  #clock = 0;
+  #version = 0;
+  #stats = { queriedTokens: 0, hitTokens: 0, evictions: 0 };
+
+  constructor(opts: { blockSize: number; floatsPerToken: number; capacityBlocks: number }) {
+    this.blockSize = opts.blockSize;
+    this.floatsPerBlock = opts.blockSize * opts.floatsPerToken;
+    this.#capacity = Math.max(0, Math.floor(opts.capacityBlocks));
+  }
+
+  get bytesPerBlock(): number {
+    return this.floatsPerBlock * 4;
+  }
+
+  /** Weights version the cached KV belongs to. */
+  get version(): number {
+    return this.#version;
+  }
+
+  get capacityBlocks(): number {
+    return this.#capacity;
+  }
+
+  get usedBlocks(): number {
+    return this.#blocks.size;
+  }
+
+  /** Sum of reference counts over all blocks (zero when no sequence holds any). */
+  get totalRefs(): number {
+    let n = 0;
+    for (const b of this.#blocks.values()) n += b.refs;
+    return n;
+  }
+
+  /** Changes the capacity, evicting unreferenced blocks to fit; returns whether it fits now. */
+  resize(capacityBlocks: number): boolean {
+    this.#capacity = Math.max(0, Math.floor(capacityBlocks));
+    while (this.#blocks.size > this.#capacity && this.#evictOne());
+    return this.#blocks.size <= this.#capacity;
+  }
+
+  /** Longest chain of cached full blocks that prefixes `tokens`, using at most `maxTokens` tokens. */
+  match(tokens: readonly number[], maxTokens: number): number[] {
+    const ids: number[] = [];
+    let parent = ROOT;
+    for (let end = this.blockSize; end <= Math.min(maxTokens, tokens.length); end += this.blockSize) {
+      const id = this.#byKey.get(this.#key(parent, tokens, end - this.blockSize, end));
+      if (id === undefined) break;
+      ids.push(id);
+      parent = id;
+    }
+    return ids;
+  }
+
+  /** Records a prompt lookup for the hit-rate statistics. */
+  countLookup(queriedTokens: number, hitTokens: number): void {
+    this.#stats.queriedTokens += queriedTokens;
+    this.#stats.hitTokens += hitTokens;
+  }
+
+  /** KV floats of a block (blockSize tokens, the runner's readKv layout). */
+  data(id: number): Float32Array {
+    const b = this.#blocks.get(id);
+    if (!b) throw new Error(`prefix-cache block ${id} is gone`);
+    return b.data;
+  }
+
+  /** Takes a reference on each block: referenced blocks are never evicted. */
+  acquire(ids: readonly number[]): void {
+    const now = ++this.#clock;
+    for (const id of ids) {
+      const b = this.#blocks.get(id);
+      if (!b) throw new Error(`prefix-cache block ${id} is gone`);
+      b.refs++;
+      b.lastUsed = now;
+    }
+  }
+
+  /** Drops a reference on each block (blocks already dropped by a reset are skipped). */
+  release(ids: readonly number[]): void {
+    for (const id of ids) {
+      const b = this.#blocks.get(id);
+      if (b && b.refs > 0) b.refs--;
+    }
+  }
+
+  /**
+   * Stores the block of `tokens[start, start+blockSize)` following block `parent` (ROOT for the first) and takes a
+   * reference on it. `fill` writes its KV. Returns the block id, or null when the cache has no room.
+   */
+  insert(parent: number, tokens: readonly number[], start: number, fill: (out: Float32Array) => void): number | null {
+    const key = this.#key(parent, tokens, start, start + this.blockSize);
+    const existing = this.#byKey.get(key);
+    if (existing !== undefined) {
+      this.acquire([existing]);
+      return existing;
+    }
+    if (parent !== ROOT && !this.#blocks.has(parent)) return null;
+    while (this.#blocks.size >= this.#capacity) if (!this.#evictOne()) return null;
+    const data = new Float32Array(this.floatsPerBlock);
+    fill(data);
+    const id = this.#nextId++;
+    this.#blocks.set(id, { id, key, parent, data, refs: 1, lastUsed: ++this.#clock, children: new Set() });
+    this.#byKey.set(key, id);
+    this.#blocks.get(parent)?.children.add(id);
+    return id;
+  }
+
+  /** Forgets every block and moves to a new weights version (KV of old weights is never reused). */
+  reset(version = this.#version): void {
+    this.#blocks.clear();
+    this.#byKey.clear();
+    this.#version = version;
+  }
+
+  stats(): KvCacheStats {
+    return { ...this.#stats, blocks: this.#blocks.size, capacityBlocks: this.#capacity };
+  }
+
+  static readonly ROOT = ROOT;
+
+  #key(parent: number, tokens: readonly number[], start: number, end: number): string {
+    return `${parent}:${tokens.slice(start, end).join(",")}`;
+  }
+
+  /** Evicts the least recently used unreferenced block that has no children. */
+  #evictOne(): boolean {
+    let victim: Block | null = null;
+    for (const b of this.#blocks.values()) {
+      if (b.refs === 0 && b.children.size === 0 && (!victim || b.lastUsed < victim.lastUsed)) victim = b;
+    }
+    if (!victim) return false;
+    this.#blocks.delete(victim.id);
+    this.#byKey.delete(victim.key);
+    this.#blocks.get(victim.parent)?.children.delete(victim.id);
+    this.#stats.evictions++;
+    return true;
+  }
+}

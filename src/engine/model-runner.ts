@@ -1,0 +1,37 @@
+/**
+ * What the engine needs from a model: batched forward passes over "rows", each row a sequence's KV cache that the
+ * runner keeps in the layout its graph reads. The engine decides which sequence lives in which row.
+ */
+
+/** One row's work in a step: feed `tokens` at positions start.., attending to the row's cached [0, start). */
+export interface RowInput {
+  row: number;
+  tokens: number[];
+  start: number;
+}
+
+export interface ModelRunner {
+  /** Vocabulary size of the logits rows returned by `step`. */
+  readonly vocabSize: number;
+  /** Floats one token occupies in the KV cache across all layers (K and V). */
+  readonly floatsPerToken: number;
+  /** Most rows the runner can hold at once. */
+  readonly maxRows: number;
+  /**
+   * Runs the model on rows and returns, per row, the logits of its last fed token.
+   * Afterwards each row's cache holds [0, start + tokens.length).
+   */
+  step(inputs: RowInput[]): Promise<Float32Array[]>;
+  /** Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). */
+  reserve(length: number): void;
+  /** Copies the first `length` cached tokens of row `from` into row `to`. */
+  copyRow(from: number, to: number, length: number): void;
+  /** Copies cached tokens [start, start+length) of `row` into `out` (floatsPerToken * length floats). */
+  readKv(row: number, start: number, length: number, out: Float32Array): void;
+  /** Writes `data` (floatsPerToken * length floats, as readKv gives) into `row` at [start, start+length). */
+  writeKv(row: number, start: number, length: number, data: Float32Array): void;
+  /** Bytes the runner's row buffers hold now. */
+  workingBytes(): number;
+  /** Releases buffers (sleep, shutdown). */
+  dispose(): Promise<void>;
+}

@@ -1,0 +1,67 @@
+/**
+ * Which sequence lives in which runner row. Decoding sequences always occupy rows [0, D) so that a decode step
+ * reads one contiguous slice of the cache; prefilling ones live above. Moving a sequence copies its KV.
+ */
+import type { ModelRunner } from "./model-runner.ts";
+import type { Sequence } from "./sequence.ts";
+
+export class RowTable {
+  readonly #rows: (Sequence | null)[];
+
+  /** `capacity` must exceed the most sequences running at once by one: moves need a free row. */
+  constructor(readonly runner: ModelRunner, capacity: number) {
+    this.#rows = new Array(capacity).fill(null);
+  }
+
+  /** Places a new sequence in the highest free row (prefills live above the decoding rows). */
+  assign(seq: Sequence): number {
+    for (let r = this.#rows.length - 1; r >= 0; r--) {
+      if (this.#rows[r] === null) {
+        this.#rows[r] = seq;
+        seq.row = r;
+        return r;
+      }
+    }
+    throw new Error("no free row: the scheduler admitted more sequences than rows");
+  }
+
+  /** Frees a sequence's row and keeps the decoding rows contiguous. */
+  release(seq: Sequence): void {
+    if (seq.row === null) return;
+    this.#rows[seq.row] = null;
+    seq.row = null;
+  }
+
+  /**
+   * Moves the given decoding sequences into rows [0, n) (in the order given) and returns them in row order.
+   * Sequences already in place do not move.
+   */
+  gather(decoding: readonly Sequence[]): Sequence[] {
+    const n = decoding.length;
+    const inPlace = new Set(decoding.filter((s) => s.row !== null && s.row < n));
+    const movers = decoding.filter((s) => !inPlace.has(s));
+    for (const seq of movers) {
+      let target = 0;
+      while (this.#rows[target] !== null && inPlace.has(this.#rows[target]!)) target++;
+      const occupant = this.#rows[target];
+      if (occupant) this.#moveTo(occupant, this.#freeRowAbove(n));
+      this.#moveTo(seq, target);
+      inPlace.add(seq);
+    }
+    return this.#rows.slice(0, n) as Sequence[];
+  }
+
+  #freeRowAbove(n: number): number {
+    for (let r = this.#rows.length - 1; r >= n; r--) if (this.#rows[r] === null) return r;
+    throw new Error("no free row to move a sequence into");
+  }
+
+  #moveTo(seq: Sequence, to: number): void {
+    const from = seq.row!;
+    if (from === to) return;
+    this.runner.copyRow(from, to, seq.numComputed);
+    this.#rows[from] = null;
+    this.#rows[to] = seq;
+    seq.row = to;
+  }
+}

@@ -1,0 +1,74 @@
+/** A request's life in the engine: its tokens, where its KV lives, and the events it has produced. */
+import { EventQueue } from "./event-queue.ts";
+
+export type FinishReason = "stop" | "length" | "abort";
+
+/** One generated token, as the engine reports it. */
+export interface TokenEvent {
+  /** Index of this token in the generation (0-based). */
+  index: number;
+  tokenId: number;
+  /** Log-probability of tokenId under the distribution chosen by logprobs_mode. */
+  logprob: number;
+  /** The most likely tokens of that distribution, when asked for. */
+  topLogprobs?: { tokenId: number; logprob: number }[];
+  /** Set on the last event of a sequence. */
+  finishReason?: FinishReason;
+  /** Version of the weights that produced this token. */
+  policyVersion: number;
+}
+
+export type SequenceStatus = "waiting" | "running" | "finished";
+
+let nextSequenceId = 0;
+
+/** A sequence: prompt + generated tokens, scheduling state, and the queue its events go to. */
+export class Sequence {
+  readonly id: number;
+  readonly promptLength: number;
+  /** Prompt then generated tokens. */
+  readonly tokens: number[];
+  status: SequenceStatus = "waiting";
+  /** Row of the runner holding this sequence's KV, when running. */
+  row: number | null = null;
+  /** Tokens whose KV is in the row. */
+  numComputed = 0;
+  /** Prompt tokens whose KV came from the prefix cache at the last admission. */
+  numCachedPrompt = 0;
+  /** Ids of prefix-cache blocks this sequence holds a reference on, in order. */
+  blockIds: number[] = [];
+  /** Times it was preempted (its KV dropped, to be recomputed). */
+  preemptions = 0;
+  finishReason: FinishReason | null = null;
+  readonly events = new EventQueue<TokenEvent>();
+  readonly arrivedAt = performance.now();
+  firstTokenAt: number | null = null;
+  scheduledAt: number | null = null;
+
+  constructor(promptIds: readonly number[]) {
+    this.id = nextSequenceId++;
+    this.tokens = [...promptIds];
+    this.promptLength = promptIds.length;
+  }
+
+  get length(): number {
+    return this.tokens.length;
+  }
+
+  get numGenerated(): number {
+    return this.tokens.length - this.promptLength;
+  }
+
+  get outputIds(): number[] {
+    return this.tokens.slice(this.promptLength);
+  }
+
+  /** Tokens still to be fed before the next sample (the whole prompt on admission, 1 while decoding). */
+  get numPending(): number {
+    return this.tokens.length - this.numComputed;
+  }
+
+  get isPrefilling(): boolean {
+    return this.numPending > 1;
+  }
+}
