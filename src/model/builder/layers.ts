@@ -1,0 +1,211 @@
+/**
+ * The building blocks of a Llama/Qwen decoder as ONNX subgraphs, shared by every I/O layout:
+ * embedding, RMSNorm, rotary embedding, grouped-query attention over given K/V, SwiGLU MLP, lm_head.
+ * A layout (decoder.ts, or a cache-as-input decode graph) decides where K/V come from and go to.
+ */
+import { type DecoderArch, layerWeightNames, modelWeightNames, ropeInvFreq, weightSpecs } from "./arch.ts";
+import type { GraphBuilder } from "./graph.ts";
+import { DataType } from "./onnx-proto.ts";
+import { float16Bytes, type Q4Weight, quantizeQ4 } from "./quantize.ts";
+import type { WeightSource } from "./random-weights.ts";
+
+/** How weights are stored and activations computed. */
+export type WeightDtype = "fp32" | "fp16" | "q4";
+
+/** Block size of q4 weights along the input dimension. */
+export const Q4_BLOCK = 32;
+
+/** Rotary cos/sin tables, [batch, 1, seq, head_dim / 2], in the activation type. */
+export interface Rope {
+  cos: string;
+  sin: string;
+}
+
+/** One layer's attention, given its rotated q [B,H,S,D] and new k/v [B,KvH,S,D]; returns [B,S,H*D]. */
+export type AttentionStep = (layer: number, q: string, k: string, v: string) => string;
+
+/** The graph under construction with the model's dimensions, dtype and weights. */
+export class DecoderContext {
+  /** Element type of activations, KV cache and non-quantized weights. */
+  readonly act: number;
+  private dims: Map<string, number[]>;
+  private registered = new Set<string>();
+
+  constructor(
+    readonly g: GraphBuilder,
+    readonly arch: DecoderArch,
+    readonly dtype: WeightDtype,
+    readonly weights: WeightSource,
+  ) {
+    this.act = dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    this.dims = new Map(weightSpecs(arch).map((s) => [s.name, s.dims]));
+  }
+
+  /** Registers a float weight in the activation type; its bytes are produced when the file is written. */
+  param(name: string): string {
+    const dims = this.dims.get(name);
+    if (!dims) throw new Error(`unknown weight ${name}`);
+    if (this.registered.has(name)) return name;
+    this.registered.add(name);
+    const fp16 = this.act === DataType.FLOAT16;
+    return this.g.initializer({
+      name,
+      dataType: this.act,
+      dims,
+      produce: () => {
+        const values = this.weights(name);
+        return fp16 ? float16Bytes(values) : new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+      },
+    });
+  }
+
+  /** x [.., in] times the weight `name` [in, out]: MatMul, or MatMulNBits for q4. */
+  linear(x: string, name: string): string {
+    if (this.dtype !== "q4") return this.g.op("MatMul", [x, this.param(name)]);
+    const [k, n] = this.dims.get(name)!;
+    const blocks = k / Q4_BLOCK;
+    // Both initializers come from one quantization, done when the first of them is written.
+    let cached: Q4Weight | undefined;
+    const quantized = () => cached ??= quantizeQ4(this.weights(name), k, n, Q4_BLOCK);
+    const b = this.g.initializer({
+      name: `${name}_Q4`,
+      dataType: DataType.UINT8,
+      dims: [n, blocks, Q4_BLOCK / 2],
+      produce: () => quantized().packed,
+    });
+    const scales = this.g.initializer({
+      name: `${name}_scales`,
+      dataType: DataType.FLOAT,
+      dims: [n * blocks],
+      produce: () => {
+        const s = quantized().scales;
+        cached = undefined;
+        return new Uint8Array(s.buffer);
+      },
+    });
+    const attributes = { K: k, N: n, bits: 4, block_size: Q4_BLOCK, accuracy_level: 0 };
+    return this.g.op("MatMulNBits", [x, b, scales], attributes, { domain: "com.microsoft" });
+  }
+}
+
+/** RMSNorm over the last axis, computed in float32 whatever the activation type. */
+export function rmsNorm(ctx: DecoderContext, x: string, weightName: string): string {
+  const { g } = ctx;
+  const half = ctx.act === DataType.FLOAT16;
+  const xf = half ? g.op("Cast", [x], { to: DataType.FLOAT }) : x;
+  const mean = g.op("ReduceMean", [g.op("Mul", [xf, xf])], { axes: [-1], keepdims: 1 });
+  const eps = g.float([ctx.arch.rmsNormEps]);
+  const inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [mean, eps])])]);
+  const normed = g.op("Mul", [xf, inv]);
+  const back = half ? g.op("Cast", [normed], { to: DataType.FLOAT16 }) : normed;
+  return g.op("Mul", [back, ctx.param(weightName)]);
+}
+
+/** Token embeddings [B, S, hidden] for input_ids [B, S]. */
+export function embed(ctx: DecoderContext, inputIds: string): string {
+  return ctx.g.op("Gather", [ctx.param(modelWeightNames.embedding), inputIds], { axis: 0 });
+}
+
+/** Rotary tables from position_ids [B, S] (int64), computed in float32 like Hugging Face does. */
+export function rotaryTables(ctx: DecoderContext, positionIds: string): Rope {
+  const { g } = ctx;
+  const invFreq = g.initializer({
+    name: "rotary_inv_freq",
+    dataType: DataType.FLOAT,
+    dims: [ctx.arch.headDim / 2],
+    data: new Uint8Array(ropeInvFreq(ctx.arch).buffer),
+  });
+  const pos = g.op("Unsqueeze", [g.op("Cast", [positionIds], { to: DataType.FLOAT }), g.int64([2])]);
+  const freqs = g.op("Mul", [pos, invFreq]); // [B, S, D/2]
+  const table = (fn: string) => {
+    const t = g.op("Unsqueeze", [g.op(fn, [freqs]), g.int64([1])]);
+    return ctx.act === DataType.FLOAT ? t : g.op("Cast", [t], { to: ctx.act });
+  };
+  return { cos: table("Cos"), sin: table("Sin") };
+}
+
+/** Rotates x [B, N, S, D] by the rope tables (the "rotate half" convention of Llama and Qwen). */
+export function applyRotary(ctx: DecoderContext, x: string, rope: Rope): string {
+  const { g } = ctx;
+  const half = ctx.arch.headDim / 2;
+  const [x1, x2] = g.opN("Split", [x, g.int64([half, half])], 2, { axis: -1 });
+  const first = g.op("Sub", [g.op("Mul", [x1, rope.cos]), g.op("Mul", [x2, rope.sin])]);
+  const second = g.op("Add", [g.op("Mul", [x2, rope.cos]), g.op("Mul", [x1, rope.sin])]);
+  return g.op("Concat", [first, second], { axis: -1 });
+}
+
+/** Projects x [B, S, hidden] to rotated q [B, H, S, D] and k, v [B, KvH, S, D]. */
+export function projectQkv(ctx: DecoderContext, layer: number, x: string, rope: Rope) {
+  const { g, arch } = ctx;
+  const w = layerWeightNames(layer);
+  const heads = (weight: string, count: number, norm?: string) => {
+    let t = g.op("Reshape", [ctx.linear(x, weight), g.int64([0, 0, count, arch.headDim])]);
+    if (norm) t = rmsNorm(ctx, t, norm);
+    return g.op("Transpose", [t], { perm: [0, 2, 1, 3] });
+  };
+  const q = heads(w.q, arch.numHeads, arch.qkNorm ? w.qNorm : undefined);
+  const k = heads(w.k, arch.numKvHeads, arch.qkNorm ? w.kNorm : undefined);
+  const v = heads(w.v, arch.numKvHeads);
+  return { q: applyRotary(ctx, q, rope), k: applyRotary(ctx, k, rope), v };
+}
+
+/** The lowest finite value of the activation type: masked scores, never -inf, so no row turns NaN. */
+function lowest(ctx: DecoderContext): string {
+  return ctx.g.float([ctx.act === DataType.FLOAT16 ? -65504 : -3.4028234663852886e38], ctx.act);
+}
+
+/**
+ * Grouped-query attention of q [B, H, S, D] over k, v [B, KvH, T, D] where `allowed` [B, 1, S, T]
+ * (bool) is true. Queries are regrouped per KV head instead of repeating K and V. Returns [B, S, H*D].
+ */
+export function attend(ctx: DecoderContext, q: string, k: string, v: string, allowed: string): string {
+  const { g, arch } = ctx;
+  const { numHeads: h, numKvHeads: kvh, headDim: d } = arch;
+  const grouped = g.op("Reshape", [q, g.int64([0, kvh, -1, d])]); // [B, KvH, G*S, D]
+  const kT = g.op("Transpose", [k], { perm: [0, 1, 3, 2] });
+  const raw = g.op("MatMul", [grouped, kT]); // [B, KvH, G*S, T]
+  const scaled = g.op("Mul", [raw, g.float([1 / Math.sqrt(d)], ctx.act)]);
+  const scores = g.op("Reshape", [scaled, g.int64([0, h, -1, 0])]); // [B, H, S, T]
+  // Where, not an additive mask: it also discards anything non-finite computed at padded positions.
+  const probs = g.op("Softmax", [g.op("Where", [allowed, scores, lowest(ctx)])], { axis: -1 });
+  const mixed = g.op("MatMul", [g.op("Reshape", [probs, g.int64([0, kvh, -1, 0])]), v]); // [B, KvH, G*S, D]
+  const perHead = g.op("Reshape", [mixed, g.int64([0, h, -1, d])]);
+  const bshd = g.op("Transpose", [perHead], { perm: [0, 2, 1, 3] });
+  return g.op("Reshape", [bshd, g.int64([0, 0, h * d])]);
+}
+
+/** SwiGLU MLP: down(silu(gate(x)) * up(x)). */
+export function mlp(ctx: DecoderContext, layer: number, x: string): string {
+  const { g } = ctx;
+  const w = layerWeightNames(layer);
+  const gate = ctx.linear(x, w.gate);
+  const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])]);
+  return ctx.linear(g.op("Mul", [silu, ctx.linear(x, w.up)]), w.down);
+}
+
+/** One pre-norm decoder layer on the residual stream x [B, S, hidden]. */
+export function decoderLayer(ctx: DecoderContext, layer: number, x: string, rope: Rope, attention: AttentionStep) {
+  const { g } = ctx;
+  const w = layerWeightNames(layer);
+  return g.within(`/model/layers.${layer}`, () => {
+    const { q, k, v } = g.within("/self_attn", () => projectQkv(ctx, layer, rmsNorm(ctx, x, w.inputNorm), rope));
+    const attn = g.within("/self_attn", () => ctx.linear(attention(layer, q, k, v), w.o));
+    const mid = g.op("Add", [x, attn]);
+    const ff = g.within("/mlp", () => mlp(ctx, layer, rmsNorm(ctx, mid, w.postNorm)));
+    return g.op("Add", [mid, ff]);
+  });
+}
+
+/** Final norm and lm_head: float32 logits [B, S, vocab], written to the graph value `outputName`. */
+export function lmHead(ctx: DecoderContext, x: string, outputName: string): string {
+  const { g, arch } = ctx;
+  const normed = rmsNorm(ctx, x, modelWeightNames.finalNorm);
+  const table = ctx.param(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
+  // Gemm with transB reads the [vocab, hidden] table as it is: no transposed copy on disk or in memory.
+  const flat = g.op("Reshape", [normed, g.int64([-1, arch.hiddenSize])]);
+  const logits2d = g.op("Gemm", [flat, table], { transB: 1 });
+  const leading = g.op("Slice", [g.op("Shape", [x]), g.int64([0]), g.int64([2])]);
+  const shape = g.op("Concat", [leading, g.int64([arch.vocabSize])], { axis: 0 });
+  if (ctx.act === DataType.FLOAT) return g.op("Reshape", [logits2d, shape], {}, { outputs: [outputName] });
+  return g.op("Cast", [g.op("Reshape", [logits2d, shape])], { to: DataType.FLOAT }, { outputs: [outputName] });
+}
