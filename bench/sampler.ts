@@ -1,0 +1,71 @@
+/**
+ * Cost of sampling one token on the CPU from a row of 151,936 logits (Qwen's vocabulary), per sampling mode.
+ * Prints one JSON line per case: the median and 90th percentile of `runs` timed calls, after `warmup` untimed ones
+ * (V8 and JSC need a few hundred calls to settle). Run: node --import tsx bench/sampler.ts [runs] [warmup]
+ */
+import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
+import { Rng } from "../src/engine/rng.ts";
+import { Sampler } from "../src/engine/sampler.ts";
+import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
+
+const VOCAB = 151_936;
+const [runs, warmup] = [Number(globalThis.process?.argv?.[2] ?? 200), Number(globalThis.process?.argv?.[3] ?? 300)];
+
+// Logits shaped like a language model's: a broad bulk around 0 and a few dozen candidates well above it.
+function modelLikeRow(seed: number): Float32Array {
+  const rng = Rng.fromSeed(seed);
+  const row = new Float32Array(VOCAB);
+  for (let i = 0; i < VOCAB; i++) {
+    const gaussian = Math.sqrt(-2 * Math.log(rng.nextUniform())) * Math.cos(2 * Math.PI * rng.nextUniform());
+    row[i] = 2.5 * gaussian + (rng.nextUniform() < 2e-4 ? 12 * rng.nextUniform() : 0);
+  }
+  return row;
+}
+
+// A random-weight model's logits: nearly flat, the worst case for top-p (the nucleus is most of the vocabulary).
+function flatRow(seed: number): Float32Array {
+  const rng = Rng.fromSeed(seed);
+  return Float32Array.from({ length: VOCAB }, () => 0.1 * (rng.nextUniform() - 0.5));
+}
+
+const cases: [string, SamplingParamsInput][] = [
+  ["greedy", { temperature: 0, logprobs: 0 }],
+  ["top_k 50", { temperature: 1, top_k: 50, logprobs: 0 }],
+  ["top_p 0.9", { temperature: 1, top_p: 0.9, logprobs: 0 }],
+  ["temperature 1 full", { temperature: 1, logprobs: 0 }],
+  ["min_p 0.05", { temperature: 1, min_p: 0.05, logprobs: 0 }],
+  ["top_k 50 top_p 0.9 + 5 top logprobs", { temperature: 0.7, top_k: 50, top_p: 0.9, logprobs: 5 }],
+  ["temperature 1 full, raw logprobs", { temperature: 1, logprobs: 0, logprobs_mode: "raw" }],
+];
+
+function percentile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+const rows = { "model-like": [modelLikeRow(1), modelLikeRow(2)], flat: [flatRow(3), flatRow(4)] };
+const sampler = new Sampler();
+for (const [shape, [rowA, rowB]] of Object.entries(rows)) {
+  for (const [what, input] of cases) {
+    const state = { params: SamplingParams.parse(input), outputIds: [] as number[], promptIds: [] as number[], rng: Rng.fromSeed(7) };
+    const times: number[] = [];
+    for (let j = 0; j < warmup + runs; j++) {
+      // Alternate rows so that nothing is cached between calls.
+      const row = j % 2 === 0 ? rowA : rowB;
+      const t0 = performance.now();
+      sampler.sample(row, state);
+      if (j >= warmup) times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    console.log(JSON.stringify({
+      what: `sampleToken ${what}`,
+      logits: shape,
+      runtime: runtimeName(),
+      version: runtimeVersion(),
+      backend: "cpu",
+      vocab: VOCAB,
+      runs,
+      median_ms: Number(percentile(times, 0.5).toFixed(3)),
+      p90_ms: Number(percentile(times, 0.9).toFixed(3)),
+    }));
+  }
+}
