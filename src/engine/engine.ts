@@ -84,8 +84,11 @@ export class Engine {
     return this.#policyVersion;
   }
 
-  /** Queues a request; its events end with one that carries a finish reason. */
-  submit(promptIds: readonly number[], params: SamplingParams): SubmittedRequest {
+  /**
+   * Queues a request; its events end with one that carries a finish reason. `sampleIndex` tells which of a
+   * request's n samples this is (a seeded request seeds sample i from seed and i).
+   */
+  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
     const { maxModelLen } = this.options;
     if (promptIds.length === 0) throw new EngineRequestError("the prompt is empty", "prompt");
     if (promptIds.length >= maxModelLen) {
@@ -101,7 +104,7 @@ export class Engine {
     }
     checkAgainstVocab(params, this.runner.vocabSize);
     const seq = new Sequence(promptIds);
-    this.#samplers.set(seq, new SequenceSampler(params, promptIds));
+    this.#samplers.set(seq, new SequenceSampler(params, promptIds, { eosTokenIds: this.options.eosTokenIds, index: sampleIndex }));
     this.#byId.set(seq.id, seq);
     this.scheduler.add(seq);
     this.#kick();
