@@ -5,6 +5,7 @@
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { InvalidMessageError } from "../chat/messages.ts";
+import { SpliceError } from "../chat/splice.ts";
 import { ChatTemplateError } from "../chat/template.ts";
 
 /** OpenAI's error body. */
@@ -108,6 +109,7 @@ function httpError(err: unknown): HttpError {
   if (err instanceof InvalidRequestError) return invalid(400, err.message, err.param);
   if (err instanceof InvalidMessageError) return invalid(400, err.message, err.param);
   if (err instanceof ChatTemplateError) return invalid(400, err.message, "messages");
+  if (err instanceof SpliceError) return invalid(400, err.message, null, err.reason);
   if (err instanceof MalformedJsonError) return invalid(400, err.message);
   if (err instanceof UnauthorizedError) {
     return { ...invalid(401, err.message, null, "invalid_api_key"), headers: { "www-authenticate": "Bearer" } };

@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { ChatMessage, TokenIds, ToolDefinition } from "./messages.ts";
+import { splicedPrompt } from "./splice.ts";
 import type { ChatTokenizer } from "./template.ts";
 
 /** The request fields that decide a chat prompt. */
@@ -17,14 +18,18 @@ export const ChatPromptFields = {
 export const ChatPromptRequest = z.object(ChatPromptFields);
 export type ChatPromptRequest = z.infer<typeof ChatPromptRequest>;
 
-/** The prompt token ids of a chat request: its messages rendered by the chat template. */
+/**
+ * The prompt token ids of a chat request: its messages rendered by the chat template, with the model's own tokens
+ * (required_prefix_token_ids, or the messages' token fields) spliced in where it produced them.
+ */
 export function chatPromptIds(tokenizer: ChatTokenizer, request: ChatPromptRequest): number[] {
+  const { tools, chat_template_kwargs } = request;
   const options = {
-    tools: request.tools,
-    chat_template_kwargs: request.chat_template_kwargs,
-    add_generation_prompt: request.add_generation_prompt,
+    requiredPrefixTokenIds: request.required_prefix_token_ids,
+    addGenerationPrompt: request.add_generation_prompt,
+    eosTokenId: tokenizer.eosTokenId,
   };
-  // Seam for the on-policy splice (chat/splice.ts): once it lands, the rendering below becomes its `render`
-  // and the model's own tokens (required_prefix_token_ids, or the messages' token fields) replace the re-rendered ones.
-  return tokenizer.renderChat(request.messages, options);
+  return splicedPrompt(request.messages, options, (messages, add_generation_prompt) => {
+    return tokenizer.renderChat(messages, { tools, chat_template_kwargs, add_generation_prompt });
+  });
 }

