@@ -4,7 +4,8 @@
  * - rank order: logit descending, then token id ascending (ties go to the lowest id);
  * - min-p, top-k and top-p each keep a prefix of the rank order, so the kept set is described by its last token,
  *   the cut (value, id): token i is kept iff l_i > value, or l_i == value and i <= id (and it passes min-p);
- * - weights w_i = exp((l_i - max) / T) in float64, Z = their sum over the kept tokens;
+ * - weights w_i = exp((l_i - max) / T) in float64 (0 below e^-104), Z = their sum over the kept tokens;
+ * - a kept token's log-probability is (l_i - max) / T - ln Z, any other's -inf (reported as -9999);
  * - with one uniform u in (0, 1), the chosen token is the first kept token, in id order, at which the running sum
  *   of weights exceeds u * Z (inverse CDF in id order: the vocabulary is never sorted).
  * Top-k up to HEAP_LIMIT selects with a heap; larger k, top-p and min-p use a histogram of the float bits (65,536
@@ -30,8 +31,6 @@ export class SamplingScratch {
   readonly weights: Float64Array;
   /** Per-token counters for penalties, left all zero after use. */
   readonly counts: Uint32Array;
-  /** Each token's histogram bin (0: dropped by min-p; no float maps there). */
-  readonly bins: Uint16Array;
   readonly binKeys: Float64Array;
   readonly binCount = new Float64Array(BINS);
   readonly binMass = new Float64Array(BINS);
@@ -56,7 +55,6 @@ export class SamplingScratch {
     this.bits = new Int32Array(this.logits.buffer);
     this.weights = new Float64Array(capacity);
     this.counts = new Uint32Array(capacity);
-    this.bins = new Uint16Array(capacity);
     this.binKeys = new Float64Array(capacity);
   }
 }
@@ -261,25 +259,33 @@ function orderKey(bits: number): number {
   return ((bits & 0x7fffffff) ^ sign) - sign;
 }
 
-// Weights and the histogram (on the high 16 bits of the key) of the tokens min-p keeps; returns their weight.
+// The coarse histogram bin of a float's bits: the high 16 bits of its key, offset to 1..65535 (0 would be a NaN).
+function binOf(bits: number): number {
+  return (orderKey(bits) >> 16) + 0x8000;
+}
+
+// Weights (0 for the tokens min-p drops) and the weight per bin; returns the total weight.
 function histogram(s: SamplingScratch, n: number): number {
-  const { logits, bits, bins, weights, binCount, binMass, max, invT, lnMinP } = s;
+  const { logits, bits, weights, binMass, max, invT, lnMinP } = s;
   let total = 0;
   for (let i = 0; i < n; i++) {
     const x = (logits[i] - max) * invT;
     if (x < lnMinP) {
-      bins[i] = 0;
+      weights[i] = 0;
       continue;
     }
     const w = expNonPositive(x);
-    const b = (orderKey(bits[i]) >> 16) + 0x8000;
     weights[i] = w;
-    bins[i] = b;
-    binCount[b]++;
-    binMass[b] += w;
+    binMass[binOf(bits[i])] += w;
     total += w;
   }
   return total;
+}
+
+// Tokens per bin, for top-k: a pass of its own, as top-k past the heap's limit is rare.
+function countBins(s: SamplingScratch, n: number): void {
+  const { logits, bits, binCount, max, invT, lnMinP } = s;
+  for (let i = 0; i < n; i++) if ((logits[i] - max) * invT >= lnMinP) binCount[binOf(bits[i])]++;
 }
 
 // The bin, from the top, where the running sum of `perBin` reaches goal; -1 if it never does.
@@ -296,11 +302,14 @@ function sumAbove(perBin: Float64Array, bin: number): number {
   return acc;
 }
 
-// The tokens of one bin as sortable keys, in id order; returns how many.
+// The tokens of one bin that min-p keeps, as sortable keys, in id order; returns how many.
 function gatherBin(s: SamplingScratch, n: number, bin: number): number {
-  const { bits, bins, binKeys } = s;
+  const { logits, bits, binKeys, max, invT, lnMinP } = s;
   let m = 0;
-  for (let i = 0; i < n; i++) if (bins[i] === bin) binKeys[m++] = (0xffff - (orderKey(bits[i]) & 0xffff)) * ID_SPACE + i;
+  for (let i = 0; i < n; i++) {
+    if (binOf(bits[i]) !== bin || (logits[i] - max) * invT < lnMinP) continue;
+    binKeys[m++] = (0xffff - (orderKey(bits[i]) & 0xffff)) * ID_SPACE + i;
+  }
   return m;
 }
 
@@ -337,6 +346,7 @@ function cutAt(s: SamplingScratch, n: number, perBin: Float64Array, goal: number
 
 function cutFromHistogram(s: SamplingScratch, n: number, k: number, topP: number): number {
   const total = histogram(s, n);
+  if (k > 0) countBins(s, n);
   let mass = k > 0 ? cutAt(s, n, s.binCount, k, total) : total;
   if (topP < 1) {
     const kValue = s.cutValue;
@@ -350,7 +360,7 @@ function cutFromHistogram(s: SamplingScratch, n: number, k: number, topP: number
       mass = pMass;
     }
   }
-  s.binCount.fill(0);
+  if (k > 0) s.binCount.fill(0);
   s.binMass.fill(0);
   return mass;
 }
@@ -382,14 +392,14 @@ function pickWeighted(weights: Float64Array, n: number, target: number, last: nu
   return last;
 }
 
-// Weights are valid where the histogram binned the token; the cut bounds the kept ones.
+// Every weight is valid (0 for the tokens min-p dropped); the cut bounds the kept ones.
 function pickBelowCut(s: SamplingScratch, n: number, target: number): number {
-  const { logits, weights, bins, cutValue, cutId } = s;
+  const { logits, weights, cutValue, cutId } = s;
   let acc = 0;
   let last = s.argmax;
   for (let i = 0; i < n; i++) {
     const l = logits[i];
-    if (l < cutValue || (l === cutValue && i > cutId) || bins[i] === 0 || weights[i] === 0) continue;
+    if (l < cutValue || (l === cutValue && i > cutId) || weights[i] === 0) continue;
     last = i;
     if ((acc += weights[i]) > target) return i;
   }

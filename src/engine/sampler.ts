@@ -15,7 +15,7 @@ import {
   truncate,
   untruncated,
 } from "../../kernels/sampling.ts";
-import type { Rng } from "./rng.ts";
+import { type Rng, sequenceRng } from "./rng.ts";
 import { isGreedy, MAX_TOP_LOGPROBS, type SamplingParams } from "./sampling-params.ts";
 
 /** One token and its log-probability. */
@@ -184,4 +184,29 @@ const shared = new Sampler();
 /** Samples one token with a sampler shared by the whole process (single-threaded, so its buffers are safe to share). */
 export function sampleToken(logits: Float32Array, state: SamplerState): SampledToken {
   return shared.sample(logits, state);
+}
+
+/** How a sequence's sampler is set up beyond its request's parameters. */
+export interface SequenceSamplerOptions {
+  /** The model's end-of-sequence ids, masked until min_tokens are generated. */
+  eosTokenIds?: readonly number[];
+  /** Which of the request's n samples this sequence is (a seeded request seeds sample i with seed + i). */
+  index?: number;
+}
+
+/** The sampler of one sequence: its request's parameters, its prompt and its own random stream. */
+export class SequenceSampler {
+  readonly rng: Rng;
+  readonly #eosTokenIds: readonly number[];
+
+  constructor(readonly params: SamplingParams, readonly promptIds: readonly number[], options: SequenceSamplerOptions = {}) {
+    this.rng = sequenceRng(params.seed, options.index ?? 0);
+    this.#eosTokenIds = options.eosTokenIds ?? [];
+  }
+
+  /** The sequence's next token, given its row of logits and the tokens it generated so far. */
+  sample(logits: Float32Array, outputIds: readonly number[]): SampledToken {
+    const { params, promptIds, rng } = this;
+    return shared.sample(logits, { params, promptIds, outputIds, rng, eosTokenIds: this.#eosTokenIds });
+  }
 }

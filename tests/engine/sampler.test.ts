@@ -2,7 +2,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { argmax, copyLogits, isKept, LOGPROB_FLOOR, SamplingScratch, truncate } from "../../kernels/sampling.ts";
 import { Rng, sequenceRng } from "../../src/engine/rng.ts";
-import { type SampledToken, Sampler, type SamplerState, sampleToken } from "../../src/engine/sampler.ts";
+import { type SampledToken, Sampler, type SamplerState, sampleToken, SequenceSampler } from "../../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
 
 const VOCAB = 151_936;
@@ -258,6 +258,22 @@ describe("seeded streams", () => {
       for (let j = 0; j < 3; j++) expected.nextUint32();
       assert.deepEqual(s.rng.state(), expected.state(), JSON.stringify(input));
     }
+  });
+});
+
+describe("SequenceSampler", () => {
+  test("owns its stream: sample i of a seeded request draws as seed + i", () => {
+    const row = randomRow(500, 15, 4);
+    const params = SamplingParams.parse({ seed: 40 });
+    const second = new SequenceSampler(params, [], { index: 1 });
+    const tokens = Array.from({ length: 32 }, () => second.sample(row, []).tokenId);
+    assert.deepEqual(tokens, draws(row, state({}, { seed: 41 }), 32));
+  });
+
+  test("masks the model's eos until min_tokens are generated", () => {
+    const sampler = new SequenceSampler(SamplingParams.parse({ temperature: 0, min_tokens: 1 }), [5], { eosTokenIds: [2] });
+    assert.equal(sampler.sample(Float32Array.of(0, 1, 9), []).tokenId, 1);
+    assert.equal(sampler.sample(Float32Array.of(0, 1, 9), [1]).tokenId, 2);
   });
 });
 
