@@ -1,0 +1,241 @@
+/**
+ * Device backends: which ONNX Runtime build runs the model, and on what.
+ *   cpu     onnxruntime-node, through transformers.js (what it uses by default on Node, Deno and Bun)
+ *   wasm    onnxruntime-web's WASM build (SIMD, threads); no native addon
+ *   webgpu  onnxruntime-web's WebGPU build where the runtime has navigator.gpu (Deno),
+ *           else onnxruntime-node's WebGPU provider (Node, Bun)
+ * transformers.js picks its ONNX Runtime once, when it is first imported, and with an injected one it refuses
+ * every device name; so web sessions are opened here from the model's bytes, not through from_pretrained.
+ */
+import { AutoModelForCausalLM } from "@huggingface/transformers";
+import { readFile } from "node:fs/promises";
+import type { Logger } from "../log.ts";
+import { DeviceUnavailableError, ModelLoadError } from "./errors.ts";
+import type { ModelDtype, OnnxFiles } from "./model-files.ts";
+import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
+import type { OrtModule, OrtSession } from "./ort-types.ts";
+import { RunQueue } from "./run-queue.ts";
+
+/** A place the model can run. */
+export type Device = "cpu" | "wasm" | "webgpu";
+/** A device, or "auto": webgpu with a hardware adapter, else cpu, else wasm. */
+export type DeviceChoice = Device | "auto";
+
+/** The model a backend opens: what transformers.js loads (directory or hub id) and its ONNX files on disk. */
+export interface ModelSource {
+  /** An absolute directory, or a hub id. */
+  id: string;
+  local: boolean;
+  dtype: ModelDtype;
+  /** transformers.js's download cache, for hub ids. */
+  cacheDir: string;
+  /** The ONNX files on local disk (downloading a hub model first). */
+  files(): Promise<OnnxFiles>;
+}
+
+/** A device and the ONNX Runtime build that drives it. */
+export interface Backend {
+  device: Device;
+  /** The runtime and execution provider, for logs: "onnxruntime-node (cpu)". */
+  label: string;
+  /** The Tensor class of this backend's ONNX Runtime. */
+  Tensor: OrtModule["Tensor"];
+  /** Opens an inference session over the model's decoder graph. */
+  open(source: ModelSource): Promise<OrtSession>;
+  /** The queue a session's runs go through so that they never overlap. */
+  runQueue(): RunQueue;
+}
+
+/** A backend with the session it opened. */
+export interface OpenedSession {
+  backend: Backend;
+  session: OrtSession;
+}
+
+/** Opens `source` on the device asked for; "auto" tries each candidate in order and logs the one it took. */
+export async function openSession(choice: DeviceChoice, source: ModelSource, log: Logger): Promise<OpenedSession> {
+  if (choice !== "auto") {
+    const backend = await backendFor(choice);
+    return { backend, session: await backend.open(source) };
+  }
+  const skipped: string[] = [];
+  for (const candidate of await autoCandidates(skipped)) {
+    try {
+      const backend = await candidate();
+      const session = await backend.open(source);
+      log.info(
+        `device auto: using ${backend.device} via ${backend.label}${skipped.length ? ` (${skipped.join("; ")})` : ""}`,
+      );
+      return { backend, session };
+    } catch (err) {
+      if (!(err instanceof DeviceUnavailableError)) throw err;
+      skipped.push(`${err.device} skipped: ${err.reason}`);
+    }
+  }
+  throw new DeviceUnavailableError("auto", `no device worked (${skipped.join("; ")})`, []);
+}
+
+/** The backend of one device, or DeviceUnavailableError when it cannot run here. */
+export async function backendFor(device: Device): Promise<Backend> {
+  switch (device) {
+    case "cpu":
+      return await nativeBackend("cpu");
+    case "wasm":
+      return webBackend("wasm", await loadRuntime("wasm", loadOrtWasm));
+    case "webgpu": {
+      const gpu = await gpuAdapter();
+      if (gpu === "no-navigator-gpu") return await nativeBackend("webgpu");
+      if (gpu === "no-adapter") {
+        throw new DeviceUnavailableError(
+          "webgpu",
+          "navigator.gpu found no adapter (without a GPU on Linux, install mesa-vulkan-drivers for lavapipe " +
+            "and set XDG_RUNTIME_DIR)",
+          await availableDevices(),
+        );
+      }
+      return webBackend("webgpu", await loadRuntime("webgpu", () => loadOrtWebGpu(gpu.adapter)));
+    }
+  }
+}
+
+/** The devices that can run here, without opening a model (native WebGPU counts only once a session opened). */
+export async function availableDevices(): Promise<Device[]> {
+  const found: Device[] = [];
+  if (await loads(() => import("onnxruntime-node"))) found.push("cpu");
+  if (await loads(loadOrtWasm)) found.push("wasm");
+  const gpu = await gpuAdapter();
+  if (typeof gpu === "object") found.push("webgpu");
+  return found;
+}
+
+type Candidate = () => Promise<Backend>;
+
+async function autoCandidates(skipped: string[]): Promise<Candidate[]> {
+  const candidates: Candidate[] = [];
+  const gpu = await gpuAdapter();
+  if (gpu === "no-navigator-gpu") {
+    // Only opening a session tells whether onnxruntime-node's WebGPU finds an adapter.
+    candidates.push(() => nativeBackend("webgpu"));
+  } else if (gpu === "no-adapter") {
+    skipped.push("webgpu skipped: navigator.gpu found no adapter");
+  } else if (gpu.fallback) {
+    // A software adapter (lavapipe, SwiftShader) is much slower than the CPU kernels.
+    skipped.push("webgpu skipped: navigator.gpu offers only a software adapter");
+  } else {
+    candidates.push(() => backendFor("webgpu"));
+  }
+  candidates.push(() => backendFor("cpu"), () => backendFor("wasm"));
+  return candidates;
+}
+
+async function nativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
+  const ort = await loadRuntime(device, () => import("onnxruntime-node") as unknown as Promise<OrtModule>);
+  return {
+    device,
+    label: `onnxruntime-node (${device})`,
+    Tensor: ort.Tensor,
+    runQueue: () => new RunQueue(),
+    async open(source) {
+      try {
+        const model = await AutoModelForCausalLM.from_pretrained(source.id, {
+          device,
+          dtype: source.dtype,
+          local_files_only: source.local,
+          cache_dir: source.cacheDir,
+        });
+        const session = (model as unknown as { sessions: Record<string, OrtSession> }).sessions.model;
+        if (!session) throw new Error("transformers.js opened no decoder session named 'model'");
+        return session;
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        if (device === "webgpu" && /adapter/i.test(message)) {
+          const available = (await availableDevices()).filter((d) => d !== "webgpu");
+          throw new DeviceUnavailableError("webgpu", "onnxruntime-node's WebGPU found no adapter", available);
+        }
+        throw new ModelLoadError(source.id, `transformers.js could not load ${source.id} on ${device}: ${message}`, {
+          cause: err,
+        });
+      }
+    },
+  };
+}
+
+// One queue per onnxruntime-web build: runs on two WebGPU sessions at once corrupt its WASM memory, and
+// overlapping runs on one WebGPU session hang.
+const webQueues = new WeakMap<OrtModule, RunQueue>();
+
+function webBackend(device: "wasm" | "webgpu", ort: OrtModule): Backend {
+  if (!webQueues.has(ort)) webQueues.set(ort, new RunQueue());
+  return {
+    device,
+    label: `onnxruntime-web (${device})`,
+    Tensor: ort.Tensor,
+    runQueue: () => webQueues.get(ort)!,
+    async open(source) {
+      const files = await source.files();
+      // Bytes, not paths: the WebGPU build would fetch a path as a URL, and both copy the model into
+      // the WASM heap anyway.
+      const [model, ...data] = await Promise.all(
+        [files.model, ...files.externalData.map((f) => f.path)].map(readBytes),
+      );
+      const externalData = files.externalData.map((f, i) => ({ path: f.name, data: data[i] }));
+      try {
+        return await ort.InferenceSession.create(model, { executionProviders: [device], externalData });
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        throw new ModelLoadError(
+          files.model,
+          `onnxruntime-web could not open ${files.model} on ${device}: ${message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    },
+  };
+}
+
+async function readBytes(file: string): Promise<Uint8Array> {
+  const buffer = await readFile(file);
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+}
+
+async function loadRuntime(device: Device, load: () => Promise<OrtModule>): Promise<OrtModule> {
+  try {
+    return await load();
+  } catch (err) {
+    const reason = `its ONNX Runtime did not load (${err instanceof Error ? err.message : String(err)})`;
+    throw new DeviceUnavailableError(device, reason, (await availableDevices()).filter((d) => d !== device));
+  }
+}
+
+async function loads(load: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await load();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+type GpuProbe = "no-navigator-gpu" | "no-adapter" | { adapter: unknown; fallback: boolean };
+type NavigatorGpu = { requestAdapter(options?: unknown): Promise<unknown> };
+const gpuProbes = new WeakMap<NavigatorGpu, Promise<GpuProbe>>();
+
+/** The runtime's WebGPU adapter, asked for once per navigator.gpu. */
+function gpuAdapter(): Promise<GpuProbe> {
+  const gpu = (globalThis as { navigator?: { gpu?: NavigatorGpu } }).navigator?.gpu;
+  if (!gpu) return Promise.resolve("no-navigator-gpu");
+  let probe = gpuProbes.get(gpu);
+  if (!probe) {
+    probe = (async (): Promise<GpuProbe> => {
+      const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null) as
+        | { info?: { isFallbackAdapter?: boolean }; isFallbackAdapter?: boolean }
+        | null;
+      if (!adapter) return "no-adapter";
+      return { adapter, fallback: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter ?? false };
+    })();
+    gpuProbes.set(gpu, probe);
+  }
+  return probe;
+}

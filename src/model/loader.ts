@@ -1,0 +1,159 @@
+/** Loads a model (local directory or hub id) and its tokenizer onto a device, and runs its decoder graph. */
+import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+import { createLogger, type Logger } from "../log.ts";
+import { backendFor, type Device, type DeviceChoice, type ModelSource, openSession } from "./backends.ts";
+import { ensureBuiltinModel } from "./builtin.ts";
+import { ModelLoadError } from "./errors.ts";
+import { type ModelConfig, parseModelConfig } from "./model-config.ts";
+import { checkModelDir, type ModelDtype, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
+import { fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
+import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort-types.ts";
+
+/** Options of loadModel. */
+export interface LoadModelOptions {
+  /** A local model directory or a hub id (owner/name); none loads the built-in tiny model. */
+  model?: string;
+  /** Default "auto". */
+  device?: DeviceChoice;
+  /** Default "fp32". */
+  dtype?: ModelDtype;
+  /** Holds the built-in model (models/) and hub downloads (hub/). */
+  cacheDir: string;
+  /** Base URL of the hub or a mirror (default https://huggingface.co/). */
+  hubUrl?: string;
+  /** Where the choice of device is reported. */
+  log?: Logger;
+}
+
+/** A model ready to run: its config, tokenizer and one ONNX Runtime session. */
+export interface LoadedModel {
+  /** The directory or hub id that was asked for. */
+  id: string;
+  /** The directory the files were read from (for a hub id, its download cache). */
+  dir: string;
+  config: ModelConfig;
+  tokenizer: PreTrainedTokenizer;
+  /** The device and dtype actually used. */
+  device: Device;
+  dtype: ModelDtype;
+  /** The ONNX Runtime build and execution provider, for logs. */
+  backend: string;
+  inputNames: readonly string[];
+  outputNames: readonly string[];
+  /** Element types and shapes of the graph's inputs and outputs (the KV cache's dtype, for one). */
+  inputMetadata: readonly OrtValueMetadata[];
+  outputMetadata: readonly OrtValueMetadata[];
+  /** A tensor of the session's own ONNX Runtime (feeds of any ORT or transformers.js Tensor work too). */
+  tensor(type: OrtTensorType, data: OrtTensorData, dims: readonly number[]): OrtTensor;
+  /** Runs the decoder graph on `feeds`; runs are queued and never overlap. Outputs are on the CPU. */
+  forward(feeds: Record<string, TensorLike>): Promise<Record<string, OrtTensor>>;
+  /** Releases the session; the model cannot run afterwards. */
+  dispose(): Promise<void>;
+}
+
+/** Loads a model for the engine; a missing or malformed model is a ModelLoadError, a missing device a DeviceUnavailableError. */
+export async function loadModel(options: LoadModelOptions): Promise<LoadedModel> {
+  const log = options.log ?? createLogger();
+  const dtype = options.dtype ?? "fp32";
+  const location = locateModel(options.model ?? await ensureBuiltinModel(options.cacheDir), options.cacheDir);
+  if (location.local) checkModelDir(location.dir, dtype);
+  else await fetchHubConfig(location, options.hubUrl);
+  // A local config is checked before the graph loads; a hub model's generation_config.json comes with its graph.
+  const localConfig = location.local ? readModelConfig(location.dir) : undefined;
+  const source: ModelSource = {
+    id: location.id,
+    local: location.local,
+    dtype,
+    cacheDir: location.cacheDir,
+    files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype),
+  };
+  const [loadedTokenizer, opened] = await Promise.allSettled([
+    loadTokenizer(location),
+    openSession(options.device ?? "auto", source, log),
+  ]);
+  if (opened.status === "rejected") throw opened.reason;
+  const { backend, session } = opened.value;
+  if (loadedTokenizer.status === "rejected") {
+    await session.release();
+    throw loadedTokenizer.reason;
+  }
+  const tokenizer = loadedTokenizer.value;
+  const config = localConfig ?? readModelConfig(location.dir);
+  const queue = backend.runQueue();
+  const Tensor = backend.Tensor as unknown as new (t: string, d: unknown, dims: readonly number[]) => OrtTensor;
+  const own = (t: TensorLike): OrtTensor => t instanceof backend.Tensor ? t : new Tensor(t.type, t.data, t.dims);
+  return {
+    id: location.id,
+    dir: location.dir,
+    config,
+    tokenizer,
+    device: backend.device,
+    dtype,
+    backend: backend.label,
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    inputMetadata: session.inputMetadata,
+    outputMetadata: session.outputMetadata,
+    tensor: (type, data, dims) => new Tensor(type, data, dims),
+    forward: (feeds) =>
+      queue.run(async () => {
+        const outputs = await session.run(Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, own(t)])));
+        const onCpu: Record<string, OrtTensor> = {};
+        // transformers.js keeps present.* on the GPU for WebGPU sessions; the engine wants them on the CPU.
+        for (const [name, t] of Object.entries(outputs)) {
+          onCpu[name] = t.location.startsWith("cpu") ? t : new Tensor(t.type, await t.getData(true), t.dims);
+        }
+        return onCpu;
+      }),
+    dispose: () => queue.run(() => session.release()),
+  };
+}
+
+function readModelConfig(dir: string): ModelConfig {
+  const configPath = path.join(dir, "config.json");
+  const config = readJson(configPath, true);
+  const generation = readJson(path.join(dir, "generation_config.json"), false);
+  return parseModelConfig(config, generation, configPath);
+}
+
+function readJson(file: string, required: boolean): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    if (!required) return undefined;
+    throw new ModelLoadError(file, `${file} is missing`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ModelLoadError(file, `${file} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+async function loadTokenizer(location: ModelLocation): Promise<PreTrainedTokenizer> {
+  try {
+    return await AutoTokenizer.from_pretrained(location.id, {
+      local_files_only: location.local,
+      cache_dir: location.cacheDir,
+    });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new ModelLoadError(location.id, `could not load the tokenizer of ${location.id}: ${message}`, { cause: err });
+  }
+}
+
+/** A hub model's ONNX files for a backend that opens them itself: downloaded by transformers.js first. */
+async function downloadOnnx(location: ModelLocation, dtype: ModelDtype): Promise<OnnxFiles> {
+  try {
+    return onnxFilesIn(location.dir, dtype);
+  } catch {
+    // transformers.js has no download-only call; opening (then closing) a CPU session fetches the files.
+    const source = { ...location, dtype, files: () => Promise.reject(new Error("unused")) };
+    const session = await (await backendFor("cpu")).open(source);
+    await session.release();
+    return onnxFilesIn(location.dir, dtype);
+  }
+}
