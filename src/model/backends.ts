@@ -13,7 +13,7 @@ import type { Logger } from "../log.ts";
 import { DeviceUnavailableError, ModelLoadError } from "./errors.ts";
 import type { ModelDtype, OnnxFiles } from "./model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
-import type { OrtModule, OrtSession } from "./ort-types.ts";
+import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 
 /** A place the model can run. */
@@ -36,12 +36,17 @@ export interface ModelSource {
 /** A device and the ONNX Runtime build that drives it. */
 export interface Backend {
   device: Device;
+  runtime: "onnxruntime-node" | "onnxruntime-web";
   /** The runtime and execution provider, for logs: "onnxruntime-node (cpu)". */
   label: string;
+  /** This backend's ONNX Runtime module. */
+  ort: OrtModule;
   /** The Tensor class of this backend's ONNX Runtime. */
   Tensor: OrtModule["Tensor"];
-  /** Opens an inference session over the model's decoder graph. */
+  /** Opens an inference session over the model's decoder graph (through transformers.js where it can). */
   open(source: ModelSource): Promise<OrtSession>;
+  /** Opens a session over any ONNX graph on this device (another graph of the same model, new weights). */
+  openFile(files: OnnxFiles, options?: OrtSessionOptions): Promise<OrtSession>;
   /** The queue a session's runs go through so that they never overlap. */
   runQueue(): RunQueue;
 }
@@ -130,9 +135,20 @@ async function autoCandidates(skipped: string[]): Promise<Candidate[]> {
 
 async function nativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
   const ort = await loadRuntime(device, () => import("onnxruntime-node") as unknown as Promise<OrtModule>);
+  // Dawn's words when it finds no GPU; anything else is the model's fault.
+  const failed = async (err: unknown, what: string): Promise<never> => {
+    const message = err instanceof Error ? err.message : String(err);
+    if (device === "webgpu" && /adapter/i.test(message)) {
+      const available = (await availableDevices()).filter((d) => d !== "webgpu");
+      throw new DeviceUnavailableError("webgpu", "onnxruntime-node's WebGPU found no adapter", available);
+    }
+    throw new ModelLoadError(what, `onnxruntime-node could not open ${what} on ${device}: ${message}`, { cause: err });
+  };
   return {
     device,
+    runtime: "onnxruntime-node",
     label: `onnxruntime-node (${device})`,
+    ort,
     Tensor: ort.Tensor,
     runQueue: () => new RunQueue(),
     async open(source) {
@@ -147,14 +163,15 @@ async function nativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
         if (!session) throw new Error("transformers.js opened no decoder session named 'model'");
         return session;
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
-        if (device === "webgpu" && /adapter/i.test(message)) {
-          const available = (await availableDevices()).filter((d) => d !== "webgpu");
-          throw new DeviceUnavailableError("webgpu", "onnxruntime-node's WebGPU found no adapter", available);
-        }
-        throw new ModelLoadError(source.id, `transformers.js could not load ${source.id} on ${device}: ${message}`, {
-          cause: err,
-        });
+        return await failed(err, source.id);
+      }
+    },
+    async openFile(files, options) {
+      try {
+        // From a path, onnxruntime-node finds the external data beside the graph itself.
+        return await ort.InferenceSession.create(files.model, { executionProviders: [device], ...options });
+      } catch (err) {
+        return await failed(err, files.model);
       }
     },
   };
@@ -166,13 +183,17 @@ const webQueues = new WeakMap<OrtModule, RunQueue>();
 
 function webBackend(device: "wasm" | "webgpu", ort: OrtModule): Backend {
   if (!webQueues.has(ort)) webQueues.set(ort, new RunQueue());
-  return {
+  const backend: Backend = {
     device,
+    runtime: "onnxruntime-web",
     label: `onnxruntime-web (${device})`,
+    ort,
     Tensor: ort.Tensor,
     runQueue: () => webQueues.get(ort)!,
     async open(source) {
-      const files = await source.files();
+      return await backend.openFile(await source.files());
+    },
+    async openFile(files, options) {
       // Bytes, not paths: the WebGPU build would fetch a path as a URL, and both copy the model into
       // the WASM heap anyway.
       const [model, ...data] = await Promise.all(
@@ -180,7 +201,7 @@ function webBackend(device: "wasm" | "webgpu", ort: OrtModule): Backend {
       );
       const externalData = files.externalData.map((f, i) => ({ path: f.name, data: data[i] }));
       try {
-        return await ort.InferenceSession.create(model, { executionProviders: [device], externalData });
+        return await ort.InferenceSession.create(model, { executionProviders: [device], ...options, externalData });
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         throw new ModelLoadError(
@@ -193,6 +214,7 @@ function webBackend(device: "wasm" | "webgpu", ort: OrtModule): Backend {
       }
     },
   };
+  return backend;
 }
 
 async function readBytes(file: string): Promise<Uint8Array> {

@@ -3,7 +3,7 @@ import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transforme
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import { createLogger, type Logger } from "../log.ts";
-import { backendFor, type Device, type DeviceChoice, type ModelSource, openSession } from "./backends.ts";
+import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSource, openSession } from "./backends.ts";
 import { ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
@@ -38,8 +38,8 @@ export interface LoadedModel {
   /** The device and dtype actually used. */
   device: Device;
   dtype: ModelDtype;
-  /** The ONNX Runtime build and execution provider, for logs. */
-  backend: string;
+  /** The ONNX Runtime build and execution provider the session runs on (to open more graphs on it). */
+  backend: Backend;
   inputNames: readonly string[];
   outputNames: readonly string[];
   /** Element types and shapes of the graph's inputs and outputs (the KV cache's dtype, for one). */
@@ -91,7 +91,7 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
     tokenizer,
     device: backend.device,
     dtype,
-    backend: backend.label,
+    backend,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     inputMetadata: session.inputMetadata,

@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { availableDevices } from "../../src/model/backends.ts";
 import { buildModel } from "../../src/model/builder/build.ts";
 import { DeviceUnavailableError } from "../../src/model/errors.ts";
+import { onnxFilesIn } from "../../src/model/model-files.ts";
 import { type LoadedModel, loadModel, type LoadModelOptions } from "../../src/model/loader.ts";
 import type { OrtTensor } from "../../src/model/ort-types.ts";
 import { RunQueue } from "../../src/model/run-queue.ts";
@@ -100,15 +101,26 @@ describe("device backends", () => {
 
   test("cpu runs on onnxruntime-node", () => {
     assert.equal(cpu.device, "cpu");
-    assert.equal(cpu.backend, "onnxruntime-node (cpu)");
+    assert.equal(cpu.backend.label, "onnxruntime-node (cpu)");
+    assert.equal(cpu.backend.runtime, "onnxruntime-node");
+  });
+
+  test("openFile opens a graph file on the backend's device", async () => {
+    const session = await cpu.backend.openFile(onnxFilesIn(tiny, "fp32"));
+    assert.deepEqual(session.inputNames, cpu.inputNames);
+    await session.release();
   });
 
   test("wasm (onnxruntime-web, no native addon) gives the same logits and cache as cpu", SLOW, async () => {
     const wasm = await load("wasm");
     try {
       assert.equal(wasm.device, "wasm");
-      assert.equal(wasm.backend, "onnxruntime-web (wasm)");
+      assert.equal(wasm.backend.label, "onnxruntime-web (wasm)");
       assertSameOutputs(cpuOut, await prefillAndStep(wasm));
+      // Any graph file opens on the same backend (bytes and external data handed over by the backend).
+      const again = await wasm.backend.openFile(onnxFilesIn(tiny, "fp32"));
+      assert.deepEqual(again.outputNames, wasm.outputNames);
+      await again.release();
     } finally {
       await wasm.dispose();
     }
