@@ -27,7 +27,7 @@ for rt in "${runtimes[@]}"; do
     deno) "$bin/deno" test -A --no-check "${files[@]}" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
           line=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -aE '\| [0-9]+ passed.*\| [0-9]+ failed' | tail -1)
           p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); f=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+') ;;
-    bun)  "$bin/bun" test "${files[@]/#/./}" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+    bun)  "$bin/bun" test --timeout 120000 "${files[@]/#/./}" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
           p=$(grep -aE '^ *[0-9]+ pass$' "$log" | tail -1 | grep -oE '[0-9]+'); f=$(grep -aE '^ *[0-9]+ fail$' "$log" | tail -1 | grep -oE '[0-9]+') ;;
     *) echo "unknown runtime $rt" >&2; exit 2 ;;
   esac
