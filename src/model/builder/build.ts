@@ -6,7 +6,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "./atomic-file.ts";
+import { archFromConfig } from "./arch.ts";
 import { emitStandardDecoder } from "./decoder.ts";
+import { isCurrentEngineGraph, writeEngineGraph } from "./engine-decoder.ts";
 import { generationConfig, modelConfig, tokenizerFiles } from "./hf-files.ts";
 import type { WeightDtype } from "./layers.ts";
 import { writeOnnx } from "./onnx-write.ts";
@@ -21,6 +23,13 @@ export const ONNX_FILES: Record<BuildDtype, string> = {
   fp32: "onnx/model.onnx",
   fp16: "onnx/model_fp16.onnx",
   q4: "onnx/model_q4.onnx",
+};
+
+/** The engine-layout graph of each dtype (engine-decoder.ts), sharing the weights of ONNX_FILES[dtype]. */
+export const ENGINE_FILES: Record<BuildDtype, string> = {
+  fp32: "onnx/engine.onnx",
+  fp16: "onnx/engine_fp16.onnx",
+  q4: "onnx/engine_q4.onnx",
 };
 
 /** The build record; its presence (with every file it lists) marks a complete model folder. */
@@ -119,6 +128,8 @@ export async function buildModel(options: BuildOptions): Promise<BuiltModel> {
     const onnxPath = path.join(dir, ONNX_FILES[dtype]);
     const written = await writeOnnx(onnxPath, model, { externalData: preset.externalData });
     for (const [name, size] of Object.entries(written)) files[`onnx/${name}`] = size;
+    const enginePath = path.join(dir, ENGINE_FILES[dtype]);
+    files[ENGINE_FILES[dtype]] = writeEngineGraph(onnxPath, enginePath, preset.arch, dtype);
   }
 
   const allDtypes = [...new Set([...(same ? previous.dtypes : []), ...dtypes])];
@@ -133,4 +144,31 @@ export async function ensureModel(options: BuildOptions): Promise<BuiltModel> {
   const expect = { preset, seed: options.seed ?? 0, dtype: options.dtype ?? "fp32" };
   if (isBuiltModel(options.out, expect)) return readBuildRecord(path.resolve(options.out))!;
   return await buildModel(options);
+}
+
+/**
+ * The engine graph of `dtype` in `dir`, written from the standard graph's weights when it is missing or stale
+ * (a folder built before engine graphs existed or by an older emitter, or a standard graph newer than it).
+ * Returns its path.
+ */
+export function ensureEngineGraph(dir: string, dtype: BuildDtype = "fp32"): string {
+  const enginePath = path.join(dir, ENGINE_FILES[dtype]);
+  const standardPath = path.join(dir, ONNX_FILES[dtype]);
+  const record = readBuildRecord(dir);
+  const stat = (file: string) => fs.statSync(file, { throwIfNoEntry: false });
+  const engine = stat(enginePath);
+  const current = engine !== undefined &&
+    (record
+      ? record.files[ENGINE_FILES[dtype]] === engine.size
+      : engine.mtimeMs >= (stat(standardPath)?.mtimeMs ?? Infinity));
+  if (current && isCurrentEngineGraph(enginePath)) return enginePath;
+  const arch = archFromConfig(JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")));
+  const size = writeEngineGraph(standardPath, enginePath, arch, dtype);
+  if (record && record.dtypes.includes(dtype)) {
+    // The folder stays complete: the new file joins its record.
+    const { dir: _dir, ...content } = record;
+    const updated = { ...content, files: { ...content.files, [ENGINE_FILES[dtype]]: size } };
+    writeFileAtomic(path.join(dir, BUILD_RECORD), JSON.stringify(updated, null, 2) + "\n");
+  }
+  return enginePath;
 }

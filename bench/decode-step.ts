@@ -1,0 +1,143 @@
+/**
+ * Time of one batched decode step, engine graph (cache as input only, through EngineRunner) against the standard
+ * graph (past in, present out) fed the same way. Prints one JSON line per (graph, context): the median of `steps`
+ * timed steps after `warmup` untimed ones. The cached KV is zeros: the step costs the same whatever it holds.
+ * Run: node --import tsx bench/decode-step.ts [--preset bench-135m] [--device cpu|wasm] [--batch 16]
+ *      [--contexts 64,256,1024] [--steps 7] [--warmup 2] [--cache-dir DIR]
+ * The model is built (once) into the cache directory, outside the repository.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import process from "node:process";
+import * as ort from "onnxruntime-node";
+import { ensureModel, ONNX_FILES } from "../src/model/builder/build.ts";
+import { getPreset } from "../src/model/builder/presets.ts";
+import { defaultCacheDir } from "../src/model/builtin.ts";
+import { openEngineRunner } from "../src/model/engine-runner.ts";
+import type { OrtModule, OrtSession, OrtTensor } from "../src/model/ort-types.ts";
+import { loadOrtWasm } from "../src/model/ort-web.ts";
+import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
+
+function flag(name: string, fallback: string): string {
+  const args = process.argv;
+  const at = args.indexOf(`--${name}`);
+  return at >= 0 && at + 1 < args.length ? args[at + 1] : fallback;
+}
+
+const presetName = flag("preset", "bench-135m");
+const device = flag("device", "cpu");
+const batch = Number(flag("batch", "16"));
+const contexts = flag("contexts", "64,256,1024").split(",").map(Number);
+const steps = Number(flag("steps", "7"));
+const warmup = Number(flag("warmup", "2"));
+const cacheDir = flag("cache-dir", path.join(defaultCacheDir(process.env), "bench"));
+if (device !== "cpu" && device !== "wasm") throw new Error(`--device must be cpu or wasm, got ${device}`);
+
+const preset = getPreset(presetName);
+const { arch } = preset;
+const dir = path.join(cacheDir, presetName);
+const built = performance.now();
+await ensureModel({ preset: presetName, out: dir, seed: 0 });
+const buildSeconds = (performance.now() - built) / 1000;
+const web = device === "wasm";
+const runtime: OrtModule = web ? await loadOrtWasm() : ort as unknown as OrtModule;
+type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
+const Tensor = runtime.Tensor as unknown as TensorClass;
+
+const median = (times: number[]) => [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)];
+
+/** Runs `step` warmup + steps times; returns the median and fastest of the timed runs, in ms. */
+async function timeSteps(step: () => Promise<unknown>) {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + steps; i++) {
+    const t0 = performance.now();
+    await step();
+    if (i >= warmup) times.push(performance.now() - t0);
+  }
+  return { ms_median: Number(median(times).toFixed(2)), ms_min: Number(Math.min(...times).toFixed(2)) };
+}
+
+function report(graph: string, context: number, extra: Record<string, unknown>) {
+  console.log(JSON.stringify({
+    what: "decode_step",
+    graph,
+    runtime: runtimeName(),
+    version: runtimeVersion(),
+    backend: device,
+    model: presetName,
+    batch,
+    context,
+    steps,
+    warmup,
+    ...extra,
+  }));
+}
+
+async function benchEngine() {
+  const runner = await openEngineRunner({
+    dir,
+    ort: runtime,
+    web,
+    maxRows: batch,
+    maxLength: Math.max(...contexts),
+  });
+  try {
+    for (const context of contexts) {
+      // `context` tokens after the step: context - 1 cached, one new, all rows at once.
+      runner.reserve(context);
+      const rows = Array.from({ length: batch }, (_, row) => ({ row, tokens: [1000 + row], start: context - 1 }));
+      const timing = await timeSteps(() => runner.step(rows));
+      report("engine", context, { cache_slots: runner.capacity, ...timing });
+    }
+  } finally {
+    await runner.dispose();
+  }
+}
+
+async function openStandard(): Promise<OrtSession> {
+  const file = path.join(dir, ONNX_FILES.fp32);
+  if (!web) return await runtime.InferenceSession.create(file);
+  const data = `${file}_data`;
+  const externalData = fs.existsSync(data)
+    ? [{ path: path.basename(data), data: new Uint8Array(fs.readFileSync(data)) }]
+    : [];
+  return await runtime.InferenceSession.create(new Uint8Array(fs.readFileSync(file)), {
+    executionProviders: ["wasm"],
+    externalData,
+  });
+}
+
+async function benchStandard() {
+  const session = await openStandard();
+  try {
+    for (const context of contexts) {
+      const past = context - 1;
+      const i64 = (values: number[], width: number) =>
+        new Tensor("int64", BigInt64Array.from(values, BigInt), [batch, width]);
+      const feeds: Record<string, OrtTensor> = {
+        input_ids: i64(Array.from({ length: batch }, (_, row) => 1000 + row), 1),
+        attention_mask: i64(new Array(batch * context).fill(1), context),
+        position_ids: i64(new Array(batch).fill(past), 1),
+      };
+      const cache = new Float32Array(batch * arch.numKvHeads * past * arch.headDim);
+      for (let i = 0; i < arch.numLayers; i++) {
+        for (const kind of ["key", "value"]) {
+          feeds[`past_key_values.${i}.${kind}`] = new Tensor("float32", cache, [
+            batch,
+            arch.numKvHeads,
+            past,
+            arch.headDim,
+          ]);
+        }
+      }
+      const timing = await timeSteps(() => session.run(feeds));
+      report("standard", context, timing);
+    }
+  } finally {
+    await session.release();
+  }
+}
+
+console.error(`model ${dir} ready in ${buildSeconds.toFixed(1)} s`);
+await benchEngine();
+await benchStandard();

@@ -1,0 +1,199 @@
+/**
+ * The engine's own decoder layout, one graph for prefill chunks and decode steps. The KV cache is an INPUT
+ * only (the engine keeps it in its row buffers); the graph returns just the new tokens' K/V and the logits of
+ * each row's last token, so no step copies the cache or a [B, S, vocab] tensor.
+ *   inputs   input_ids, position_ids [B, S] int64; past_lengths [B] int64 (valid cache slots per row);
+ *            key_cache.{i} [B, KvH, D, M] (K transposed: Q·K needs no transpose), value_cache.{i} [B, KvH, M, D]
+ *   outputs  logits [B, vocab] float32; key.{i}, value.{i} [B, KvH, S, D] (rotated K, V of the new tokens)
+ * Its weights are the standard graph's (same names, shapes and bytes); see writeEngineGraph.
+ */
+import * as fs from "node:fs";
+import { type DecoderArch, modelWeightNames } from "./arch.ts";
+import { AtomicFile } from "./atomic-file.ts";
+import { GraphBuilder } from "./graph.ts";
+import { DecoderContext, decoderLayer, embed, rmsNorm, rotaryTables, type WeightDtype } from "./layers.ts";
+import { decodeModel } from "./onnx-read.ts";
+import { BYTES_PER_ELEMENT, DataType, encodeModel, type ExternalRef, type ModelDef } from "./onnx-proto.ts";
+import type { WeightSource } from "./random-weights.ts";
+
+/** Symbolic dimensions of the engine graph; M (cache_length) is chosen by the runner. */
+export const ENGINE_DIMS = {
+  batch: "batch_size",
+  seq: "sequence_length",
+  cache: "cache_length",
+} as const;
+
+/** The emitted graph's name, with its version: bump it whenever the emitter's output changes, so stale files are rewritten. */
+export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v2";
+
+/** Masks and sizes shared by every layer's attention. */
+interface EngineMasks {
+  /** [B, 1, 1, M] bool: cache slot m holds a token of row b (m < past_lengths[b]). */
+  cacheValid: string;
+  /** [S, S] bool: new token j is visible from new token i (j <= i). */
+  causal: string;
+  /** [2] int64: (M, S), the split of the concatenated scores. */
+  split: string;
+}
+
+function engineMasks(g: GraphBuilder, inputIds: string, pastLengths: string, keyCache0: string): EngineMasks {
+  const dim = (t: string, axis: number) => g.op("Gather", [g.op("Shape", [t]), g.int64([axis], [])], { axis: 0 });
+  const zero = g.int64([0], []);
+  const one = g.int64([1], []);
+  const slots = g.op("Range", [zero, dim(keyCache0, 3), one]); // [M]
+  const lengths = g.op("Unsqueeze", [pastLengths, g.int64([1, 2, 3])]); // [B, 1, 1, 1]
+  const cacheValid = g.op("Less", [slots, lengths]); // [B, 1, 1, M]
+  const positions = g.op("Range", [zero, dim(inputIds, 1), one]); // [S]
+  const query = g.op("Unsqueeze", [positions, g.int64([1])]); // [S, 1]
+  const key = g.op("Unsqueeze", [positions, g.int64([0])]); // [1, S]
+  const causal = g.op("LessOrEqual", [key, query]); // [S, S]
+  const split = g.op("Concat", [
+    g.op("Shape", [keyCache0], { start: 3, end: 4 }),
+    g.op("Shape", [inputIds], {
+      start: 1,
+      end: 2,
+    }),
+  ], { axis: 0 });
+  return { cacheValid, causal, split };
+}
+
+/**
+ * Attention of q [B, H, S, D] over the cache (keyCache [B, KvH, D, M], valueCache [B, KvH, M, D]) and the new
+ * tokens (k, v [B, KvH, S, D]) without concatenating K/V: the two score blocks are masked, joined (they are
+ * small), soft-maxed together and split again. Returns [B, S, H*D].
+ */
+function attendCacheAndNew(
+  ctx: DecoderContext,
+  masks: EngineMasks,
+  q: string,
+  k: string,
+  v: string,
+  keyCache: string,
+  valueCache: string,
+): string {
+  const { g, arch } = ctx;
+  const { numHeads: h, numKvHeads: kvh, headDim: d } = arch;
+  // Scaling q instead of the scores: D multiplies a query rather than M + S.
+  const scaledQ = g.op("Mul", [q, g.float([1 / Math.sqrt(d)], ctx.act)]);
+  const grouped = g.op("Reshape", [scaledQ, g.int64([0, kvh, -1, d])]); // [B, KvH, G*S, D]
+  const perHead = (t: string) => g.op("Reshape", [t, g.int64([0, h, -1, 0])]); // [B, H, S, *]
+  const perKvHead = (t: string) => g.op("Reshape", [t, g.int64([0, kvh, -1, 0])]); // [B, KvH, G*S, *]
+  const lowest = g.float([ctx.act === DataType.FLOAT16 ? -65504 : -3.4028234663852886e38], ctx.act);
+  const cacheScores = perHead(g.op("MatMul", [grouped, keyCache])); // [B, H, S, M]
+  const newScores = perHead(g.op("MatMul", [grouped, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })])); // [B, H, S, S]
+  // Masked with the lowest finite value, not -inf: a row never turns NaN, and stale slots are discarded.
+  const scores = g.op("Concat", [
+    g.op("Where", [masks.cacheValid, cacheScores, lowest]),
+    g.op("Where", [masks.causal, newScores, lowest]),
+  ], { axis: -1 });
+  const probs = g.op("Softmax", [scores], { axis: -1 });
+  const [cacheProbs, newProbs] = g.opN("Split", [probs, masks.split], 2, { axis: -1 });
+  const mixed = g.op("Add", [
+    g.op("MatMul", [perKvHead(cacheProbs), valueCache]),
+    g.op("MatMul", [perKvHead(newProbs), v]),
+  ]); // [B, KvH, G*S, D]
+  const bshd = g.op("Transpose", [g.op("Reshape", [mixed, g.int64([0, h, -1, d])])], { perm: [0, 2, 1, 3] });
+  return g.op("Reshape", [bshd, g.int64([0, 0, h * d])]);
+}
+
+/** What to emit; `weights` is read only if the model is written with writeOnnx (not by writeEngineGraph). */
+export interface EngineEmitOptions {
+  dtype: WeightDtype;
+  weights: WeightSource;
+}
+
+/** Emits the engine-layout decoder for `arch`. */
+export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions): ModelDef {
+  const g = new GraphBuilder(17);
+  const ctx = new DecoderContext(g, arch, options.dtype, options.weights);
+  const { batch, seq, cache } = ENGINE_DIMS;
+  const { numKvHeads: kvh, headDim: d } = arch;
+  const inputIds = g.input("input_ids", DataType.INT64, [batch, seq]);
+  const positionIds = g.input("position_ids", DataType.INT64, [batch, seq]);
+  const pastLengths = g.input("past_lengths", DataType.INT64, [batch]);
+  for (let i = 0; i < arch.numLayers; i++) {
+    g.input(`key_cache.${i}`, ctx.act, [batch, kvh, d, cache]);
+    g.input(`value_cache.${i}`, ctx.act, [batch, kvh, cache, d]);
+  }
+
+  const masks = g.within("/model/attn_mask", () => engineMasks(g, inputIds, pastLengths, "key_cache.0"));
+  const rope = g.within("/model/rotary_emb", () => rotaryTables(ctx, positionIds));
+  let x = g.within("/model/embed_tokens", () => embed(ctx, inputIds));
+  for (let i = 0; i < arch.numLayers; i++) {
+    x = decoderLayer(ctx, i, x, rope, (layer, q, k, v) => {
+      g.op("Identity", [k], {}, { outputs: [`key.${layer}`] });
+      g.op("Identity", [v], {}, { outputs: [`value.${layer}`] });
+      return attendCacheAndNew(ctx, masks, q, k, v, `key_cache.${layer}`, `value_cache.${layer}`);
+    });
+  }
+  g.within("/lm_head", () => {
+    // Only each row's last position reaches lm_head, and Gemm writes the graph output itself: no [B, S, vocab]
+    // tensor and no copy of the logits into the output.
+    const last = rmsNorm(ctx, g.op("Gather", [x, g.int64([-1], [])], { axis: 1 }), modelWeightNames.finalNorm);
+    const table = ctx.param(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
+    if (ctx.act === DataType.FLOAT) g.op("Gemm", [last, table], { transB: 1 }, { outputs: ["logits"] });
+    else g.op("Cast", [g.op("Gemm", [last, table], { transB: 1 })], { to: DataType.FLOAT }, { outputs: ["logits"] });
+  });
+
+  g.output("logits", DataType.FLOAT, [batch, arch.vocabSize]);
+  for (let i = 0; i < arch.numLayers; i++) {
+    g.output(`key.${i}`, ctx.act, [batch, kvh, seq, d]);
+    g.output(`value.${i}`, ctx.act, [batch, kvh, seq, d]);
+  }
+  return g.toModel(ENGINE_GRAPH_NAME, "gym-edge");
+}
+
+/** True when `enginePath` holds an engine graph of the current version. */
+export function isCurrentEngineGraph(enginePath: string): boolean {
+  try {
+    const file = fs.readFileSync(enginePath);
+    return decodeModel(new Uint8Array(file.buffer, file.byteOffset, file.byteLength)).graph.name === ENGINE_GRAPH_NAME;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Writes the engine graph of `arch` to `enginePath`, its weights taken from the standard graph at `standardPath`
+ * (same folder): weights the standard graph keeps in external data are referenced at the same file and offsets,
+ * so nothing is duplicated on disk; inline ones are copied. Returns the written file's size.
+ */
+export function writeEngineGraph(
+  standardPath: string,
+  enginePath: string,
+  arch: DecoderArch,
+  dtype: WeightDtype,
+): number {
+  const file = fs.readFileSync(standardPath);
+  const standard = decodeModel(new Uint8Array(file.buffer, file.byteOffset, file.byteLength));
+  const stored = new Map(standard.graph.initializers.map((t) => [t.name, t]));
+  const unread: WeightSource = (name) => {
+    throw new Error(`engine graph: weight ${name} must come from ${standardPath}`);
+  };
+  const model = emitEngineDecoder(arch, { dtype, weights: unread });
+  const externals = new Map<string, ExternalRef>();
+  model.graph.initializers = model.graph.initializers.map((t) => {
+    if (!t.produce) return t; // the engine graph's own constants
+    const source = stored.get(t.name);
+    if (!source || source.dataType !== t.dataType || source.dims.join() !== t.dims.join()) {
+      throw new Error(`${standardPath}: weight ${t.name} is missing or differs from the ${dtype} engine graph's`);
+    }
+    if (source.external) {
+      const length = source.external.length >= 0
+        ? source.external.length
+        : t.dims.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[t.dataType];
+      externals.set(t.name, { ...source.external, length });
+      return { name: t.name, dataType: t.dataType, dims: t.dims };
+    }
+    return { name: t.name, dataType: t.dataType, dims: t.dims, data: source.data };
+  });
+  const out = new AtomicFile(enginePath);
+  try {
+    for (const chunk of encodeModel(model, externals).finish()) out.write(chunk);
+    out.commit();
+    return out.size;
+  } catch (e) {
+    out.abort();
+    throw e;
+  }
+}

@@ -1,0 +1,262 @@
+/**
+ * The ModelRunner over the engine graph (builder/engine-decoder.ts): the KV cache lives in this runner's row
+ * buffers and goes into every step as input only, as views of those buffers; each step hands back just the new
+ * tokens' K/V, which the runner writes into the rows itself.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
+import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
+import { ensureEngineGraph, ONNX_FILES } from "./builder/build.ts";
+import { EngineKv, engineRowCapacity } from "./engine-kv.ts";
+import type { OrtModule, OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
+import { RunQueue } from "./run-queue.ts";
+
+/** What an EngineRunner runs on. */
+export interface EngineRunnerOptions {
+  /** A session over an engine graph (onnx/engine*.onnx). */
+  session: OrtSession;
+  /** The Tensor class of the session's ONNX Runtime. */
+  Tensor: OrtModule["Tensor"];
+  arch: Pick<DecoderArch, "numLayers" | "numKvHeads" | "headDim" | "vocabSize">;
+  /** Rows held at once (the engine's sequences plus one for moves). */
+  maxRows: number;
+  /** Most tokens a row may hold (the model's context length). */
+  maxLength: number;
+  /**
+   * Feed each cache slice as its own copy. onnxruntime-web copies every input into its heap anyway, and feeding
+   * views that share one buffer gave wrong results there; onnxruntime-node reads views in place.
+   */
+  copyInputs?: boolean;
+  /** The queue runs go through (share the backend's where sessions must not overlap). */
+  queue?: RunQueue;
+}
+
+type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
+
+/** Runs the engine graph over KV rows it owns. */
+export class EngineRunner implements ModelRunner {
+  readonly vocabSize: number;
+  readonly floatsPerToken: number;
+  readonly maxRows: number;
+  readonly maxLength: number;
+  readonly #session: OrtSession;
+  readonly #Tensor: TensorClass;
+  readonly #kv: EngineKv;
+  readonly #queue: RunQueue;
+  readonly #copyInputs: boolean;
+  readonly #numLayers: number;
+  /** Tokens known to be in each row: what capacity must keep when it shrinks. */
+  readonly #lengths: Int32Array;
+  #stepping = false;
+
+  constructor(options: EngineRunnerOptions) {
+    const { arch } = options;
+    this.#session = options.session;
+    this.#Tensor = options.Tensor as unknown as TensorClass;
+    this.#kv = new EngineKv(arch, options.maxRows);
+    this.#queue = options.queue ?? new RunQueue();
+    this.#copyInputs = options.copyInputs ?? false;
+    this.#numLayers = arch.numLayers;
+    this.#lengths = new Int32Array(options.maxRows);
+    this.vocabSize = arch.vocabSize;
+    this.floatsPerToken = this.#kv.floatsPerToken;
+    this.maxRows = options.maxRows;
+    this.maxLength = options.maxLength;
+  }
+
+  /** Cache slots every row has now (the graph's M). */
+  get capacity(): number {
+    return this.#kv.capacity;
+  }
+
+  /** Slots a row of `length` tokens gets: what the scheduler should count (its rowCapacity). */
+  rowCapacity(length: number): number {
+    return engineRowCapacity(Math.max(1, length), this.maxLength);
+  }
+
+  async step(inputs: RowInput[]): Promise<Float32Array[]> {
+    const { first, seq } = this.#checkStep(inputs);
+    const end = Math.max(...inputs.map((r) => r.start + seq));
+    if (end > this.#kv.capacity) this.reserve(end);
+    this.#stepping = true;
+    try {
+      return await this.#queue.run(async () => {
+        const out = await this.#session.run(this.#feeds(inputs, first, seq));
+        const starts = inputs.map((r) => r.start);
+        for (let l = 0; l < this.#numLayers; l++) {
+          const [key, value] = [out[`key.${l}`].data, out[`value.${l}`].data] as Float32Array[];
+          this.#kv.storeNew(l, first, starts, seq, key, value);
+        }
+        for (const r of inputs) this.#lengths[r.row] = r.start + seq;
+        const logits = out.logits.data as Float32Array;
+        return inputs.map((_, b) => logits.subarray(b * this.vocabSize, (b + 1) * this.vocabSize));
+      });
+    } finally {
+      this.#stepping = false;
+    }
+  }
+
+  /** Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more. */
+  reserve(length: number): void {
+    this.#idle("reserve");
+    const longest = Math.max(length, ...this.#lengths);
+    const target = this.rowCapacity(longest);
+    if (target > this.#kv.capacity || target * 4 <= this.#kv.capacity) this.#kv.resize(target);
+  }
+
+  /** Marks `row` empty, so its tokens no longer keep the capacity from shrinking. */
+  releaseRow(row: number): void {
+    this.#checkRow(row);
+    this.#lengths[row] = 0;
+  }
+
+  copyRow(from: number, to: number, length: number): void {
+    this.#idle("copyRow");
+    this.#checkRange(from, 0, length);
+    this.#checkRow(to);
+    if (from !== to) this.#kv.copyRow(from, to, length);
+    this.#lengths[to] = length;
+  }
+
+  readKv(row: number, start: number, length: number, out: Float32Array): void {
+    this.#checkRange(row, start, length);
+    this.#checkCanonical(length, out);
+    this.#kv.read(row, start, length, out);
+  }
+
+  writeKv(row: number, start: number, length: number, data: Float32Array): void {
+    this.#idle("writeKv");
+    this.#checkRow(row);
+    this.#checkCanonical(length, data);
+    if (start + length > this.#kv.capacity) this.reserve(start + length);
+    this.#kv.write(row, start, length, data);
+    // Blocks arrive in order from slot 0: a write there starts the row anew.
+    this.#lengths[row] = start === 0 ? length : Math.max(this.#lengths[row], start + length);
+  }
+
+  workingBytes(): number {
+    return this.#kv.bytes;
+  }
+
+  async dispose(): Promise<void> {
+    this.#kv.clear();
+    this.#lengths.fill(0);
+    await this.#queue.run(() => this.#session.release());
+  }
+
+  #feeds(inputs: RowInput[], first: number, seq: number): Record<string, OrtTensor> {
+    const count = inputs.length;
+    const ids = new BigInt64Array(count * seq);
+    const positions = new BigInt64Array(count * seq);
+    inputs.forEach((r, b) => {
+      for (let s = 0; s < seq; s++) {
+        ids[b * seq + s] = BigInt(r.tokens[s]);
+        positions[b * seq + s] = BigInt(r.start + s);
+      }
+    });
+    const lengths = BigInt64Array.from(inputs, (r) => BigInt(r.start));
+    const feeds: Record<string, OrtTensor> = {
+      input_ids: new this.#Tensor("int64", ids, [count, seq]),
+      position_ids: new this.#Tensor("int64", positions, [count, seq]),
+      past_lengths: new this.#Tensor("int64", lengths, [count]),
+    };
+    const { numKvHeads: kvh, headDim: d } = this.#kv.shape;
+    const [m, copy] = [this.#kv.capacity, this.#copyInputs];
+    for (let l = 0; l < this.#numLayers; l++) {
+      const { key, value } = this.#kv.rowRange(l, first, count);
+      feeds[`key_cache.${l}`] = new this.#Tensor("float32", copy ? key.slice() : key, [count, kvh, d, m]);
+      feeds[`value_cache.${l}`] = new this.#Tensor("float32", copy ? value.slice() : value, [count, kvh, m, d]);
+    }
+    return feeds;
+  }
+
+  #checkStep(inputs: RowInput[]): { first: number; seq: number } {
+    if (inputs.length === 0) throw new Error("step: no rows");
+    const first = inputs[0].row;
+    const seq = inputs[0].tokens.length;
+    if (seq === 0) throw new Error("step: a row has no tokens");
+    inputs.forEach((r, b) => {
+      // One graph run reads one contiguous slice of the row buffers with one sequence length.
+      if (r.row !== first + b) throw new Error(`step: rows must be one ascending contiguous range, got row ${r.row}`);
+      if (r.tokens.length !== seq) throw new Error(`step: rows must feed the same number of tokens (${seq})`);
+      this.#checkRow(r.row);
+      if (!Number.isInteger(r.start) || r.start < 0 || r.start + seq > this.maxLength) {
+        throw new Error(`step: row ${r.row} feeds [${r.start}, ${r.start + seq}), past the maximum ${this.maxLength}`);
+      }
+    });
+    return { first, seq };
+  }
+
+  #checkRow(row: number): void {
+    if (!Number.isInteger(row) || row < 0 || row >= this.maxRows) {
+      throw new Error(`row ${row} is outside [0, ${this.maxRows})`);
+    }
+  }
+
+  #checkRange(row: number, start: number, length: number): void {
+    this.#checkRow(row);
+    if (start < 0 || length < 0 || start + length > this.#kv.capacity) {
+      throw new Error(`tokens [${start}, ${start + length}) are outside row capacity ${this.#kv.capacity}`);
+    }
+  }
+
+  #checkCanonical(length: number, data: Float32Array): void {
+    if (data.length < length * this.floatsPerToken) {
+      throw new Error(`${length} tokens need ${length * this.floatsPerToken} floats, got ${data.length}`);
+    }
+  }
+
+  #idle(what: string): void {
+    // A native run may still be reading the row buffers.
+    if (this.#stepping) throw new Error(`${what} while a step is running`);
+  }
+}
+
+/** Options of openEngineRunner. */
+export interface OpenEngineRunnerOptions {
+  /** A model folder whose standard graph has the builder's weight names (one the builder wrote). */
+  dir: string;
+  /** fp32 or q4 (the runner's cache is float32). */
+  dtype?: "fp32" | "q4";
+  /** onnxruntime-node, or onnxruntime-web (then `web` must be true). */
+  ort: OrtModule;
+  /** onnxruntime-web: the model goes in as bytes with its external data, and inputs are copied. */
+  web?: boolean;
+  sessionOptions?: OrtSessionOptions;
+  maxRows: number;
+  /** Defaults to the model's max_position_embeddings. */
+  maxLength?: number;
+  queue?: RunQueue;
+}
+
+/** Opens the engine graph of a model folder (writing it on first use) and a runner over it. */
+export async function openEngineRunner(options: OpenEngineRunnerOptions): Promise<EngineRunner> {
+  const dtype = options.dtype ?? "fp32";
+  const enginePath = ensureEngineGraph(options.dir, dtype);
+  const arch = archFromConfig(JSON.parse(fs.readFileSync(path.join(options.dir, "config.json"), "utf8")));
+  const web = options.web ?? false;
+  const session = web
+    ? await options.ort.InferenceSession.create(new Uint8Array(fs.readFileSync(enginePath)), {
+      executionProviders: ["wasm"],
+      ...options.sessionOptions,
+      externalData: webExternalData(path.join(options.dir, ONNX_FILES[dtype])),
+    })
+    : await options.ort.InferenceSession.create(enginePath, options.sessionOptions);
+  return new EngineRunner({
+    session,
+    Tensor: options.ort.Tensor,
+    arch,
+    maxRows: options.maxRows,
+    maxLength: options.maxLength ?? arch.maxPositionEmbeddings,
+    copyInputs: web,
+    queue: options.queue,
+  });
+}
+
+/** The standard graph's external-data file, which the engine graph shares, as onnxruntime-web takes it. */
+function webExternalData(standardPath: string): { path: string; data: Uint8Array }[] {
+  const file = `${standardPath}_data`;
+  if (!fs.existsSync(file)) return [];
+  return [{ path: path.basename(file), data: new Uint8Array(fs.readFileSync(file)) }];
+}

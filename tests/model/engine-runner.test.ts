@@ -1,0 +1,329 @@
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as ort from "onnxruntime-node";
+import {
+  BUILD_RECORD,
+  buildModel,
+  ENGINE_FILES,
+  ensureEngineGraph,
+  isBuiltModel,
+  readBuildRecord,
+} from "../../src/model/builder/build.ts";
+import { decodeModel } from "../../src/model/builder/onnx-read.ts";
+import { PRESETS } from "../../src/model/builder/presets.ts";
+import { EngineRunner, openEngineRunner } from "../../src/model/engine-runner.ts";
+import { engineRowCapacity } from "../../src/model/engine-kv.ts";
+import type { OrtModule } from "../../src/model/ort-types.ts";
+import { loadOrtWasm } from "../../src/model/ort-web.ts";
+import { leftPad, loadReference, referenceForward } from "./reference.ts";
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
+const tiny = path.join(root, "tiny");
+const arch = PRESETS.tiny.arch;
+const VOCAB = arch.vocabSize;
+const PAD = 151643;
+// Sessions and reference runs take seconds on a small machine; Bun's default limit is 5 s a test.
+const SLOW = { timeout: 120_000 };
+const nodeOrt = ort as unknown as OrtModule;
+const sha256 = (file: string) => createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+
+/** Deterministic token ids spread over the vocabulary. */
+const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % 150000);
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+function assertClose(actual: Float32Array, expected: Float32Array, what: string): void {
+  const diff = maxDiff(actual, expected);
+  assert.ok(diff < 1e-4, `${what}: logits differ by ${diff}`);
+}
+
+const standardSessions = new Map<string, ort.InferenceSession>();
+
+/** Every position's logits [T, vocab] and present K/V of a whole sequence, through the standard graph. */
+async function standardRun(ids: number[], dir = tiny) {
+  let session = standardSessions.get(dir);
+  if (!session) {
+    standardSessions.set(dir, session = await ort.InferenceSession.create(path.join(dir, "onnx/model.onnx")));
+  }
+  const i64 = (values: number[]) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), [1, values.length]);
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(ids),
+    attention_mask: i64(ids.map(() => 1)),
+    position_ids: i64(ids.map((_, i) => i)),
+  };
+  for (let i = 0; i < arch.numLayers; i++) {
+    for (const kind of ["key", "value"]) {
+      const empty = new ort.Tensor("float32", new Float32Array(0), [1, arch.numKvHeads, 0, arch.headDim]);
+      feeds[`past_key_values.${i}.${kind}`] = empty;
+    }
+  }
+  const out = await session.run(feeds);
+  const logits = out.logits.data as Float32Array;
+  return {
+    at: (position: number) => logits.subarray(position * VOCAB, (position + 1) * VOCAB),
+    present: (layer: number, kind: "key" | "value") => out[`present.${layer}.${kind}`].data as Float32Array,
+  };
+}
+
+/** Prefills `ids` into `row` in chunks of `chunk` tokens; returns the last chunk's logits (copied). */
+async function prefill(runner: EngineRunner, row: number, ids: number[], chunk = ids.length, from = 0) {
+  let logits = new Float32Array(0);
+  for (let start = from; start < ids.length; start += chunk) {
+    const [out] = await runner.step([{ row, tokens: ids.slice(start, start + chunk), start }]);
+    logits = out.slice();
+  }
+  return logits;
+}
+
+const open = (maxRows = 4, dir = tiny) => openEngineRunner({ dir, ort: nodeOrt, maxRows, maxLength: 4096 });
+
+describe("engine runner", () => {
+  before(async () => {
+    await buildModel({ preset: "tiny", out: tiny, seed: 0 });
+  });
+  after(async () => {
+    for (const session of standardSessions.values()) await session.release();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  test("the engine graph has the engine's inputs and outputs and is listed in the build record", () => {
+    const model = decodeModel(fs.readFileSync(path.join(tiny, ENGINE_FILES.fp32)));
+    const io = (list: typeof model.graph.inputs) => list.map((v) => `${v.name}:${v.elemType}:[${v.dims}]`);
+    assert.deepEqual(io(model.graph.inputs).slice(0, 5), [
+      "input_ids:7:[batch_size,sequence_length]",
+      "position_ids:7:[batch_size,sequence_length]",
+      "past_lengths:7:[batch_size]",
+      "key_cache.0:1:[batch_size,2,16,cache_length]",
+      "value_cache.0:1:[batch_size,2,cache_length,16]",
+    ]);
+    assert.deepEqual(io(model.graph.outputs).slice(0, 3), [
+      "logits:1:[batch_size,151936]",
+      "key.0:1:[batch_size,2,sequence_length,16]",
+      "value.0:1:[batch_size,2,sequence_length,16]",
+    ]);
+    assert.ok(readBuildRecord(tiny)!.files[ENGINE_FILES.fp32] > 0);
+    assert.ok(isBuiltModel(tiny, { preset: "tiny", seed: 0 }));
+  });
+
+  test("a prompt prefilled in one go gives the reference's and the standard graph's last logits", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompt = [9707, 11, 1879, 0, 42, 151644, 872, 198];
+      const logits = await prefill(runner, 1, prompt);
+      assertClose(logits, (await standardRun(prompt)).at(prompt.length - 1), "vs standard graph");
+      const ref = referenceForward(loadReference(tiny), leftPad([prompt], PAD));
+      assertClose(logits, ref.logits.subarray((prompt.length - 1) * VOCAB), "vs reference");
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("a prompt prefilled in chunks of 5 then decoded 8 tokens matches every position", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompt = tokens(13, 1);
+      const next = tokens(8, 2);
+      const expected = await standardRun([...prompt, ...next]);
+      assertClose(await prefill(runner, 2, prompt, 5), expected.at(12), "after the last chunk");
+      for (let i = 0; i < next.length; i++) {
+        const [logits] = await runner.step([{ row: 2, tokens: [next[i]], start: prompt.length + i }]);
+        assertClose(logits, expected.at(prompt.length + i), `decode step ${i}`);
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("rows of different lengths decoded together each match their solo run", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompts = [tokens(3, 3), tokens(9, 4), tokens(14, 5)];
+      const next = [tokens(4, 6), tokens(4, 7), tokens(4, 8)];
+      const expected = await Promise.all(prompts.map((p, r) => standardRun([...p, ...next[r]])));
+      for (const [row, prompt] of prompts.entries()) await prefill(runner, row, prompt);
+      for (let i = 0; i < 4; i++) {
+        const logits = await runner.step(
+          prompts.map((p, row) => ({ row, tokens: [next[row][i]], start: p.length + i })),
+        );
+        logits.forEach((l, row) => assertClose(l, expected[row].at(prompts[row].length + i), `row ${row} step ${i}`));
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("growing the cache across a bucket boundary and copying a row keep the logits", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompt = tokens(60, 9);
+      const next = tokens(6, 10);
+      const expected = await standardRun([...prompt, ...next]);
+      runner.reserve(prompt.length);
+      assert.equal(runner.capacity, 64);
+      await prefill(runner, 0, prompt, 16);
+      runner.reserve(100);
+      assert.equal(runner.capacity, 128);
+      for (let i = 0; i < 3; i++) {
+        const [logits] = await runner.step([{ row: 0, tokens: [next[i]], start: prompt.length + i }]);
+        assertClose(logits, expected.at(prompt.length + i), `after growing, step ${i}`);
+      }
+      runner.copyRow(0, 3, prompt.length + 3);
+      for (let i = 3; i < 6; i++) {
+        const [logits] = await runner.step([{ row: 3, tokens: [next[i]], start: prompt.length + i }]);
+        assertClose(logits, expected.at(prompt.length + i), `in the copied row, step ${i}`);
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("readKv gives the canonical layout and writeKv moves a row's KV to another row", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompt = tokens(32, 11);
+      const next = tokens(3, 12);
+      const expected = await standardRun([...prompt, ...next]);
+      await prefill(runner, 0, prompt, 7);
+      const block = 16;
+      const blocks = [0, 1].map((i) => {
+        const out = new Float32Array(block * runner.floatsPerToken);
+        runner.readKv(0, i * block, block, out);
+        return out;
+      });
+      // Canonical: [layer][K, V][kv head][token][head dim]; the standard graph's present is [1, kvH, T, D].
+      const { numKvHeads: kvh, headDim: d } = arch;
+      const present = expected.present(1, "key");
+      for (const [h, t, i] of [[0, 0, 0], [1, 5, 3], [1, 15, 15]]) {
+        const canonical = blocks[0][(2 * 1 * kvh + h) * block * d + t * d + i];
+        assert.ok(Math.abs(canonical - present[(h * 35 + t) * d + i]) < 1e-5, `K layer 1 head ${h} token ${t}`);
+      }
+      blocks.forEach((data, i) => runner.writeKv(2, i * block, block, data));
+      for (let i = 0; i < next.length; i++) {
+        const [logits] = await runner.step([{ row: 2, tokens: [next[i]], start: prompt.length + i }]);
+        assertClose(logits, expected.at(prompt.length + i), `decode from the written row, step ${i}`);
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("steps over rows that are not one contiguous range, or feed different lengths, are refused", SLOW, async () => {
+    const runner = await open();
+    try {
+      await assert.rejects(
+        runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 2, tokens: [1], start: 0 }]),
+        /contiguous/,
+      );
+      await assert.rejects(
+        runner.step([{ row: 1, tokens: [1], start: 0 }, { row: 0, tokens: [1], start: 0 }]),
+        /contiguous/,
+      );
+      await assert.rejects(
+        runner.step([{ row: 0, tokens: [1, 2], start: 0 }, { row: 1, tokens: [1], start: 0 }]),
+        /same/,
+      );
+      await assert.rejects(runner.step([{ row: 4, tokens: [1], start: 0 }]), /outside/);
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("row capacity grows by powers of two from 64, then by 1024, never past the maximum", () => {
+    assert.deepEqual([1, 64, 65, 200, 1024, 1025, 3000].map((n) => engineRowCapacity(n, 4096)), [
+      64,
+      64,
+      128,
+      256,
+      1024,
+      2048,
+      3072,
+    ]);
+    assert.equal(engineRowCapacity(100, 100), 100);
+    assert.throws(() => engineRowCapacity(101, 100), /maximum length/);
+  });
+
+  test("the wasm build gives the same logits (inputs copied into its heap)", SLOW, async () => {
+    const runner = await openEngineRunner({
+      dir: tiny,
+      ort: await loadOrtWasm(),
+      web: true,
+      maxRows: 3,
+      maxLength: 256,
+    });
+    try {
+      const prompts = [tokens(7, 13), tokens(11, 14)];
+      const next = tokens(3, 15);
+      const expected = await Promise.all(prompts.map((p) => standardRun([...p, ...next])));
+      for (const [row, prompt] of prompts.entries()) await prefill(runner, row, prompt, 4);
+      for (let i = 0; i < next.length; i++) {
+        const logits = await runner.step(prompts.map((p, row) => ({ row, tokens: [next[i]], start: p.length + i })));
+        logits.forEach((l, row) =>
+          assertClose(l, expected[row].at(prompts[row].length + i), `wasm row ${row} step ${i}`)
+        );
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("with external data the engine graph points into the same data file, at the same offsets", SLOW, async () => {
+    const dir = path.join(root, "tiny-external");
+    const preset = { ...PRESETS.tiny, name: "tiny-external", externalData: true };
+    await buildModel({ preset, out: dir });
+    const onnxFiles = fs.readdirSync(path.join(dir, "onnx")).sort();
+    assert.deepEqual(onnxFiles, ["engine.onnx", "model.onnx", "model.onnx_data"]);
+    assert.ok(fs.statSync(path.join(dir, ENGINE_FILES.fp32)).size < 1e6);
+    const refs = (file: string) =>
+      new Map(
+        decodeModel(fs.readFileSync(path.join(dir, file))).graph.initializers.filter((t) => t.external)
+          .map((t) => [t.name, t.external]),
+      );
+    const [standard, engine] = [refs("onnx/model.onnx"), refs(ENGINE_FILES.fp32)];
+    assert.ok(engine.size > 10);
+    for (const [name, ref] of engine) assert.deepEqual(ref, standard.get(name), name);
+
+    const runner = await open(2, dir);
+    try {
+      const prompt = tokens(9, 16);
+      assertClose(await prefill(runner, 0, prompt, 4), (await standardRun(prompt, dir)).at(8), "external data");
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("ensureEngineGraph rewrites a missing engine graph byte for byte and keeps the folder complete", async () => {
+    const dir = path.join(root, "tiny-again");
+    await buildModel({ preset: "tiny", out: dir, seed: 0 });
+    const file = path.join(dir, ENGINE_FILES.fp32);
+    assert.equal(sha256(file), sha256(path.join(tiny, ENGINE_FILES.fp32)), "the same seed gives the same bytes");
+    // A folder built before engine graphs existed: no file, no record entry.
+    fs.rmSync(file);
+    const record = JSON.parse(fs.readFileSync(path.join(dir, BUILD_RECORD), "utf8"));
+    delete record.files[ENGINE_FILES.fp32];
+    fs.writeFileSync(path.join(dir, BUILD_RECORD), JSON.stringify(record));
+    assert.equal(ensureEngineGraph(dir), file);
+    assert.equal(sha256(file), sha256(path.join(tiny, ENGINE_FILES.fp32)));
+    assert.equal(readBuildRecord(dir)!.files[ENGINE_FILES.fp32], fs.statSync(file).size);
+    assert.ok(isBuiltModel(dir, { preset: "tiny", seed: 0 }));
+    const before = fs.statSync(file).mtimeMs;
+    ensureEngineGraph(dir);
+    assert.equal(fs.statSync(file).mtimeMs, before, "a present engine graph is not rewritten");
+    // One an older emitter wrote (here: another graph entirely, recorded with its size) is.
+    fs.copyFileSync(path.join(dir, "onnx/model.onnx"), file);
+    const stale = readBuildRecord(dir)!;
+    stale.files[ENGINE_FILES.fp32] = fs.statSync(file).size;
+    fs.writeFileSync(path.join(dir, BUILD_RECORD), JSON.stringify({ ...stale, dir: undefined }));
+    ensureEngineGraph(dir);
+    assert.equal(sha256(file), sha256(path.join(tiny, ENGINE_FILES.fp32)));
+    assert.ok(isBuiltModel(dir, { preset: "tiny", seed: 0 }));
+  });
+});
