@@ -9,13 +9,12 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import * as ort from "onnxruntime-node";
 import { ensureModel, ONNX_FILES } from "../src/model/builder/build.ts";
 import { getPreset } from "../src/model/builder/presets.ts";
 import { defaultCacheDir } from "../src/model/builtin.ts";
 import { openEngineRunner } from "../src/model/engine-runner.ts";
 import type { OrtModule, OrtSession, OrtTensor } from "../src/model/ort-types.ts";
-import { loadOrtWasm } from "../src/model/ort-web.ts";
+import { backendFor } from "../src/model/backends.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 
 function flag(name: string, fallback: string): string {
@@ -39,8 +38,8 @@ const dir = path.join(cacheDir, presetName);
 const built = performance.now();
 await ensureModel({ preset: presetName, out: dir, seed: 0 });
 const buildSeconds = (performance.now() - built) / 1000;
-const web = device === "wasm";
-const runtime: OrtModule = web ? await loadOrtWasm() : ort as unknown as OrtModule;
+const backend = await backendFor(device === "wasm" ? "wasm" : "cpu");
+const runtime: OrtModule = backend.ort;
 type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
 const Tensor = runtime.Tensor as unknown as TensorClass;
 
@@ -76,8 +75,7 @@ function report(graph: string, context: number, extra: Record<string, unknown>) 
 async function benchEngine() {
   const runner = await openEngineRunner({
     dir,
-    ort: runtime,
-    web,
+    backend,
     maxRows: batch,
     maxLength: Math.max(...contexts),
   });
@@ -96,15 +94,9 @@ async function benchEngine() {
 
 async function openStandard(): Promise<OrtSession> {
   const file = path.join(dir, ONNX_FILES.fp32);
-  if (!web) return await runtime.InferenceSession.create(file);
   const data = `${file}_data`;
-  const externalData = fs.existsSync(data)
-    ? [{ path: path.basename(data), data: new Uint8Array(fs.readFileSync(data)) }]
-    : [];
-  return await runtime.InferenceSession.create(new Uint8Array(fs.readFileSync(file)), {
-    executionProviders: ["wasm"],
-    externalData,
-  });
+  const externalData = fs.existsSync(data) ? [{ name: path.basename(data), path: data }] : [];
+  return await backend.openFile({ model: file, externalData });
 }
 
 async function benchStandard() {

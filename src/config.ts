@@ -6,6 +6,17 @@ export const DTYPES = ["fp32", "fp16", "q8", "q4"] as const;
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
+const UNITS: Record<string, number> = { "": 1, k: 1e3, m: 1e6, g: 1e9, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30 };
+/** A byte count: 1073741824, 1GiB, 512MiB, 2G. */
+const bytes = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const m = String(v).trim().toLowerCase().match(/^(\d+(?:\.\d+)?)\s*(k|m|g|kib|mib|gib)?b?$/);
+  if (!m) {
+    ctx.addIssue({ code: "custom", message: "expected a byte count such as 1073741824, 512MiB or 2GiB" });
+    return z.NEVER;
+  }
+  return Math.floor(Number(m[1]) * UNITS[m[2] ?? ""]);
+}).pipe(z.number().int().positive());
+const probability = z.coerce.number().min(0).max(1);
 
 /** Server flags. Keys are camelCase here and kebab-case on the command line (`maxModelLen` = `--max-model-len`). */
 export const ServerConfig = z.object({
@@ -21,6 +32,21 @@ export const ServerConfig = z.object({
   cacheDir: z.string().min(1).optional()
     .describe("where models are built and downloaded (env GYM_EDGE_CACHE, default $XDG_CACHE_HOME/gym-edge)"),
   logLevel: z.enum(["debug", "info", "warn", "error"]).default("info").describe("least severe log level printed"),
+  // Engine
+  maxNumSeqs: positiveInt.default(32).describe("most sequences decoded together in one batch"),
+  maxNumBatchedTokens: positiveInt.default(512).describe("most tokens fed to the model in one step (prefill chunk)"),
+  kvCacheMemory: bytes.optional().describe("bytes for the KV cache: running sequences and prefix cache (default 1GiB)"),
+  prefixCaching: z.boolean().default(true).describe("reuse cached KV of shared prompt prefixes (--no-prefix-caching)"),
+  // Generation
+  toolCallParser: z.enum(["hermes", "llama3_json"]).default("hermes").describe("how tool calls are read from output"),
+  reasoningParser: z.enum(["qwen3", "deepseek_r1"]).optional().describe("move <think> text to reasoning_content"),
+  logprobsMode: z.enum(["processed", "raw"]).default("processed")
+    .describe("default distribution of reported logprobs: the one sampled from, or the model's raw one"),
+  returnTokensAsTokenIds: z.boolean().default(false).describe("logprob tokens as 'token_id:<id>' for every request"),
+  requireTemperature: z.coerce.number().min(0).optional().describe("reject requests whose temperature differs"),
+  requireTopP: probability.optional().describe("reject requests whose top_p differs"),
+  requireTopK: z.coerce.number().int().optional().describe("reject requests whose top_k differs"),
+  strictMaxTokens: z.boolean().default(false).describe("400 for a max_tokens that does not fit, instead of clamping"),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 

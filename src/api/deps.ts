@@ -1,5 +1,6 @@
 /** What the HTTP app needs from the rest of the server. An interface, so later layers (the engine) can join it. */
 import type { ChatTokenizer } from "../chat/template.ts";
+import type { GenerationEngine } from "./generate.ts";
 
 /** The served model, its tokenizer, readiness and the server's request limits. */
 export interface AppDeps {
@@ -10,10 +11,26 @@ export interface AppDeps {
   /** The context length: prompt plus generated tokens. */
   maxModelLen: number;
   tokenizer: ChatTokenizer;
+  /** The engine that generates; routes that generate answer 503 without one. */
+  engine?: GenerationEngine;
   /** Whether the model is loaded and requests can be served. */
   isReady(): boolean;
   /** When set, every route but /health requires `Authorization: Bearer <apiKey>`. */
   apiKey?: string | null;
   /** The largest request body accepted, in bytes (default 32 MiB). */
   maxBodyBytes?: number;
+  /** How tool calls are parsed from generated text (`hermes`, `llama3_json`); default hermes, null: never. */
+  toolCallParser?: string | null;
+  /** How reasoning is split from generated text (`qwen3`, `deepseek_r1`); default none. */
+  reasoningParser?: string | null;
+  /** Which distribution log-probabilities come from when a request does not say (default processed). */
+  logprobsMode?: "processed" | "raw" | null;
+  /** Report logprob tokens as "token_id:<id>" for every request. */
+  returnTokensAsTokenIds?: boolean;
+  /** Pinned sampling: requests asking for another value are rejected, requests that omit it get this one. */
+  requireTemperature?: number | null;
+  requireTopP?: number | null;
+  requireTopK?: number | null;
+  /** Reject (400) a max_tokens that does not fit the context instead of clamping it. */
+  strictMaxTokens?: boolean;
 }

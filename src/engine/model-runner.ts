@@ -24,6 +24,8 @@ export interface ModelRunner {
   step(inputs: RowInput[]): Promise<Float32Array[]>;
   /** Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). */
   reserve(length: number): void;
+  /** Tells the runner a row holds nothing any more (it may shrink its buffers). */
+  releaseRow(row: number): void;
   /** Copies the first `length` cached tokens of row `from` into row `to`. */
   copyRow(from: number, to: number, length: number): void;
   /** Copies cached tokens [start, start+length) of `row` into `out` (floatsPerToken * length floats). */

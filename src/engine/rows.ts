@@ -28,6 +28,7 @@ export class RowTable {
   /** Frees a sequence's row and keeps the decoding rows contiguous. */
   release(seq: Sequence): void {
     if (seq.row === null) return;
+    this.runner.releaseRow(seq.row);
     this.#rows[seq.row] = null;
     seq.row = null;
   }
@@ -60,6 +61,7 @@ export class RowTable {
     const from = seq.row!;
     if (from === to) return;
     this.runner.copyRow(from, to, seq.numComputed);
+    this.runner.releaseRow(from);
     this.#rows[from] = null;
     this.#rows[to] = seq;
     seq.row = to;

@@ -9,6 +9,7 @@ import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
 import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
 import { ensureEngineGraph, ONNX_FILES } from "./builder/build.ts";
 import { EngineKv, engineRowCapacity } from "./engine-kv.ts";
+import type { Backend } from "./backends.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 
@@ -219,44 +220,31 @@ export interface OpenEngineRunnerOptions {
   dir: string;
   /** fp32 or q4 (the runner's cache is float32). */
   dtype?: "fp32" | "q4";
-  /** onnxruntime-node, or onnxruntime-web (then `web` must be true). */
-  ort: OrtModule;
-  /** onnxruntime-web: the model goes in as bytes with its external data, and inputs are copied. */
-  web?: boolean;
+  /** The device backend the model was loaded on: the engine graph opens there too. */
+  backend: Backend;
   sessionOptions?: OrtSessionOptions;
   maxRows: number;
   /** Defaults to the model's max_position_embeddings. */
   maxLength?: number;
-  queue?: RunQueue;
 }
 
-/** Opens the engine graph of a model folder (writing it on first use) and a runner over it. */
+/** Opens the engine graph of a model folder (writing it on first use) and a runner over it, on the given backend. */
 export async function openEngineRunner(options: OpenEngineRunnerOptions): Promise<EngineRunner> {
+  const { backend } = options;
   const dtype = options.dtype ?? "fp32";
   const enginePath = ensureEngineGraph(options.dir, dtype);
   const arch = archFromConfig(JSON.parse(fs.readFileSync(path.join(options.dir, "config.json"), "utf8")));
-  const web = options.web ?? false;
-  const session = web
-    ? await options.ort.InferenceSession.create(new Uint8Array(fs.readFileSync(enginePath)), {
-      executionProviders: ["wasm"],
-      ...options.sessionOptions,
-      externalData: webExternalData(path.join(options.dir, ONNX_FILES[dtype])),
-    })
-    : await options.ort.InferenceSession.create(enginePath, options.sessionOptions);
+  // The engine graph points into the standard graph's external data file (same name, same offsets).
+  const dataFile = `${path.join(options.dir, ONNX_FILES[dtype])}_data`;
+  const externalData = fs.existsSync(dataFile) ? [{ name: path.basename(dataFile), path: dataFile }] : [];
+  const session = await backend.openFile({ model: enginePath, externalData }, options.sessionOptions);
   return new EngineRunner({
     session,
-    Tensor: options.ort.Tensor,
+    Tensor: backend.Tensor,
     arch,
     maxRows: options.maxRows,
     maxLength: options.maxLength ?? arch.maxPositionEmbeddings,
-    copyInputs: web,
-    queue: options.queue,
+    copyInputs: backend.runtime === "onnxruntime-web",
+    queue: backend.runQueue(),
   });
-}
-
-/** The standard graph's external-data file, which the engine graph shares, as onnxruntime-web takes it. */
-function webExternalData(standardPath: string): { path: string; data: Uint8Array }[] {
-  const file = `${standardPath}_data`;
-  if (!fs.existsSync(file)) return [];
-  return [{ path: path.basename(file), data: new Uint8Array(fs.readFileSync(file)) }];
 }

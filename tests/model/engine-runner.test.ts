@@ -17,8 +17,7 @@ import { decodeModel } from "../../src/model/builder/onnx-read.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
 import { EngineRunner, openEngineRunner } from "../../src/model/engine-runner.ts";
 import { engineRowCapacity } from "../../src/model/engine-kv.ts";
-import type { OrtModule } from "../../src/model/ort-types.ts";
-import { loadOrtWasm } from "../../src/model/ort-web.ts";
+import { backendFor } from "../../src/model/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
@@ -28,7 +27,6 @@ const VOCAB = arch.vocabSize;
 const PAD = 151643;
 // Sessions and reference runs take seconds on a small machine; Bun's default limit is 5 s a test.
 const SLOW = { timeout: 120_000 };
-const nodeOrt = ort as unknown as OrtModule;
 const sha256 = (file: string) => createHash("sha256").update(fs.readFileSync(file)).digest("hex");
 
 /** Deterministic token ids spread over the vocabulary. */
@@ -84,7 +82,8 @@ async function prefill(runner: EngineRunner, row: number, ids: number[], chunk =
   return logits;
 }
 
-const open = (maxRows = 4, dir = tiny) => openEngineRunner({ dir, ort: nodeOrt, maxRows, maxLength: 4096 });
+const open = async (maxRows = 4, dir = tiny) =>
+  openEngineRunner({ dir, backend: await backendFor("cpu"), maxRows, maxLength: 4096 });
 
 describe("engine runner", () => {
   before(async () => {
@@ -254,8 +253,7 @@ describe("engine runner", () => {
   test("the wasm build gives the same logits (inputs copied into its heap)", SLOW, async () => {
     const runner = await openEngineRunner({
       dir: tiny,
-      ort: await loadOrtWasm(),
-      web: true,
+      backend: await backendFor("wasm"),
       maxRows: 3,
       maxLength: 256,
     });
