@@ -2,10 +2,13 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { requireApiKey } from "./auth.ts";
+import { chatCompletionRoutes } from "./chat-completions.ts";
+import { completionRoutes } from "./completions.ts";
 import type { AppDeps } from "./deps.ts";
 import { errorResponse, MethodNotAllowedError, PayloadTooLargeError, RouteNotFoundError } from "./errors.ts";
 import { healthRoutes } from "./health.ts";
 import { modelRoutes } from "./models.ts";
+import { responseRoutes } from "./responses.ts";
 import { tokenizeRoutes } from "./tokenize.ts";
 
 export type { AppDeps } from "./deps.ts";
@@ -52,5 +55,8 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/", healthRoutes(deps));
   app.route("/", modelRoutes(deps));
   app.route("/", tokenizeRoutes(deps));
+  app.route("/", chatCompletionRoutes(deps));
+  app.route("/", completionRoutes(deps));
+  app.route("/", responseRoutes(deps));
   return app;
 }

@@ -7,6 +7,9 @@ import { z } from "zod";
 import { InvalidMessageError } from "../chat/messages.ts";
 import { SpliceError } from "../chat/splice.ts";
 import { ChatTemplateError } from "../chat/template.ts";
+import { ToolChoiceError } from "../chat/tools/parser.ts";
+import { EngineRequestError } from "../engine/engine.ts";
+import { SamplingParamsError } from "../engine/sampling-params.ts";
 
 /** OpenAI's error body. */
 export const ErrorBody = z.object({
@@ -110,6 +113,9 @@ function httpError(err: unknown): HttpError {
   if (err instanceof InvalidMessageError) return invalid(400, err.message, err.param);
   if (err instanceof ChatTemplateError) return invalid(400, err.message, "messages");
   if (err instanceof SpliceError) return invalid(400, err.message, null, err.reason);
+  if (err instanceof EngineRequestError) return invalid(400, err.message, err.param);
+  if (err instanceof SamplingParamsError) return invalid(400, err.message, err.param);
+  if (err instanceof ToolChoiceError) return invalid(400, err.message, err.param);
   if (err instanceof MalformedJsonError) return invalid(400, err.message);
   if (err instanceof UnauthorizedError) {
     return { ...invalid(401, err.message, null, "invalid_api_key"), headers: { "www-authenticate": "Bearer" } };
@@ -130,10 +136,15 @@ function httpError(err: unknown): HttpError {
   return { status: 500, type: "server_error", code: "internal_error", param: null, message: `internal server error: ${detail}` };
 }
 
+/** The status and OpenAI error body of any error (a stream that fails midway sends the body as an event). */
+export function errorPayload(err: unknown): { status: number; body: ErrorBody; headers?: Record<string, string> } {
+  const { status, type, code, param, message, headers } = httpError(err);
+  return { status, body: { error: { message, type, param, code } }, headers };
+}
+
 /** The HTTP response for any error thrown while serving a request: OpenAI's JSON shape, never a stack trace. */
 export function errorResponse(err: unknown): Response {
-  const { status, type, code, param, message, headers } = httpError(err);
-  const body: ErrorBody = { error: { message, type, param, code } };
+  const { status, body, headers } = errorPayload(err);
   return new Response(JSON.stringify(body), {
     status,
     headers: { "content-type": "application/json", ...headers },

@@ -63,3 +63,160 @@ export type ModelList = z.infer<typeof ModelList>;
 /** The answer of GET /health once the model is loaded. */
 export const HealthResponse = z.object({ status: z.literal("ok") });
 export type HealthResponse = z.infer<typeof HealthResponse>;
+
+const nullableNumber = z.number().nullish();
+const nullableInt = z.int().nullish();
+const nullableBool = z.boolean().nullish();
+
+/**
+ * The sampling fields every generating route reads (range checks happen in the engine's SamplingParams, whose
+ * errors name the same fields).
+ */
+export const SamplingRequestFields = z.object({
+  n: nullableInt,
+  temperature: nullableNumber,
+  top_p: nullableNumber,
+  top_k: nullableInt,
+  min_p: nullableNumber,
+  seed: nullableInt,
+  min_tokens: nullableInt,
+  stop_token_ids: z.array(z.int().nonnegative()).nullish(),
+  ignore_eos: nullableBool,
+  presence_penalty: nullableNumber,
+  frequency_penalty: nullableNumber,
+  repetition_penalty: nullableNumber,
+  logit_bias: z.record(z.string(), z.number()).nullish(),
+  logprobs_mode: z.enum(["processed", "raw", "processed_logprobs", "raw_logprobs"]).nullish(),
+});
+export type SamplingRequestFields = z.infer<typeof SamplingRequestFields>;
+
+/** Fields of chat and completions beyond sampling: stop strings, text options, streaming, RL token fields. */
+const GenerationFields = {
+  ...ModelField,
+  ...SamplingRequestFields.shape,
+  max_tokens: z.int().min(1).nullish(),
+  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  include_stop_str_in_output: nullableBool,
+  skip_special_tokens: nullableBool,
+  stream: nullableBool,
+  stream_options: z.object({ include_usage: nullableBool, continuous_usage_stats: nullableBool }).nullish(),
+  prompt_logprobs: nullableInt,
+  return_tokens_as_token_ids: nullableBool,
+  return_token_ids: nullableBool,
+};
+
+/** POST /v1/chat/completions. */
+export const ChatCompletionRequest = z.object({
+  ...GenerationFields,
+  ...ChatPromptFields,
+  max_completion_tokens: z.int().min(1).nullish(),
+  logprobs: nullableBool,
+  top_logprobs: z.int().min(0).max(20).nullish(),
+  tool_choice: z.union([
+    z.enum(["none", "auto", "required"]),
+    z.object({ type: z.literal("function").optional(), function: z.object({ name: z.string() }) }),
+  ]).nullish(),
+  parallel_tool_calls: nullableBool,
+  response_format: z.looseObject({ type: z.string() }).nullish(),
+});
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
+
+/** POST /v1/completions: a prompt is text or token ids, and a request may carry a batch of either. */
+export const CompletionRequest = z.object({
+  ...GenerationFields,
+  prompt: z.union([
+    z.string(),
+    z.array(z.string()).min(1),
+    TokenIds.min(1),
+    z.array(TokenIds.min(1)).min(1),
+  ]),
+  echo: nullableBool,
+  logprobs: z.int().min(0).max(20).nullish(),
+  suffix: z.string().nullish(),
+  add_special_tokens: z.boolean().default(true),
+});
+export type CompletionRequest = z.infer<typeof CompletionRequest>;
+
+/** The RL token fields an input item may carry back (an output item of an earlier response). */
+const ItemTokenFields = {
+  prompt_token_ids: TokenIds.nullish(),
+  generation_token_ids: TokenIds.nullish(),
+  generation_log_probs: z.array(z.number()).nullish(),
+};
+const TextPart = z.looseObject({ type: z.string(), text: z.string().optional() });
+const ItemText = z.union([z.string(), z.array(TextPart)]);
+
+/** One item of a Responses `input`; an item with a role and no type is a message. */
+export const ResponseInputItem = z.preprocess(
+  (item) => typeof item === "object" && item !== null && !("type" in item) && "role" in item ? { ...item, type: "message" } : item,
+  z.discriminatedUnion("type", [
+    z.looseObject({
+      type: z.literal("message"),
+      role: z.enum(["user", "assistant", "system", "developer"]),
+      content: ItemText,
+      ...ItemTokenFields,
+    }),
+    z.looseObject({
+      type: z.literal("function_call"),
+      call_id: z.string(),
+      name: z.string(),
+      arguments: z.string(),
+      ...ItemTokenFields,
+    }),
+    z.looseObject({ type: z.literal("function_call_output"), call_id: z.string(), output: ItemText }),
+    z.looseObject({
+      type: z.literal("reasoning"),
+      summary: z.array(TextPart).default([]),
+      content: z.array(TextPart).nullish(),
+      ...ItemTokenFields,
+    }),
+  ]),
+);
+export type ResponseInputItem = z.infer<typeof ResponseInputItem>;
+
+// A string or a list of items. Checked in two steps, so that a bad item's error names the item, not just `input`.
+const ResponseInput = z.union([z.string(), z.array(z.unknown()).min(1)]).transform((input, ctx) => {
+  if (typeof input === "string") return input;
+  const items = z.array(ResponseInputItem).safeParse(input);
+  if (items.success) return items.data;
+  for (const issue of items.error.issues) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path });
+  return z.NEVER;
+});
+
+/** A Responses function tool (the flat shape: name and parameters at the top). */
+export const ResponseTool = z.looseObject({
+  type: z.literal("function"),
+  name: z.string(),
+  description: z.string().nullish(),
+  parameters: z.record(z.string(), z.unknown()).nullish(),
+  strict: z.boolean().nullish(),
+});
+export type ResponseTool = z.infer<typeof ResponseTool>;
+
+/** POST /v1/responses. */
+export const ResponsesRequest = z.object({
+  ...ModelField,
+  ...SamplingRequestFields.omit({ n: true }).shape,
+  input: ResponseInput,
+  instructions: z.string().nullish(),
+  tools: z.array(ResponseTool).nullish(),
+  tool_choice: z.union([
+    z.enum(["none", "auto", "required"]),
+    z.object({ type: z.literal("function"), name: z.string() }),
+  ]).nullish(),
+  parallel_tool_calls: nullableBool,
+  max_output_tokens: z.int().min(1).nullish(),
+  top_logprobs: z.int().min(0).max(20).nullish(),
+  include: z.array(z.string()).nullish(),
+  stream: nullableBool,
+  previous_response_id: z.string().nullish(),
+  metadata: z.record(z.string(), z.string()).nullish(),
+  text: z.looseObject({ format: z.looseObject({ type: z.string() }).nullish() }).nullish(),
+  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  include_stop_str_in_output: nullableBool,
+  skip_special_tokens: nullableBool,
+  return_tokens_as_token_ids: nullableBool,
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  required_prefix_token_ids: TokenIds.nullish(),
+});
+export type ResponsesRequest = z.infer<typeof ResponsesRequest>;

@@ -1,0 +1,208 @@
+/**
+ * POST /v1/completions: text or token-id prompts (one, or a batch of either), n samples each, echo, the legacy
+ * logprobs shape, and the RL token fields. Choice i*n + j is sample j of prompt i, as in vLLM.
+ */
+import { Hono } from "hono";
+import { TokenTexts } from "../chat/detokenize.ts";
+import { readJson } from "./body.ts";
+import type { AppDeps } from "./deps.ts";
+import { InvalidRequestError } from "./errors.ts";
+import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams } from "./generate.ts";
+import { assertServedModel } from "./models.ts";
+import {
+  type Completion,
+  type CompletionChoice,
+  legacyLogprobs,
+  nowSeconds,
+  randomId,
+  TokenNames,
+  usageOf,
+} from "./protocol.ts";
+import { CompletionRequest } from "./schemas.ts";
+import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
+
+/** One prompt of the request: its token ids and the text echo repeats. */
+interface Prompt {
+  ids: number[];
+  text: string;
+}
+
+function checkRequest(request: CompletionRequest): void {
+  if (request.suffix != null) throw new InvalidRequestError("suffix is not supported", "suffix");
+  if (request.prompt_logprobs != null) throw new InvalidRequestError("prompt_logprobs is not supported yet", "prompt_logprobs");
+  if (request.echo && request.logprobs != null) {
+    throw new InvalidRequestError("echo with logprobs needs the prompt's log-probabilities, which are not supported yet", "echo");
+  }
+  if (request.stream_options && !request.stream) {
+    throw new InvalidRequestError("stream_options can only be given when stream is true", "stream_options");
+  }
+}
+
+function promptsOf(deps: AppDeps, request: CompletionRequest): Prompt[] {
+  const { prompt } = request;
+  const fromText = (text: string): Prompt => ({
+    ids: deps.tokenizer.encode(text, { addSpecialTokens: request.add_special_tokens }),
+    text,
+  });
+  const fromIds = (ids: number[], param: string): Prompt => {
+    const bad = ids.findIndex((id) => !deps.tokenizer.isKnownId(id));
+    if (bad >= 0) throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary`, `${param}[${bad}]`);
+    return { ids, text: deps.tokenizer.decode(ids) };
+  };
+  if (typeof prompt === "string") return [fromText(prompt)];
+  if (prompt.every((p) => typeof p === "number")) return [fromIds(prompt as number[], "prompt")];
+  return (prompt as (string | number[])[]).map((p, i) => typeof p === "string" ? fromText(p) : fromIds(p, `prompt[${i}]`));
+}
+
+/** The completion routes. */
+export function completionRoutes(deps: AppDeps): Hono {
+  const texts = new TokenTexts(deps.tokenizer);
+  const routes = new Hono();
+
+  routes.post("/v1/completions", async (c) => {
+    const request = CompletionRequest.parse(await readJson(c));
+    assertServedModel(deps, request.model);
+    checkRequest(request);
+    const engine = engineOf(deps);
+    const prompts = promptsOf(deps, request);
+    const stop = request.stop == null ? [] : typeof request.stop === "string" ? [request.stop] : request.stop;
+    const generations: Generation[] = [];
+    try {
+      for (const [i, prompt] of prompts.entries()) {
+        const setup: GenerationSetup = {
+          engine,
+          tokenizer: deps.tokenizer,
+          params: samplingParams(deps, request, {
+            promptLength: prompt.ids.length,
+            maxTokens: request.max_tokens,
+            defaultMaxTokens: 16,
+            topLogprobs: request.logprobs ?? null,
+            promptParam: "prompt",
+          }),
+          text: {
+            skipSpecialTokens: request.skip_special_tokens ?? true,
+            stop,
+            includeStopString: request.include_stop_str_in_output ?? false,
+          },
+          signal: c.req.raw.signal,
+        };
+        generations.push(new Generation(setup, prompt.ids, i * setup.params.n));
+      }
+    } catch (err) {
+      for (const generation of generations) generation.abort();
+      throw err;
+    }
+    const shape: CompletionShape = {
+      id: randomId("cmpl-"),
+      created: nowSeconds(),
+      model: deps.servedModelName,
+      prompts,
+      n: generations[0].requests.length,
+      echo: request.echo ?? false,
+      names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
+      topLogprobs: request.logprobs ?? null,
+      returnTokenIds: request.return_token_ids ?? false,
+      version: engine.policyVersion,
+    };
+    if (!request.stream) return c.json(await complete(generations, shape));
+    const usage = request.stream_options?.include_usage ?? false;
+    return sseResponse(stream(generations, shape, usage), {
+      onCancel: () => generations.forEach((g) => g.abort()),
+      signal: c.req.raw.signal,
+    });
+  });
+
+  return routes;
+}
+
+interface CompletionShape {
+  id: string;
+  created: number;
+  model: string;
+  prompts: Prompt[];
+  n: number;
+  echo: boolean;
+  names: TokenNames;
+  topLogprobs: number | null;
+  returnTokenIds: boolean;
+  version: number;
+}
+
+function promptTokens(shape: CompletionShape): number {
+  return shape.prompts.reduce((sum, p) => sum + p.ids.length, 0);
+}
+
+async function complete(generations: Generation[], shape: CompletionShape): Promise<Completion> {
+  const results = (await Promise.all(generations.map((g) => g.collect()))).flat();
+  const choices = results.map((result): CompletionChoice => {
+    const prompt = shape.prompts[Math.floor(result.index / shape.n)];
+    const echoed = shape.echo ? prompt.text : "";
+    return {
+      index: result.index,
+      text: echoed + result.text,
+      logprobs: shape.topLogprobs === null ? null : legacyLogprobs(shape.names, result.tokens, shape.topLogprobs, echoed.length),
+      finish_reason: result.finishReason,
+      stop_reason: result.stopReason,
+      prompt_logprobs: null,
+      ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: result.tokens.map((t) => t.tokenId) } : {}),
+    };
+  });
+  const tokens = results.flatMap((r) => r.tokens);
+  return {
+    id: shape.id,
+    object: "text_completion",
+    created: shape.created,
+    model: shape.model,
+    choices,
+    service_tier: null,
+    system_fingerprint: null,
+    usage: usageOf(promptTokens(shape), tokens.length),
+    ...(shape.returnTokenIds && shape.prompts.length === 1 ? { prompt_token_ids: shape.prompts[0].ids } : {}),
+    kv_transfer_params: null,
+    policy_version: policyVersionOf(shape.version, tokens),
+  };
+}
+
+async function* stream(generations: Generation[], shape: CompletionShape, includeUsage: boolean): AsyncGenerator<string> {
+  let version = shape.version;
+  let generated = 0;
+  // Characters of each choice's text so far (text_offset), and whether its first chunk went out (echo, prompt ids).
+  const offsets = new Map<number, number>();
+  const chunk = (choice: CompletionChoice | null, extra: Partial<Completion> = {}) =>
+    sseData({
+      id: shape.id,
+      object: "text_completion",
+      created: shape.created,
+      model: shape.model,
+      choices: choice ? [choice] : [],
+      system_fingerprint: null,
+      usage: null,
+      ...extra,
+      policy_version: version,
+    } satisfies Completion);
+  for await (const event of mergeAsync(generations.map((g) => g.events()))) {
+    const prompt = shape.prompts[Math.floor(event.index / shape.n)];
+    let text = event.text;
+    let firstFields = {};
+    if (!offsets.has(event.index)) {
+      if (shape.echo) text = prompt.text + text;
+      if (shape.returnTokenIds) firstFields = { prompt_token_ids: prompt.ids };
+      offsets.set(event.index, shape.echo ? prompt.text.length : 0);
+    }
+    const offset = offsets.get(event.index)!;
+    const choice: CompletionChoice = { index: event.index, text, logprobs: null, finish_reason: null, stop_reason: null, ...firstFields };
+    if (event.kind === "token") {
+      generated++;
+      version = Math.max(version, event.token.policyVersion);
+      if (shape.topLogprobs !== null) choice.logprobs = legacyLogprobs(shape.names, [event.token], shape.topLogprobs, offset);
+      if (shape.returnTokenIds) choice.token_ids = [event.token.tokenId];
+    } else {
+      choice.finish_reason = event.finishReason;
+      choice.stop_reason = event.stopReason;
+    }
+    offsets.set(event.index, offset + event.text.length);
+    yield chunk(choice);
+  }
+  if (includeUsage) yield chunk(null, { usage: usageOf(promptTokens(shape), generated) });
+  yield SSE_DONE;
+}
