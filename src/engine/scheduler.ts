@@ -120,6 +120,7 @@ export class Scheduler {
   #admit(plan: StepPlan): void {
     while (this.waiting.length && this.running.length < this.limits.maxNumSeqs) {
       const seq = this.waiting[0];
+      if (this.prefixCaching && this.#awaitsSharedPrefill(seq)) break;
       // Leave at least one token to compute: the step must produce logits to sample from.
       const cachedBlocks = this.prefixCaching ? this.cache.match(seq.tokens, seq.length - 1) : [];
       const cached = cachedBlocks.length * this.cache.blockSize;
@@ -136,5 +137,17 @@ export class Scheduler {
       plan.admitted.push({ seq, cachedBlocks });
     }
     this.#resizeCache(this.running);
+  }
+
+  /**
+   * Whether a running sequence is still prefilling a first block this one shares: then this one waits, and
+   * reuses that KV from the prefix cache instead of computing it again (the n samples of one prompt, say).
+   */
+  #awaitsSharedPrefill(seq: Sequence): boolean {
+    const bs = this.cache.blockSize;
+    if (seq.length <= bs) return false;
+    return this.running.some((r) =>
+      r.isPrefilling && r.length > bs && r.tokens.slice(0, bs).every((t, i) => t === seq.tokens[i])
+    );
   }
 }

@@ -1,0 +1,229 @@
+/**
+ * The engine over the real tiny model: batching must not change a request's tokens or log-probabilities, seeded
+ * requests are reproducible under load, the prefix cache reuses KV without changing results, a small KV pool
+ * preempts and still completes everything, and every reference is returned.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import * as path from "node:path";
+import * as ort from "onnxruntime-node";
+import { Engine, type SubmittedRequest } from "../../src/engine/engine.ts";
+import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
+import type { TokenEvent } from "../../src/engine/sequence.ts";
+import type { ServedModel } from "../../src/server.ts";
+import { openServedTiny, tinyModelDir } from "../support/served.ts";
+
+const SLOW = { timeout: 180_000 };
+
+/** A request's whole result. */
+interface Result {
+  events: TokenEvent[];
+  ids: number[];
+  finishReason: string | null;
+}
+
+async function collect(req: SubmittedRequest): Promise<Result> {
+  const events: TokenEvent[] = [];
+  for await (const e of req.events) events.push(e);
+  return { events, ids: events.map((e) => e.tokenId), finishReason: req.finishReason };
+}
+
+const params = (p: SamplingParamsInput) => SamplingParams.parse(p);
+const greedy = (max_tokens: number) =>
+  params({ temperature: 0, max_tokens, ignore_eos: true, logprobs: 5, logprobs_mode: "raw" });
+
+/** A deterministic prompt of `n` ordinary token ids. */
+const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + salt * 104729) % 50000));
+
+function assertSameGeneration(actual: Result, expected: Result, what: string): void {
+  assert.deepEqual(actual.ids, expected.ids, `${what}: token ids differ`);
+  actual.events.forEach((e, j) => {
+    const ref = expected.events[j];
+    assert.ok(Math.abs(e.logprob - ref.logprob) < 1e-4, `${what}: token ${j} logprob ${e.logprob} vs ${ref.logprob}`);
+    e.topLogprobs?.forEach((t, k) => {
+      assert.equal(t.tokenId, ref.topLogprobs![k].tokenId, `${what}: token ${j} top ${k} id`);
+      assert.ok(Math.abs(t.logprob - ref.topLogprobs![k].logprob) < 1e-4, `${what}: token ${j} top ${k} logprob`);
+    });
+  });
+}
+
+/** Every position's logits of `ids` in one teacher-forced pass of the standard graph. */
+async function teacherForced(dir: string, ids: number[]): Promise<(position: number) => Float32Array> {
+  const session = await ort.InferenceSession.create(path.join(dir, "onnx/model.onnx"));
+  const i64 = (v: number[]) => new ort.Tensor("int64", BigInt64Array.from(v, BigInt), [1, v.length]);
+  const config = (await import(path.join(dir, "config.json"), { with: { type: "json" } })).default;
+  const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(ids),
+    attention_mask: i64(ids.map(() => 1)),
+    position_ids: i64(ids.map((_, i) => i)),
+  };
+  for (let l = 0; l < config.num_hidden_layers; l++) {
+    for (const kind of ["key", "value"]) {
+      feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor("float32", new Float32Array(0), [1, config.num_key_value_heads, 0, headDim]);
+    }
+  }
+  const logits = (await session.run(feeds)).logits.data as Float32Array;
+  await session.release();
+  const vocab = config.vocab_size;
+  return (p) => logits.subarray(p * vocab, (p + 1) * vocab);
+}
+
+function logSoftmaxAt(logits: Float32Array, scale: number, id: number): number {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v * scale);
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v * scale - max);
+  return logits[id] * scale - max - Math.log(sum);
+}
+
+describe("engine", () => {
+  let served: ServedModel;
+  let engine: Engine;
+  let dir: string;
+
+  before(async () => {
+    dir = await tinyModelDir();
+    served = await openServedTiny({ prefixCaching: false, maxNumBatchedTokens: 64 });
+    engine = served.engine;
+  }, SLOW);
+  after(async () => await served?.engine.runner.dispose());
+
+  test("greedy tokens and logprobs are the same alone and inside a changing batch", SLOW, async () => {
+    const prompts = [prompt(5, 1), prompt(23, 2), prompt(150, 3), prompt(9, 4)];
+    const lengths = [12, 6, 10, 9];
+    const alone: Result[] = [];
+    for (let i = 0; i < prompts.length; i++) alone.push(await collect(engine.submit(prompts[i], greedy(lengths[i]))));
+
+    // 0 and 1 start together; 2 (a prompt longer than the 64-token step budget: chunked prefill) joins after 0's
+    // third token; 3 joins after 2's first. 1 leaves early, the rest at different times.
+    const results: Promise<Result>[] = [];
+    let joined2 = false;
+    let joined3 = false;
+    const watch = (req: SubmittedRequest, onToken: (e: TokenEvent) => void): Promise<Result> =>
+      (async () => {
+        const events: TokenEvent[] = [];
+        for await (const e of req.events) {
+          events.push(e);
+          onToken(e);
+        }
+        return { events, ids: events.map((e) => e.tokenId), finishReason: req.finishReason };
+      })();
+    const start3 = () => {
+      if (joined3) return;
+      joined3 = true;
+      results[3] = collect(engine.submit(prompts[3], greedy(lengths[3])));
+    };
+    results[0] = watch(engine.submit(prompts[0], greedy(lengths[0])), (e) => {
+      if (e.index === 2 && !joined2) {
+        joined2 = true;
+        results[2] = watch(engine.submit(prompts[2], greedy(lengths[2])), start3);
+      }
+    });
+    results[1] = collect(engine.submit(prompts[1], greedy(lengths[1])));
+    const first = await Promise.all([results[0], results[1]]);
+    await engine.idle();
+    const batched = [first[0], first[1], await results[2], await results[3]];
+    batched.forEach((r, i) => {
+      assertSameGeneration(r, alone[i], `request ${i}`);
+      assert.equal(r.finishReason, "length");
+      assert.equal(r.ids.length, lengths[i]);
+    });
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
+  test("reported logprobs equal a teacher-forced recomputation (processed and raw)", SLOW, async () => {
+    const p = prompt(17, 5);
+    const temperature = 0.7;
+    const processed = await collect(engine.submit(p, params({ temperature, seed: 7, max_tokens: 8, ignore_eos: true })));
+    const raw = await collect(
+      engine.submit(p, params({ temperature, seed: 7, max_tokens: 8, ignore_eos: true, logprobs_mode: "raw" })),
+    );
+    assert.deepEqual(raw.ids, processed.ids, "the mode changes what is reported, not what is sampled");
+    const logitsAt = await teacherForced(dir, [...p, ...processed.ids]);
+    processed.ids.forEach((id, j) => {
+      const at = logitsAt(p.length - 1 + j);
+      const expectedProcessed = logSoftmaxAt(at, 1 / temperature, id);
+      const expectedRaw = logSoftmaxAt(at, 1, id);
+      assert.ok(Math.abs(processed.events[j].logprob - expectedProcessed) < 1e-4, `processed ${j}`);
+      assert.ok(Math.abs(raw.events[j].logprob - expectedRaw) < 1e-4, `raw ${j}`);
+    });
+  });
+
+  test("a seeded request gives the same tokens alone and under concurrent load", SLOW, async () => {
+    const seeded = () => params({ temperature: 1, seed: 1234, max_tokens: 10, ignore_eos: true });
+    const alone = await collect(engine.submit(prompt(11, 6), seeded()));
+    const noise = Array.from({ length: 5 }, (_, i) =>
+      collect(engine.submit(prompt(8 + i * 13, 10 + i), params({ temperature: 1, max_tokens: 4 + i, ignore_eos: true }))));
+    const loaded = await collect(engine.submit(prompt(11, 6), seeded()));
+    await Promise.all(noise);
+    assert.deepEqual(loaded.ids, alone.ids);
+    const other = await collect(engine.submit(prompt(11, 6), params({ temperature: 1, seed: 4321, max_tokens: 10, ignore_eos: true })));
+    assert.notDeepEqual(other.ids, alone.ids, "another seed samples other tokens");
+  });
+
+  test("abort ends the stream and frees the request's row and blocks at once", SLOW, async () => {
+    const req = engine.submit(prompt(40, 7), greedy(500));
+    const seen: TokenEvent[] = [];
+    for await (const e of req.events) {
+      seen.push(e);
+      if (seen.length === 3) engine.abort(req.id);
+    }
+    assert.equal(seen.length, 3);
+    assert.equal(req.finishReason, "abort");
+    assert.equal(engine.stats().running, 0);
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+});
+
+describe("engine prefix cache", () => {
+  let served: ServedModel;
+  before(async () => {
+    served = await openServedTiny({ prefixCaching: true });
+  }, SLOW);
+  after(async () => await served?.engine.runner.dispose());
+
+  test("a cache hit gives the same logprobs as a cold run, and hits are counted", SLOW, async () => {
+    const { engine } = served;
+    const p = prompt(50, 8);
+    const cold = await collect(engine.submit(p, greedy(6)));
+    const before = engine.stats().cache.hitTokens;
+    const warm = await collect(engine.submit(p, greedy(6)));
+    assertSameGeneration(warm, cold, "warm");
+    assert.equal(engine.stats().cache.hitTokens - before, 48, "three full blocks of the 50-token prompt were reused");
+    // The next turn of a conversation: prompt + what the model said + a new user turn.
+    const turn2 = [...p, ...cold.ids, ...prompt(20, 9)];
+    const before2 = engine.stats().cache.hitTokens;
+    await collect(engine.submit(turn2, greedy(3)));
+    assert.ok(engine.stats().cache.hitTokens - before2 >= 48, "the second turn reuses the first turn's blocks");
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
+  test("the n samples of one prompt share one prefill", SLOW, async () => {
+    const { engine } = served;
+    const p = prompt(70, 11);
+    const before = engine.stats().cache.hitTokens;
+    const sampling = params({ temperature: 1, seed: 5, n: 4, max_tokens: 3, ignore_eos: true });
+    const results = await Promise.all([0, 1, 2, 3].map((i) => collect(engine.submit(p, sampling, i))));
+    assert.equal(engine.stats().cache.hitTokens - before, 3 * 64, "samples 2..4 reuse the first one's 4 blocks");
+    assert.equal(new Set(results.map((r) => r.ids.join())).size, 4, "each sample has its own stream");
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
+  test("a KV pool too small for the load preempts, recomputes and still completes every request", SLOW, async () => {
+    // 512 bytes a token for the tiny model: room for two 128-token rows, not four.
+    const small = await openServedTiny({ prefixCaching: true, kvCacheMemory: 160 * 1024 });
+    try {
+      const prompts = [0, 1, 2, 3].map((i) => prompt(30 + i * 5, 20 + i));
+      const alone: Result[] = [];
+      for (const p of prompts) alone.push(await collect(served.engine.submit(p, greedy(60))));
+      const together = await Promise.all(prompts.map((p) => collect(small.engine.submit(p, greedy(60)))));
+      together.forEach((r, i) => assertSameGeneration(r, alone[i], `request ${i}`));
+      assert.ok(small.engine.stats().preemptions > 0, "the pool was too small: something was preempted");
+      assert.equal(small.engine.cache.totalRefs, 0);
+      assert.equal(small.engine.stats().running + small.engine.stats().waiting, 0);
+    } finally {
+      await small.engine.runner.dispose();
+    }
+  });
+});
