@@ -145,7 +145,14 @@ export class Engine {
       // Yield first so that requests submitted together join the same first step.
       await Promise.resolve();
       try {
-        while (this.scheduler.hasWork) await this.#step();
+        while (this.scheduler.hasWork) {
+          try {
+            await this.#step();
+          } catch (err) {
+            // A fault outside a model run (a bug, out of memory) must not leave requests hanging or stop the loop.
+            for (const seq of [...this.scheduler.running, ...this.scheduler.waiting]) this.#finish(seq, "abort", err);
+          }
+        }
       } finally {
         this.#loop = null;
       }
