@@ -1,0 +1,126 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Completion } from "../../src/api/protocol.ts";
+import { type AppDeps, createApp } from "../../src/api/app.ts";
+import { openServedTiny } from "../support/served.ts";
+import { errorOf, postJson, qwen3 } from "./app-fixture.ts";
+
+const served = await openServedTiny({ maxModelLen: 512 });
+const { engine } = served;
+/** The app over the tiny model's engine (context 512), with `overrides` applied to its deps. */
+function servedApp(overrides: Partial<AppDeps> = {}) {
+  return createApp({
+    servedModelName: "gym-edge/tiny",
+    maxModelLen: served.maxModelLen,
+    tokenizer: served.tokenizer,
+    engine,
+    isReady: () => true,
+    ...overrides,
+  });
+}
+
+const app = servedApp();
+const SLOW = { timeout: 120_000 };
+
+async function complete(body: Record<string, unknown>): Promise<Completion> {
+  const res = await app.request("/v1/completions", postJson(body));
+  assert.equal(res.status, 200, await res.clone().text());
+  return Completion.parse(await res.json());
+}
+
+test("a text prompt completes; without max_tokens 16 tokens are generated, as OpenAI's default", SLOW, async () => {
+  const out = await complete({ prompt: "Once upon a time", seed: 1, ignore_eos: true });
+  assert.match(out.id, /^cmpl-[0-9a-f]{32}$/);
+  assert.equal(out.object, "text_completion");
+  assert.equal(out.usage!.prompt_tokens, qwen3.encode("Once upon a time").length);
+  assert.equal(out.usage!.completion_tokens, 16);
+  assert.equal(out.choices[0].finish_reason, "length");
+  assert.equal(out.policy_version, engine.policyVersion);
+});
+
+test("a token-id prompt runs on exactly those ids; return_token_ids reports them and the generated ids", SLOW, async () => {
+  const ids = qwen3.encode("The capital of France is");
+  const out = await complete({ prompt: ids, max_tokens: 4, return_token_ids: true, seed: 2 });
+  assert.deepEqual(out.prompt_token_ids, ids);
+  assert.deepEqual(out.choices[0].prompt_token_ids, ids);
+  assert.equal(out.choices[0].token_ids!.length, 4);
+  assert.equal(out.choices[0].text, qwen3.decode(out.choices[0].token_ids!, { skipSpecialTokens: true }));
+});
+
+test("echo puts the prompt's text before the completion", SLOW, async () => {
+  const text = await complete({ prompt: "Hello there", max_tokens: 3, echo: true, seed: 3 });
+  assert.ok(text.choices[0].text.startsWith("Hello there"));
+  const ids = qwen3.encode("General Kenobi");
+  const fromIds = await complete({ prompt: ids, max_tokens: 3, echo: true, seed: 3 });
+  assert.ok(fromIds.choices[0].text.startsWith("General Kenobi"));
+});
+
+test("a batch of prompts with n samples each: choice i*n+j is sample j of prompt i", SLOW, async () => {
+  const out = await complete({ prompt: ["one", "two words"], n: 2, max_tokens: 3, seed: 4, return_token_ids: true });
+  assert.deepEqual(out.choices.map((c) => c.index), [0, 1, 2, 3]);
+  assert.deepEqual(out.choices.map((c) => c.prompt_token_ids), [qwen3.encode("one"), qwen3.encode("one"), qwen3.encode("two words"), qwen3.encode("two words")]);
+  assert.equal(out.prompt_token_ids, undefined, "a batch has no single top-level prompt");
+  assert.equal(out.usage!.prompt_tokens, qwen3.encode("one").length + qwen3.encode("two words").length);
+  assert.equal(out.usage!.completion_tokens, 12);
+  const idBatch = await complete({ prompt: [[1, 2, 3], [4, 5]], max_tokens: 2 });
+  assert.equal(idBatch.choices.length, 2);
+});
+
+test("legacy logprobs: tokens, token_logprobs, top_logprobs (the sampled token among them) and text_offset", SLOW, async () => {
+  const out = await complete({ prompt: "Count:", max_tokens: 5, logprobs: 2, seed: 5 });
+  const { logprobs, text } = out.choices[0];
+  assert.equal(logprobs!.tokens.length, 5);
+  assert.equal(logprobs!.tokens.join(""), text);
+  for (let j = 0; j < 5; j++) {
+    const top = logprobs!.top_logprobs[j]!;
+    assert.equal(top[logprobs!.tokens[j]], logprobs!.token_logprobs[j]);
+    assert.ok(Object.keys(top).length >= 2 && Object.keys(top).length <= 3);
+    assert.equal(logprobs!.text_offset[j], logprobs!.tokens.slice(0, j).join("").length);
+  }
+});
+
+test("streaming completions: one chunk per token, the finish chunk, usage, [DONE]", SLOW, async () => {
+  const body = { prompt: "Stream me", max_tokens: 4, seed: 6, return_token_ids: true };
+  const whole = await complete(body);
+  const res = await app.request("/v1/completions", postJson({ ...body, stream: true, stream_options: { include_usage: true } }));
+  const events = (await res.text()).split("\n\n").filter((e) => e !== "");
+  assert.equal(events.at(-1), "data: [DONE]");
+  const chunks = events.slice(0, -1).map((e) => Completion.parse(JSON.parse(e.slice(6))));
+  assert.equal(chunks.map((c) => c.choices[0]?.text ?? "").join(""), whole.choices[0].text);
+  assert.deepEqual(chunks.flatMap((c) => c.choices[0]?.token_ids ?? []), whole.choices[0].token_ids);
+  assert.deepEqual(chunks[0].choices[0].prompt_token_ids, whole.prompt_token_ids);
+  assert.equal(chunks.filter((c) => c.choices[0]?.finish_reason === "length").length, 1);
+  assert.equal(chunks.at(-1)!.usage!.completion_tokens, 4);
+});
+
+test("stop strings and stop_token_ids end a completion and say which ended it", SLOW, async () => {
+  const free = await complete({ prompt: "abc", max_tokens: 12, seed: 7, return_token_ids: true });
+  const stopId = free.choices[0].token_ids![3];
+  const byId = await complete({ prompt: "abc", max_tokens: 12, seed: 7, stop_token_ids: [stopId], return_token_ids: true });
+  assert.equal(byId.choices[0].finish_reason, "stop");
+  assert.equal(byId.choices[0].stop_reason, stopId);
+  assert.equal(byId.choices[0].token_ids!.at(-1), stopId);
+  const text = free.choices[0].text;
+  const stop = text.slice(4, 7);
+  const byText = await complete({ prompt: "abc", max_tokens: 12, seed: 7, stop });
+  assert.equal(byText.choices[0].text, text.slice(0, text.indexOf(stop)));
+  assert.equal(byText.choices[0].stop_reason, stop);
+});
+
+test("completions errors are 400s naming the field", SLOW, async () => {
+  const cases: [Record<string, unknown>, string, RegExp][] = [
+    [{ prompt: Array.from({ length: 600 }, (_, i) => 100 + i) }, "prompt", /context length/],
+    [{ prompt: [1, 2, 999_999] }, "prompt[2]", /vocabulary/],
+    [{ prompt: "x", echo: true, logprobs: 1 }, "echo", /not supported/],
+    [{ prompt: "x", prompt_logprobs: 1 }, "prompt_logprobs", /not supported/],
+    [{ prompt: "x", suffix: "y" }, "suffix", /not supported/],
+    [{ prompt: "x", logprobs: 21 }, "logprobs", /20/],
+    [{ prompt: "x", max_tokens: 0 }, "max_tokens", /1/],
+    [{ prompt: [] }, "prompt", /./],
+  ];
+  for (const [body, param, message] of cases) {
+    const err = await errorOf(await app.request("/v1/completions", postJson(body)), 400);
+    assert.equal(err.param, param, JSON.stringify(body));
+    assert.match(err.message, message, JSON.stringify(body));
+  }
+});

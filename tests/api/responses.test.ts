@@ -1,0 +1,151 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { TokenizeResponse } from "../../src/api/schemas.ts";
+import { type AppDeps, createApp } from "../../src/api/app.ts";
+import { openServedTiny } from "../support/served.ts";
+import { errorOf, postJson } from "./app-fixture.ts";
+
+const served = await openServedTiny({ maxModelLen: 512 });
+const { engine } = served;
+/** The app over the tiny model's engine (context 512), with `overrides` applied to its deps. */
+function servedApp(overrides: Partial<AppDeps> = {}) {
+  return createApp({
+    servedModelName: "gym-edge/tiny",
+    maxModelLen: served.maxModelLen,
+    tokenizer: served.tokenizer,
+    engine,
+    isReady: () => true,
+    ...overrides,
+  });
+}
+
+const app = servedApp();
+const EOS = 151645;
+const SLOW = { timeout: 120_000 };
+
+// deno-lint-ignore no-explicit-any
+type Json = any;
+
+async function respond(body: Record<string, unknown>): Promise<Json> {
+  const res = await app.request("/v1/responses", postJson(body));
+  assert.equal(res.status, 200, await res.clone().text());
+  return await res.json();
+}
+
+async function tokenize(body: Record<string, unknown>): Promise<number[]> {
+  return TokenizeResponse.parse(await (await app.request("/tokenize", postJson(body))).json()).tokens;
+}
+
+const TOOLS = [{ type: "function", name: "get_weather", description: "Weather of a city", parameters: { type: "object", properties: { city: { type: "string" } } } }];
+const CHAT_TOOLS = [{ type: "function", function: { name: "get_weather", description: "Weather of a city", parameters: TOOLS[0].parameters } }];
+
+test("a string input answers a response with one message item carrying the RL token fields", SLOW, async () => {
+  const out = await respond({ input: "Say hi", instructions: "Be brief.", max_output_tokens: 4, seed: 1 });
+  assert.match(out.id, /^resp_[0-9a-f]{32}$/);
+  assert.equal(out.object, "response");
+  assert.equal(out.status, "incomplete");
+  assert.deepEqual(out.incomplete_details, { reason: "max_output_tokens" });
+  assert.equal(out.output.length, 1);
+  const [message] = out.output;
+  assert.equal(message.type, "message");
+  assert.equal(message.role, "assistant");
+  assert.equal(message.content[0].type, "output_text");
+  assert.deepEqual(message.prompt_token_ids, await tokenize({ messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "Say hi" }] }));
+  assert.equal(message.generation_token_ids.length, 4);
+  assert.equal(message.generation_log_probs.length, 4);
+  assert.deepEqual(out.usage, {
+    input_tokens: message.prompt_token_ids.length,
+    input_tokens_details: { cached_tokens: 0 },
+    output_tokens: 4,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: message.prompt_token_ids.length + 4,
+  });
+  assert.equal(out.policy_version, engine.policyVersion);
+});
+
+test("a generation that ends with EOS completes; top_logprobs fills the output text's logprobs", SLOW, async () => {
+  const out = await respond({ input: "Say hi", max_output_tokens: 20, min_tokens: 2, logit_bias: { [EOS]: 100 }, top_logprobs: 2 });
+  assert.equal(out.status, "completed");
+  assert.equal(out.incomplete_details, null);
+  const [message] = out.output;
+  assert.equal(message.status, "completed");
+  assert.equal(message.generation_token_ids.at(-1), EOS);
+  assert.equal(message.content[0].logprobs.length, 3);
+  assert.equal(message.content[0].logprobs[0].top_logprobs.length, 2);
+});
+
+test("input items (messages, function calls and their outputs) render as the equivalent chat", SLOW, async () => {
+  const input = [
+    { role: "user", content: "Weather in Paris?" },
+    { type: "function_call", call_id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' },
+    { type: "function_call_output", call_id: "call_1", output: "sunny" },
+  ];
+  const out = await respond({ input, tools: TOOLS, max_output_tokens: 2 });
+  const chat = [
+    { role: "user", content: "Weather in Paris?" },
+    { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }] },
+    { role: "tool", tool_call_id: "call_1", content: "sunny" },
+  ];
+  assert.deepEqual(out.output.at(-1).prompt_token_ids, await tokenize({ messages: chat, tools: CHAT_TOOLS }));
+  assert.deepEqual(out.tools, TOOLS);
+});
+
+test("sending the output items back continues on policy: the next prompt starts with prompt + generation", SLOW, async () => {
+  for (const ending of [{}, { min_tokens: 3, logit_bias: { [EOS]: 100 } }]) {
+    const first = await respond({ input: [{ role: "user", content: "Hi" }], max_output_tokens: 6, seed: 3, ...ending });
+    const last = first.output.at(-1);
+    const input = [{ role: "user", content: "Hi" }, ...first.output, { role: "user", content: "And then?" }];
+    const second = await respond({ input, max_output_tokens: 2 });
+    const prompt = second.output.at(-1).prompt_token_ids;
+    const prefix = [...last.prompt_token_ids, ...last.generation_token_ids];
+    assert.deepEqual(prompt.slice(0, prefix.length), prefix);
+    const asChat = [
+      { role: "user", content: "Hi" },
+      { role: "assistant", content: first.output[0].content[0].text, prompt_token_ids: last.prompt_token_ids, generation_token_ids: last.generation_token_ids },
+      { role: "user", content: "And then?" },
+    ];
+    assert.deepEqual(prompt, await tokenize({ messages: asChat }), "/tokenize on the same conversation gives the same ids");
+  }
+});
+
+test("streaming emits the Responses events in order, and the final response holds the streamed output", SLOW, async () => {
+  const res = await app.request("/v1/responses", postJson({ input: "Stream", max_output_tokens: 3, seed: 4, stream: true }));
+  assert.equal(res.status, 200);
+  const events = (await res.text()).split("\n\n").filter((e) => e !== "").map((block) => {
+    const [eventLine, dataLine] = block.split("\n");
+    const data = JSON.parse(dataLine.replace(/^data: /, ""));
+    assert.equal(eventLine, `event: ${data.type}`);
+    return data;
+  });
+  const types = events.map((e) => e.type);
+  assert.deepEqual(types.slice(0, 4), ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
+  assert.deepEqual(types.slice(-4), [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.incomplete",
+  ]);
+  assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+  assert.deepEqual(events[2].item.content, [], "an item opens empty");
+  const text = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("");
+  const final = events.at(-1).response;
+  assert.equal(final.output[0].content[0].text, text);
+  assert.equal(final.output[0].generation_token_ids.length, 3);
+  assert.deepEqual(events.at(-2).item, final.output[0]);
+});
+
+test("Responses errors are 400s naming the field", SLOW, async () => {
+  const cases: [Record<string, unknown>, string, RegExp][] = [
+    [{ input: "x", previous_response_id: "resp_1" }, "previous_response_id", /not supported/],
+    [{ input: "x", text: { format: { type: "json_schema" } } }, "text.format", /not supported/],
+    [{ input: [{ type: "web_search_call", id: "x" }] }, "input[0].type", /./],
+    [{ input: "x ".repeat(600) }, "input", /context length/],
+    [{ input: "x", tool_choice: { type: "function", name: "nope" }, tools: TOOLS }, "tool_choice", /nope/],
+    [{ input: [] }, "input", /./],
+  ];
+  for (const [body, param, message] of cases) {
+    const err = await errorOf(await app.request("/v1/responses", postJson(body)), 400);
+    assert.equal(err.param, param, JSON.stringify(body));
+    assert.match(err.message, message, JSON.stringify(body));
+  }
+});
