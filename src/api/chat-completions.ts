@@ -180,7 +180,7 @@ function isEmptyDelta(delta: ChatDelta): boolean {
 }
 
 /** A streamed assistant piece as a chat delta; `calls` counts the choice's tool calls so far (their indices). */
-function chatDelta(piece: AssistantDelta, calls: { count: number }, into: ChatDelta = {}): ChatDelta {
+export function chatDelta(piece: AssistantDelta, calls: { count: number }, into: ChatDelta = {}): ChatDelta {
   if (piece.reasoning) {
     into.reasoning_content = (into.reasoning_content ?? "") + piece.reasoning;
     into.reasoning = into.reasoning_content;

@@ -171,7 +171,7 @@ type Status = "completed" | "incomplete" | "cancelled";
 type OutputItem = Record<string, unknown> & { id: string; type: "reasoning" | "message" | "function_call" };
 
 /** Everything a response says besides its output. */
-interface ResponseSetup {
+export interface ResponseSetup {
   id: string;
   createdAt: number;
   model: string;
@@ -212,7 +212,7 @@ const callItem = (id: string, call: AssistantText["calls"][number], status: stri
 });
 
 /** Builds a response's output items, whole or as the stream of events that adds them one by one. */
-class ResponseItems {
+export class ResponseItems {
   version: number;
   readonly #setup: ResponseSetup;
   readonly #items: OutputItem[] = [];
@@ -317,7 +317,7 @@ class ResponseItems {
   }
 
   #event(type: string, fields: Record<string, unknown>): string {
-    return sseEvent(type, { type, sequence_number: this.#sequence++, ...fields });
+    return sseEvent(type, { type, sequence_number: this.#sequence++, ...fields, policy_version: this.version });
   }
 
   #logprobs(result: SampleResult): unknown[] {

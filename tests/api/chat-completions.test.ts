@@ -1,6 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ChatCompletion, ChatCompletionChunk } from "../../src/api/protocol.ts";
+import { chatDelta } from "../../src/api/chat-completions.ts";
+import { ChatCompletion, ChatCompletionChunk, type ChatDelta } from "../../src/api/protocol.ts";
+import { AssistantOutput, toolCalling } from "../../src/chat/tools/parser.ts";
 import { TokenizeResponse } from "../../src/api/schemas.ts";
 import { type AppDeps, createApp } from "../../src/api/app.ts";
 import { openServedTiny } from "../support/served.ts";
@@ -233,4 +235,34 @@ test("pinned sampling rejects a request that differs, naming the field, and fill
   assert.equal((await errorOf(await pinned.request("/v1/chat/completions", postJson({ messages: USER, top_k: 50 })), 400)).param, "top_k");
   await chat({ max_tokens: 2, top_k: 0, top_p: 1 }, pinned);
   await chat({ max_tokens: 2 }, pinned);
+});
+
+test("logprobs_mode chooses the distribution per request; the server default applies when a request omits it", SLOW, async () => {
+  const body = { max_tokens: 5, seed: 41, temperature: 0.5, logprobs: true };
+  const processed = await chat(body);
+  const raw = await chat({ ...body, logprobs_mode: "raw" });
+  const rawByDefault = await chat(body, servedApp({ logprobsMode: "raw" }));
+  const ids = (c: ChatCompletion) => c.choices[0].message.generation_token_ids;
+  const lps = (c: ChatCompletion) => c.choices[0].message.generation_log_probs!;
+  assert.deepEqual(ids(raw), ids(processed), "the mode changes what is reported, not what is sampled");
+  assert.deepEqual(lps(rawByDefault), lps(raw));
+  // At temperature 0.5 the sampled distribution is not the model's raw one.
+  lps(processed).forEach((lp, j) => assert.ok(Math.abs(lp - lps(raw)[j]) > 1e-6, `token ${j}: ${lp} vs raw ${lps(raw)[j]}`));
+});
+
+test("streamed tool calls become tool_calls deltas with an index, id, type, name and JSON-string arguments", () => {
+  const text = 'On it.<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>';
+  const output = new AssistantOutput(null, toolCalling("hermes", [{ function: { name: "add" } }], "auto", null));
+  const calls = { count: 0 };
+  const deltas: ChatDelta[] = [];
+  for (let i = 0; i < text.length; i += 4) deltas.push(chatDelta(output.push(text.slice(i, i + 4)), calls));
+  deltas.push(chatDelta(output.flush(), calls));
+  assert.equal(deltas.map((d) => d.content ?? "").join(""), "On it.");
+  const toolDeltas = deltas.flatMap((d) => d.tool_calls ?? []);
+  assert.deepEqual(toolDeltas.map((d) => [d.index, d.type, d.function]), [
+    [0, "function", { name: "add", arguments: '{"a":1}' }],
+    [1, "function", { name: "add", arguments: '{"a":2}' }],
+  ]);
+  for (const delta of toolDeltas) assert.match(delta.id!, /^chatcmpl-tool-[0-9a-f]{32}$/);
+  assert.equal(output.calledTools, true);
 });

@@ -1,6 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { TokenizeResponse } from "../../src/api/schemas.ts";
+import { TokenNames } from "../../src/api/protocol.ts";
+import { ResponseItems } from "../../src/api/responses.ts";
+import { ResponsesRequest, TokenizeResponse } from "../../src/api/schemas.ts";
+import { TokenTexts } from "../../src/chat/detokenize.ts";
+import { AssistantOutput, toolCalling } from "../../src/chat/tools/parser.ts";
 import { type AppDeps, createApp } from "../../src/api/app.ts";
 import { openServedTiny } from "../support/served.ts";
 import { errorOf, postJson } from "./app-fixture.ts";
@@ -148,4 +152,64 @@ test("Responses errors are 400s naming the field", SLOW, async () => {
     assert.equal(err.param, param, JSON.stringify(body));
     assert.match(err.message, message, JSON.stringify(body));
   }
+});
+
+test("with a reasoning parser the <think> text is a reasoning item, which goes back in as the turn's reasoning", SLOW, async () => {
+  const thinking = servedApp({ reasoningParser: "qwen3" });
+  const res = await thinking.request("/v1/responses", postJson({ input: "Think", max_output_tokens: 3, logit_bias: { 151667: 100 } }));
+  const out = await res.json();
+  assert.deepEqual(out.output.map((item: Json) => item.type), ["reasoning"]);
+  assert.deepEqual(out.output[0].content, [{ type: "reasoning_text", text: "<think><think>" }]);
+  const next = await (await thinking.request("/v1/responses", postJson({
+    input: [{ role: "user", content: "Think" }, ...out.output, { role: "user", content: "Now answer" }],
+    max_output_tokens: 1,
+  }))).json();
+  const prefix = [...out.output[0].prompt_token_ids, ...out.output[0].generation_token_ids];
+  assert.deepEqual(next.output.at(-1).prompt_token_ids.slice(0, prefix.length), prefix);
+});
+
+test("streamed function calls open an item, stream their arguments and close with the token fields", () => {
+  const tokenizer = served.tokenizer;
+  const text = 'Checking.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>';
+  const ids = tokenizer.encode(text, { addSpecialTokens: false });
+  const tokens = ids.map((tokenId, index) => ({ index, tokenId, logprob: -1, policyVersion: 0 }));
+  const items = new ResponseItems({
+    id: "resp_test",
+    createdAt: 0,
+    model: "m",
+    request: ResponsesRequest.parse({ input: "x" }),
+    promptIds: [1, 2],
+    names: new TokenNames(new TokenTexts(tokenizer), false),
+    topLogprobs: null,
+    version: 0,
+  });
+  const output = new AssistantOutput(null, toolCalling("hermes", [{ function: { name: "get_weather" } }], "auto", null));
+  const raw = [...items.start()];
+  for (const id of ids) raw.push(...items.delta(output.push(tokenizer.decode([id]))));
+  raw.push(...items.delta(output.flush()));
+  raw.push(...items.finish({ index: 0, tokens, text, finishReason: "stop", stopReason: null }));
+  const events = raw.map((e) => JSON.parse(e.split("\n")[1].slice(6)));
+  const types = events.map((e) => e.type).filter((t) => !t.endsWith(".delta"));
+  assert.deepEqual(types, [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.output_item.added",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+  ]);
+  const final = events.at(-1).response;
+  assert.equal(final.output[0].content[0].text, "Checking.");
+  assert.equal(final.output[1].type, "function_call");
+  assert.equal(final.output[1].name, "get_weather");
+  assert.equal(final.output[1].arguments, '{"city":"Oslo"}');
+  assert.match(final.output[1].call_id, /^chatcmpl-tool-/);
+  assert.deepEqual(final.output[1].generation_token_ids, ids);
+  assert.equal(final.output[0].generation_token_ids, undefined, "only the last item carries the token fields");
+  assert.equal(events.filter((e) => e.type === "response.function_call_arguments.delta").map((e) => e.delta).join(""), '{"city":"Oslo"}');
 });

@@ -8,11 +8,11 @@ import { startServer } from "../../src/server.ts";
 import { testCacheDir } from "../support/served.ts";
 
 const server = await startServer(
-  ServerConfig.parse({ port: 0, device: "cpu", cacheDir: testCacheDir(), maxModelLen: 512 }),
+  ServerConfig.parse({ port: 0, device: "cpu", cacheDir: testCacheDir() }),
   silentLogger,
 );
 after(() => server.close());
-await server.ready;
+const { engine } = await server.ready;
 const base = `http://127.0.0.1:${server.port}`;
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: "unused", maxRetries: 0 });
 const MODEL = "gym-edge/tiny";
@@ -126,7 +126,7 @@ test("responses: plain, with tools, and streamed", SLOW, async () => {
 });
 
 test("errors come back as the client's typed API errors", SLOW, async () => {
-  const long: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "word ".repeat(600) }];
+  const long: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "word ".repeat(5000) }];
   await assert.rejects(client.chat.completions.create({ model: MODEL, messages: long }), (err: unknown) => {
     assert.ok(err instanceof OpenAI.BadRequestError);
     assert.match(err.message, /context length/);
@@ -146,4 +146,18 @@ test("errors come back as the client's typed API errors", SLOW, async () => {
   );
   await assert.rejects(client.completions.create({ model: MODEL, prompt: [1, 2, 999_999] }), OpenAI.BadRequestError);
   await assert.rejects(client.responses.create({ model: MODEL, input: "x", temperature: 9 }), OpenAI.BadRequestError);
+});
+
+test("a client that goes away mid-request stops its generation, streamed or not", SLOW, async () => {
+  for (const stream of [false, true]) {
+    const abort = new AbortController();
+    const body = JSON.stringify({ messages, max_tokens: 3000, ignore_eos: true, stream });
+    const pending = fetch(`${base}/v1/chat/completions`, { method: "POST", body, signal: abort.signal });
+    if (stream) await (await pending).body!.getReader().read();
+    while (engine.stats().running === 0) await new Promise((r) => setTimeout(r, 5));
+    abort.abort();
+    await pending.then((res) => res.body?.cancel()).catch(() => {});
+    for (let i = 0; i < 200 && engine.stats().running > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(engine.stats().running, 0, `stream=${stream}: the engine request was aborted`);
+  }
 });
