@@ -47,11 +47,27 @@ export const ServerConfig = z.object({
   requireTopP: probability.optional().describe("reject requests whose top_p differs"),
   requireTopK: z.coerce.number().int().optional().describe("reject requests whose top_k differs"),
   strictMaxTokens: z.boolean().default(false).describe("400 for a max_tokens that does not fit, instead of clamping"),
+  // Operations and control plane
+  maxQueue: positiveInt.optional()
+    .describe("most sequences waiting to run; more requests get 503 with Retry-After (default: unbounded)"),
+  disableControlPlane: z.boolean().default(false)
+    .describe("no /update_weights, /sleep, /wake_up, /reset_prefix_cache routes"),
+  adminApiKey: z.string().min(1).optional()
+    .describe("the control routes require this bearer key instead of --api-key (env GYM_EDGE_ADMIN_API_KEY)"),
+  allowedWeightDir: z.string().min(1).optional()
+    .describe("/update_weights loads only from inside this directory (real paths: no .. or symlink escapes)"),
+  allowedOrigins: z.string().min(1).optional()
+    .describe("CORS: comma-separated origins allowed to call from a browser, or * (default: CORS off)"),
+  shutdownTimeout: z.coerce.number().min(0).default(30)
+    .describe("seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted"),
+  logFormat: z.enum(["text", "json"]).default("text").describe("log lines as text or as one JSON object each"),
+  logRequests: z.boolean().default(true).describe("one log line per request: id, route, status, tokens, latencies"),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
 /** Environment variables that stand in for a flag not given on the command line. */
 export const ENV_FLAGS: Partial<Record<keyof ServerConfig, string>> = {
   apiKey: "GYM_EDGE_API_KEY",
+  adminApiKey: "GYM_EDGE_ADMIN_API_KEY",
   cacheDir: "GYM_EDGE_CACHE",
 };

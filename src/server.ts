@@ -1,14 +1,23 @@
 /** Composition root: resolve the model, load it, start the engine, build the app, serve it. */
+import * as path from "node:path";
 import type { ServerConfig } from "./config.ts";
 import { serve, type FetchHandler, type RunningServer } from "./runtime/serve.ts";
 import { envRecord } from "./runtime/process.ts";
-import { createLogger, type Logger } from "./log.ts";
+import { createLogger, type Logger, type LogLevel } from "./log.ts";
+import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
+import { meteredEngine } from "./api/metrics.ts";
+import { formatRequestLine, RequestTracker, requestLogFields } from "./api/operations.ts";
 import { ChatTokenizer } from "./chat/template.ts";
+import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
+import type { EngineSnapshot } from "./metrics/serving.ts";
+import { ServingMetrics } from "./metrics/serving.ts";
 import { loadModel, type LoadedModel } from "./model/loader.ts";
 import { defaultCacheDir } from "./model/builtin.ts";
+import { engineRowCapacity } from "./model/engine-kv.ts";
 import { openEngineRunner } from "./model/engine-runner.ts";
+import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
 const DEFAULT_KV_CACHE_BYTES = 2 ** 30;
@@ -19,6 +28,14 @@ export interface ServedModel {
   tokenizer: ChatTokenizer;
   engine: Engine;
   maxModelLen: number;
+  /** The engine behind the control plane (refit, sleep, the queue bound): what the API submits to. */
+  control: EngineControl;
+}
+
+/** A weights problem as the control plane reports it: the client's mistake, or a forbidden path. */
+function asControlError(err: unknown): unknown {
+  if (!(err instanceof WeightsError)) return err;
+  return new ControlError(err.problem === "forbidden" ? "forbidden" : "invalid", err.message, "path");
 }
 
 /** Loads the model named by the config (the built-in one when none) and starts an engine over it. */
@@ -30,13 +47,15 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
   if (loaded.dtype !== "fp32" && loaded.dtype !== "q4") {
     throw new Error(`the engine runs fp32 and q4 models; --dtype ${loaded.dtype} is not supported yet`);
   }
-  const runner = await openEngineRunner({
+  const served: ServedWeights = {
     dir: loaded.dir,
     dtype: loaded.dtype,
     backend: loaded.backend,
     maxRows: config.maxNumSeqs + 1,
     maxLength: maxModelLen,
-  });
+    scratchDir: path.join(cacheDir, "refit"),
+  };
+  const runner = await openEngineRunner(served);
   // The engine runs its own graph; the standard session was only needed to load and check the model.
   await loaded.dispose();
   const engine = new Engine(runner, {
@@ -46,47 +65,144 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
     kvCacheBytes: config.kvCacheMemory ?? DEFAULT_KV_CACHE_BYTES,
     prefixCaching: config.prefixCaching,
     eosTokenIds: loaded.config.eosTokenIds,
-    rowCapacity: (n) => runner.rowCapacity(n),
+    // The runner's buckets, which depend on the context length only: the same for every runner a refit opens.
+    rowCapacity: (n) => engineRowCapacity(Math.max(1, n), maxModelLen),
   });
-  return { loaded, tokenizer: new ChatTokenizer(loaded.tokenizer), engine, maxModelLen };
+  const control = new EngineControl(engine, {
+    weightsSource: loaded.dir,
+    maxQueue: config.maxQueue ?? null,
+    resolveSource: (requested) => {
+      try {
+        return resolveWeightsPath(requested, config.allowedWeightDir);
+      } catch (err) {
+        throw asControlError(err);
+      }
+    },
+    loadWeights: (source) => openWeights(source, served).catch((err) => Promise.reject(asControlError(err))),
+  });
+  return { loaded, tokenizer: new ChatTokenizer(loaded.tokenizer), engine, maxModelLen, control };
+}
+
+/** The engine's live state for /metrics. */
+function engineSnapshot(served: ServedModel): EngineSnapshot {
+  const { engine, control } = served;
+  const stats = engine.stats();
+  const kvBytes = engine.scheduler.limits.kvCacheBytes;
+  const rowTokens = engine.scheduler.running.reduce((n, seq) => n + seq.length, 0);
+  const used = rowTokens * engine.scheduler.limits.bytesPerToken + stats.cache.blocks * engine.cache.bytesPerBlock;
+  return {
+    running: stats.running,
+    waiting: stats.waiting + stats.held,
+    kvCacheUsage: Math.min(1, used / kvBytes),
+    prefixCacheQueriedTokens: stats.cache.queriedTokens,
+    prefixCacheHitTokens: stats.cache.hitTokens,
+    preemptions: stats.preemptions,
+    steps: stats.steps,
+    policyVersion: engine.policyVersion,
+    sleepLevel: control.status().sleepLevel,
+  };
+}
+
+const LEVELS: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+/** The logger the flags ask for: text lines, or one JSON object per line (a message that is a JSON object is merged in). */
+export function serverLogger(config: Pick<ServerConfig, "logLevel" | "logFormat">): Logger {
+  if (config.logFormat !== "json") return createLogger(config.logLevel);
+  const at = (level: LogLevel) => (msg: string) => {
+    if (LEVELS[level] < LEVELS[config.logLevel]) return;
+    let fields: Record<string, unknown> = { msg };
+    if (msg.startsWith("{")) {
+      try {
+        fields = JSON.parse(msg);
+      } catch { /* a plain message after all */ }
+    }
+    console.error(JSON.stringify({ ts: new Date().toISOString(), level, ...fields }));
+  };
+  return { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
+}
+
+/** What serverApp shares with the process around it. */
+export interface ServerAppOptions {
+  log?: Logger;
+  tracker?: RequestTracker;
+  metrics?: ServingMetrics;
+}
+
+/** The HTTP app over a served model, with everything the config asks for (control plane, metrics, request log). */
+export function serverApp(config: ServerConfig, served: ServedModel, options: ServerAppOptions = {}): Hono {
+  const log = options.log ?? serverLogger(config);
+  const servedModelName = config.servedModelName ?? config.model ?? "gym-edge/tiny";
+  const metrics = options.metrics ?? new ServingMetrics(servedModelName);
+  return createApp({
+    servedModelName,
+    modelRoot: served.loaded.id,
+    maxModelLen: served.maxModelLen,
+    tokenizer: served.tokenizer,
+    engine: meteredEngine(served.control, metrics),
+    control: config.disableControlPlane ? null : served.control,
+    adminApiKey: config.adminApiKey ?? null,
+    metrics,
+    engineSnapshot: () => engineSnapshot(served),
+    tracker: options.tracker,
+    requestLog: config.logRequests
+      ? (r) => log.info(config.logFormat === "json" ? JSON.stringify(requestLogFields(r)) : formatRequestLine(r))
+      : null,
+    allowedOrigins: config.allowedOrigins?.split(",").map((o) => o.trim()).filter(Boolean) ?? null,
+    isReady: () => true,
+    apiKey: config.apiKey,
+    toolCallParser: config.toolCallParser,
+    reasoningParser: config.reasoningParser ?? null,
+    logprobsMode: config.logprobsMode,
+    returnTokensAsTokenIds: config.returnTokensAsTokenIds,
+    requireTemperature: config.requireTemperature ?? null,
+    requireTopP: config.requireTopP ?? null,
+    requireTopK: config.requireTopK ?? null,
+    strictMaxTokens: config.strictMaxTokens,
+  });
 }
 
 export interface StartedServer extends RunningServer {
   /** Resolves once the model is loaded and /health answers ok; rejects if loading failed. */
   ready: Promise<ServedModel>;
+  /**
+   * Graceful stop: new requests get 503, those in flight get up to `timeoutMs` to finish (then they end with a
+   * retriable error), then the listener closes.
+   */
+  shutdown(timeoutMs: number): Promise<void>;
 }
 
 /**
  * Binds the port at once (so /health can answer 503 while loading), then loads the model and swaps in the app.
  */
-export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<StartedServer> {
+export async function startServer(config: ServerConfig, log: Logger = serverLogger(config)): Promise<StartedServer> {
   let handler: FetchHandler = notReady;
   const running = await serve((req) => handler(req), { hostname: config.host, port: config.port });
   log.info(`listening on http://${running.hostname}:${running.port}`);
+  const servedModelName = config.servedModelName ?? config.model ?? "gym-edge/tiny";
+  const tracker = new RequestTracker();
+  const metrics = new ServingMetrics(servedModelName);
+  let model: ServedModel | null = null;
   const ready = loadServedModel(config, log).then((served) => {
-    const app = createApp({
-      servedModelName: config.servedModelName ?? config.model ?? "gym-edge/tiny",
-      modelRoot: served.loaded.id,
-      maxModelLen: served.maxModelLen,
-      tokenizer: served.tokenizer,
-      engine: served.engine,
-      isReady: () => true,
-      apiKey: config.apiKey,
-      toolCallParser: config.toolCallParser,
-      reasoningParser: config.reasoningParser ?? null,
-      logprobsMode: config.logprobsMode,
-      returnTokensAsTokenIds: config.returnTokensAsTokenIds,
-      requireTemperature: config.requireTemperature ?? null,
-      requireTopP: config.requireTopP ?? null,
-      requireTopK: config.requireTopK ?? null,
-      strictMaxTokens: config.strictMaxTokens,
-    });
+    model = served;
+    const app = serverApp(config, served, { log, tracker, metrics });
     handler = (req) => app.fetch(req);
     log.info("ready");
     return served;
   });
   ready.catch((err) => log.error(`model load failed: ${err instanceof Error ? err.message : String(err)}`));
-  return { ...running, ready };
+  const shutdown = async (timeoutMs: number) => {
+    const started = performance.now();
+    tracker.drain();
+    const served = model as ServedModel | null;
+    if (served) {
+      log.info(`shutting down: ${served.engine.stats().running + served.engine.stats().waiting} sequences in flight`);
+      await served.control.shutdown(timeoutMs);
+    }
+    // The engine is done; give the last responses a moment to reach their clients.
+    await tracker.settled(Math.max(1000, timeoutMs - (performance.now() - started)));
+    await running.close();
+  };
+  return { ...running, ready, shutdown };
 }
 
 function notReady(req: Request): Response {

@@ -1,17 +1,39 @@
 /** The HTTP app: middleware, the route families, and every error as OpenAI's JSON. Runs on any runtime's fetch. */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
+import type { EngineSnapshot, ServingMetrics } from "../metrics/serving.ts";
 import { requireApiKey } from "./auth.ts";
 import { chatCompletionRoutes } from "./chat-completions.ts";
 import { completionRoutes } from "./completions.ts";
+import { CONTROL_PATHS, type ControlPlane, controlRoutes, versionRoutes } from "./control.ts";
 import type { AppDeps } from "./deps.ts";
 import { errorResponse, MethodNotAllowedError, PayloadTooLargeError, RouteNotFoundError } from "./errors.ts";
 import { healthRoutes } from "./health.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { modelRoutes } from "./models.ts";
+import { operations, type RequestRecord, type RequestTracker, ServiceUnavailableError } from "./operations.ts";
 import { responseRoutes } from "./responses.ts";
 import { tokenizeRoutes } from "./tokenize.ts";
 
 export type { AppDeps } from "./deps.ts";
+
+/** What operating the server adds to the app; all optional, so a bare app (route tests) runs without it. */
+export interface OperationsDeps {
+  /** The control routes' target; none: no control routes (--disable-control-plane). */
+  control?: ControlPlane | null;
+  /** Guards the control routes instead of apiKey (--admin-api-key). */
+  adminApiKey?: string | null;
+  /** GET /metrics serves these, with the engine's live state. */
+  metrics?: ServingMetrics | null;
+  engineSnapshot?: () => EngineSnapshot | null;
+  /** Counts requests in flight and turns new ones away while draining (graceful shutdown). */
+  tracker?: RequestTracker;
+  /** One call per finished request (the request log). */
+  requestLog?: ((record: RequestRecord) => void) | null;
+  /** Origins allowed by CORS ("*": any); none: no CORS headers at all. */
+  allowedOrigins?: readonly string[] | null;
+}
 
 const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
 
@@ -35,12 +57,26 @@ function allowedMethods(app: Hono, path: string): string[] {
   return [...methods];
 }
 
+/** The route `path` belongs to (its pattern), or "unmatched": a metrics label with a bounded set of values. */
+function routeLabeler(app: Hono): (method: string, path: string) => string {
+  let patterns: [RegExp, string][] | null = null;
+  return (_method, path) => {
+    patterns ??= [...new Set(app.routes.filter((r) => r.method !== "ALL").map((r) => r.path))]
+      .map((p) => [pathPattern(p), p]);
+    return patterns.find(([pattern]) => pattern.test(path))?.[1] ?? "unmatched";
+  };
+}
+
 /** The server's HTTP app: a Hono app whose `fetch` serves the OpenAI-compatible API. */
-export function createApp(deps: AppDeps): Hono {
+export function createApp(deps: AppDeps & OperationsDeps): Hono {
   const app = new Hono({ strict: false });
   const maxBodyBytes = deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
 
-  app.onError((err) => errorResponse(err));
+  app.onError((err) => {
+    const res = errorResponse(err);
+    if (err instanceof ServiceUnavailableError) res.headers.set("retry-after", String(err.retryAfterSeconds));
+    return res;
+  });
   app.notFound((c) => {
     const allowed = allowedMethods(app, c.req.path);
     const err = allowed.length > 0
@@ -49,7 +85,14 @@ export function createApp(deps: AppDeps): Hono {
     return errorResponse(err);
   });
 
-  if (deps.apiKey) app.use("*", requireApiKey(deps.apiKey));
+  if (deps.allowedOrigins?.length) {
+    const origin = deps.allowedOrigins.includes("*") ? "*" : [...deps.allowedOrigins];
+    app.use("*", cors({ origin, exposeHeaders: ["x-request-id", "retry-after"] }));
+  }
+  app.use("*", operations({ tracker: deps.tracker, metrics: deps.metrics, log: deps.requestLog, routeOf: routeLabeler(app) }));
+  // With an admin key the control routes take that key instead of the API key.
+  const adminKey = deps.control && deps.adminApiKey ? deps.adminApiKey : null;
+  if (deps.apiKey) app.use("*", requireApiKey(deps.apiKey, adminKey ? CONTROL_PATHS : []));
   app.use("*", bodyLimit({ maxSize: maxBodyBytes, onError: () => { throw new PayloadTooLargeError(maxBodyBytes); } }));
 
   app.route("/", healthRoutes(deps));
@@ -58,5 +101,8 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/", chatCompletionRoutes(deps));
   app.route("/", completionRoutes(deps));
   app.route("/", responseRoutes(deps));
+  if (deps.metrics) app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null)));
+  app.route("/", versionRoutes(() => deps.control?.policyVersion ?? deps.engine?.policyVersion ?? 0));
+  if (deps.control) app.route("/", controlRoutes(deps.control, adminKey ? requireApiKey(adminKey) : null));
   return app;
 }

@@ -1,4 +1,7 @@
-/** The API key check (`--api-key`): `Authorization: Bearer <key>` on every route but /health. */
+/**
+ * The API key check (`--api-key`): `Authorization: Bearer <key>` on every route but /health. The control routes
+ * use the same check with their own key when `--admin-api-key` is set.
+ */
 import type { MiddlewareHandler } from "hono";
 import { UnauthorizedError } from "./errors.ts";
 
@@ -15,11 +18,12 @@ function sameDigest(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0;
 }
 
-/** Middleware that rejects requests without the bearer key (401), except on /health. */
-export function requireApiKey(apiKey: string): MiddlewareHandler {
+/** Middleware that rejects requests without the bearer key (401), except on /health and the `except` paths. */
+export function requireApiKey(apiKey: string, except: readonly string[] = []): MiddlewareHandler {
   const expected = digest(apiKey);
+  const open = new Set([...OPEN_PATHS, ...except.flatMap((p) => [p, `${p}/`])]);
   return async (c, next) => {
-    if (OPEN_PATHS.has(c.req.path)) return next();
+    if (open.has(c.req.path)) return next();
     const match = /^Bearer\s+(.+)$/i.exec(c.req.header("authorization") ?? "");
     const presented = await digest(match ? match[1].trim() : "");
     if (!match || !sameDigest(presented, await expected)) throw new UnauthorizedError();

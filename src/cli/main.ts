@@ -54,8 +54,13 @@ export async function main(argv: string[]): Promise<number> {
     }
     const config = parseFlags(ServerConfig, serveArgs, envRecord(), ENV_FLAGS);
     const server = await startServer(config);
-    onShutdownSignal(async () => {
-      await server.close();
+    let stopping = false;
+    onShutdownSignal(async (signal) => {
+      // A second signal does not wait any more.
+      if (stopping) exitProcess(0);
+      stopping = true;
+      console.error(`gym-edge: ${signal}: finishing requests in flight (up to ${config.shutdownTimeout} s), then exiting`);
+      await server.shutdown(config.shutdownTimeout * 1000);
       exitProcess(0);
     });
     await server.ready.catch(() => exitProcess(1));

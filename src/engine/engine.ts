@@ -40,11 +40,16 @@ export interface SubmittedRequest {
   events: AsyncIterable<TokenEvent>;
   /** Why it ended, once it has. */
   readonly finishReason: FinishReason | null;
+  /** When it was submitted and first scheduled (performance.now() milliseconds; null: not yet). */
+  readonly arrivedAt: number;
+  readonly scheduledAt: number | null;
 }
 
 export interface EngineStats {
   running: number;
   waiting: number;
+  /** Submitted while held (a weight update in progress); they join the queue on release. */
+  held: number;
   preemptions: number;
   steps: number;
   cache: KvCacheStats;
@@ -53,7 +58,13 @@ export interface EngineStats {
 export class Engine {
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
-  readonly #rows: RowTable;
+  #runner: ModelRunner;
+  #rows: RowTable;
+  readonly #rowCount: number;
+  /** Requests submitted while held, in arrival order. */
+  readonly #held: Sequence[] = [];
+  #holding = false;
+  #frozen = false;
   readonly #samplers = new Map<Sequence, SequenceSampler>();
   readonly #byId = new Map<number, Sequence>();
   readonly #eos: Set<number>;
@@ -62,7 +73,8 @@ export class Engine {
   #preemptions = 0;
   #steps = 0;
 
-  constructor(readonly runner: ModelRunner, readonly options: EngineOptions) {
+  constructor(runner: ModelRunner, readonly options: EngineOptions) {
+    this.#runner = runner;
     const maxNumSeqs = options.maxNumSeqs ?? 32;
     const blockSize = options.blockSize ?? 16;
     const bytesPerToken = runner.floatsPerToken * 4;
@@ -75,8 +87,14 @@ export class Engine {
       bytesPerToken,
       rowCapacity: options.rowCapacity ?? ((n) => n),
     }, this.cache, options.prefixCaching ?? true);
-    this.#rows = new RowTable(runner, Math.min(runner.maxRows, maxNumSeqs + 1));
+    this.#rowCount = Math.min(runner.maxRows, maxNumSeqs + 1);
+    this.#rows = new RowTable(runner, this.#rowCount);
     this.#eos = new Set(options.eosTokenIds);
+  }
+
+  /** The model the engine runs (replaced by swapRunner). */
+  get runner(): ModelRunner {
+    return this.#runner;
   }
 
   /** Version of the weights in use; every token event carries it. */
@@ -106,14 +124,21 @@ export class Engine {
     const seq = new Sequence(promptIds);
     this.#samplers.set(seq, new SequenceSampler(params, promptIds, { eosTokenIds: this.options.eosTokenIds, index: sampleIndex }));
     this.#byId.set(seq.id, seq);
-    this.scheduler.add(seq);
-    this.#kick();
+    if (this.#holding) this.#held.push(seq);
+    else {
+      this.scheduler.add(seq);
+      this.#kick();
+    }
     return {
       id: seq.id,
       promptIds: seq.tokens.slice(0, seq.promptLength),
       events: seq.events,
       get finishReason() {
         return seq.finishReason;
+      },
+      arrivedAt: seq.arrivedAt,
+      get scheduledAt() {
+        return seq.scheduledAt;
       },
     };
   }
@@ -128,24 +153,92 @@ export class Engine {
     return {
       running: this.scheduler.running.length,
       waiting: this.scheduler.waiting.length,
+      held: this.#held.length,
       preemptions: this.#preemptions,
       steps: this.#steps,
       cache: this.cache.stats(),
     };
   }
 
-  /** Resolves when no request is left. */
+  /** Resolves when the loop stops: no request left to run (held ones aside), or frozen. */
   async idle(): Promise<void> {
     while (this.#loop) await this.#loop;
   }
 
+  // Weight updates and sleep (engine/control.ts drives them): hold new requests, drain, freeze or abort the ones in
+  // flight, then swap the runner between steps.
+
+  /** Keeps requests submitted from now on out of the queue until release(). */
+  hold(): void {
+    this.#holding = true;
+  }
+
+  /** Queues the held requests (in arrival order) and takes new ones again. */
+  release(): void {
+    this.#holding = false;
+    for (const seq of this.#held.splice(0)) this.scheduler.add(seq);
+    this.#kick();
+  }
+
+  /** Stops stepping once the step in progress ends, and resolves then; sequences keep their places until thaw(). */
+  async freeze(): Promise<void> {
+    this.#frozen = true;
+    await this.idle();
+  }
+
+  /** Steps again after freeze(). */
+  thaw(): void {
+    this.#frozen = false;
+    this.#kick();
+  }
+
+  /** Drops every running sequence's KV (frozen only): they wait at the head of the queue, to be recomputed. */
+  preemptAll(): number {
+    if (this.#loop) throw new Error("preemptAll: a step is running (freeze first)");
+    const preempted = this.scheduler.preemptAll();
+    this.#applyPreemptions(preempted);
+    return preempted.length;
+  }
+
+  /**
+   * Ends requests with `error` (their event streams throw it): all of them, or with `startedOnly` those running or
+   * with tokens generated, leaving the queued ones that have not started. Returns how many it ended.
+   */
+  abortAll(error: unknown, startedOnly = false): number {
+    const all = [...this.scheduler.running, ...this.scheduler.waiting, ...this.#held];
+    const victims = startedOnly ? all.filter((seq) => seq.status === "running" || seq.numGenerated > 0) : all;
+    for (const seq of victims) this.#finish(seq, "abort", error);
+    return victims.length;
+  }
+
+  /**
+   * Runs on `runner` from now on, as weights `version`, and returns the runner it replaces. Only between steps,
+   * with no sequence holding a row (drain, abort or freeze + preemptAll first). The prefix cache is emptied: KV
+   * computed by other weights is never reused.
+   */
+  swapRunner(runner: ModelRunner, version: number): ModelRunner {
+    if (this.#loop || this.scheduler.running.length > 0) throw new Error("swapRunner: sequences are running");
+    const old = this.#runner;
+    if (runner.vocabSize !== old.vocabSize || runner.floatsPerToken !== old.floatsPerToken) {
+      throw new Error(
+        `swapRunner: the new model's vocabulary (${runner.vocabSize}) or KV width (${runner.floatsPerToken}) differs ` +
+          `from the served one's (${old.vocabSize}, ${old.floatsPerToken})`,
+      );
+    }
+    this.#runner = runner;
+    this.#rows = new RowTable(runner, this.#rowCount);
+    this.cache.reset(version);
+    this.#policyVersion = version;
+    return old;
+  }
+
   #kick(): void {
-    if (this.#loop) return;
+    if (this.#loop || this.#frozen) return;
     this.#loop = (async () => {
       // Yield first so that requests submitted together join the same first step.
       await Promise.resolve();
       try {
-        while (this.scheduler.hasWork) {
+        while (this.scheduler.hasWork && !this.#frozen) {
           try {
             await this.#step();
           } catch (err) {
@@ -162,7 +255,7 @@ export class Engine {
   async #step(): Promise<void> {
     const plan = this.scheduler.schedule();
     this.#steps++;
-    this.#applyPreemptions(plan);
+    this.#applyPreemptions(plan.preempted);
     this.#applyAdmissions(plan);
     let longest = 0;
     for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
@@ -177,8 +270,8 @@ export class Engine {
     }
   }
 
-  #applyPreemptions(plan: StepPlan): void {
-    for (const seq of plan.preempted) {
+  #applyPreemptions(preempted: readonly Sequence[]): void {
+    for (const seq of preempted) {
       this.#preemptions++;
       this.#rows.release(seq);
       this.cache.release(seq.blockIds);
@@ -263,6 +356,8 @@ export class Engine {
     if (seq.status === "finished") return;
     const wasRunning = this.scheduler.remove(seq);
     if (wasRunning || seq.row !== null) this.#rows.release(seq);
+    const held = this.#held.indexOf(seq);
+    if (held >= 0) this.#held.splice(held, 1);
     this.cache.release(seq.blockIds);
     seq.blockIds = [];
     seq.status = "finished";

@@ -62,6 +62,18 @@ export class Scheduler {
     return r >= 0;
   }
 
+  /** Moves every running sequence, in order, back to the head of the queue to be recomputed; returns them. */
+  preemptAll(): Sequence[] {
+    const victims = this.running.splice(0);
+    for (const seq of victims) {
+      seq.status = "waiting";
+      seq.numComputed = 0;
+      seq.preemptions++;
+    }
+    this.waiting.unshift(...victims);
+    return victims;
+  }
+
   /** Plans the next step. */
   schedule(): StepPlan {
     const plan: StepPlan = { admitted: [], preempted: [], decode: [], prefill: [] };

@@ -1,0 +1,121 @@
+/**
+ * The control plane over HTTP, for the trainer: POST /update_weights (refit), /sleep, /wake_up,
+ * /reset_prefix_cache, GET /is_sleeping; and GET /version, always on, with the policy version.
+ * Names and shapes follow vLLM's (sleep level as a query parameter or a field); /update_weights_from_disk
+ * with `model_path` is SGLang's spelling of the same refit.
+ */
+import { type Context, Hono, type MiddlewareHandler } from "hono";
+import { z } from "zod";
+import type { ControlStatus, EngineControl } from "../engine/control.ts";
+import { REFIT_MODES } from "../engine/control.ts";
+import { VERSION } from "../version.ts";
+import { MalformedJsonError } from "./errors.ts";
+import { httpErrorOf } from "./operations.ts";
+
+/** What the control routes drive (an EngineControl). */
+export type ControlPlane = Pick<
+  EngineControl,
+  "policyVersion" | "status" | "updateWeights" | "sleep" | "wakeUp" | "resetPrefixCache"
+>;
+
+/** Paths of the routes that change the server's state (guarded by --admin-api-key, off with --disable-control-plane). */
+export const CONTROL_PATHS = [
+  "/update_weights",
+  "/update_weights_from_disk",
+  "/sleep",
+  "/wake_up",
+  "/is_sleeping",
+  "/reset_prefix_cache",
+] as const;
+
+const UpdateWeightsRequest = z.object({
+  path: z.string().min(1).optional(),
+  model_path: z.string().min(1).optional(),
+  mode: z.enum(REFIT_MODES).default("finish"),
+  policy_version: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+}).refine((r) => r.path !== undefined || r.model_path !== undefined, {
+  message: "`path` is required: a model directory or an .onnx file with the new weights",
+  path: ["path"],
+});
+
+const SleepRequest = z.object({
+  level: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2)])).default(1),
+  mode: z.enum(["finish", "abort"]).default("finish"),
+});
+
+/** The JSON body, or {} when there is none (these routes take their options from the query too). */
+async function optionalJson(req: Request): Promise<Record<string, unknown>> {
+  const text = await req.text();
+  if (text.trim() === "") return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new MalformedJsonError((err as Error).message);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new MalformedJsonError("expected a JSON object");
+  }
+  return value as Record<string, unknown>;
+}
+
+function statusBody(s: ControlStatus) {
+  return { policy_version: s.policyVersion, is_sleeping: s.sleepLevel > 0, sleep_level: s.sleepLevel };
+}
+
+/** Runs a control operation with its errors as HTTP errors. */
+async function run<T>(operation: () => Promise<T> | T): Promise<T> {
+  try {
+    return await operation();
+  } catch (err) {
+    throw httpErrorOf(err);
+  }
+}
+
+/** GET /version: the server's version and the policy version serving now. */
+export function versionRoutes(policyVersion: () => number): Hono {
+  const routes = new Hono();
+  routes.get("/version", (c) => c.json({ version: VERSION, policy_version: policyVersion() }));
+  return routes;
+}
+
+/** The control routes; `guard` (an admin key check) runs before each. */
+export function controlRoutes(control: ControlPlane, guard: MiddlewareHandler | null): Hono {
+  const routes = new Hono();
+  if (guard) for (const path of CONTROL_PATHS) routes.use(path, guard);
+
+  const updateWeights = async (c: Context) => {
+    const request = UpdateWeightsRequest.parse(await optionalJson(c.req.raw));
+    const path = (request.path ?? request.model_path)!;
+    const result = await run(() => control.updateWeights(path, request.mode, request.policy_version));
+    return c.json({
+      status: "ok",
+      policy_version: result.policyVersion,
+      previous_policy_version: result.previousPolicyVersion,
+      mode: result.mode,
+      path: result.source,
+      aborted: result.aborted,
+      preempted: result.preempted,
+      load_ms: Math.round(result.loadMs),
+      swap_ms: Math.round(result.swapMs),
+    });
+  };
+  routes.post("/update_weights", updateWeights);
+  routes.post("/update_weights_from_disk", updateWeights);
+
+  routes.post("/sleep", async (c) => {
+    const request = SleepRequest.parse({ ...c.req.query(), ...await optionalJson(c.req.raw) });
+    return c.json(statusBody(await run(() => control.sleep(request.level, request.mode))));
+  });
+  routes.post("/wake_up", async (c) => {
+    await optionalJson(c.req.raw);
+    return c.json(statusBody(await run(() => control.wakeUp())));
+  });
+  routes.get("/is_sleeping", (c) => c.json(statusBody(control.status())));
+  routes.post("/reset_prefix_cache", async (c) => {
+    await optionalJson(c.req.raw);
+    control.resetPrefixCache();
+    return c.json({ status: "ok" });
+  });
+  return routes;
+}

@@ -1,0 +1,91 @@
+/**
+ * GET /metrics (Prometheus text), and the engine as the routes see it: each request's tokens timed into the
+ * metrics and into its log line, and the engine's retriable refusals turned into 503s.
+ */
+import { Hono } from "hono";
+import type { SubmittedRequest } from "../engine/engine.ts";
+import type { SamplingParams } from "../engine/sampling-params.ts";
+import type { TokenEvent } from "../engine/sequence.ts";
+import { type EngineSnapshot, PROMETHEUS_CONTENT_TYPE, type ServingMetrics } from "../metrics/serving.ts";
+import type { GenerationEngine } from "./generate.ts";
+import { httpErrorOf, type RequestRecord, requestInContext, ServiceUnavailableError } from "./operations.ts";
+
+/** The metrics route: the registry's text with the engine's live state. */
+export function metricsRoutes(metrics: ServingMetrics, snapshot: () => EngineSnapshot | null): Hono {
+  const routes = new Hono();
+  routes.get("/metrics", (c) => c.body(metrics.render(snapshot()), 200, { "content-type": PROMETHEUS_CONTENT_TYPE }));
+  return routes;
+}
+
+/** `engine` with every request observed (metrics, the request's log record) and control errors as HTTP errors. */
+export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics | null): GenerationEngine {
+  return {
+    get policyVersion() {
+      return engine.policyVersion;
+    },
+    abort: (id) => engine.abort(id),
+    submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+      let request: SubmittedRequest;
+      try {
+        request = engine.submit(promptIds, params, sampleIndex);
+      } catch (err) {
+        const translated = httpErrorOf(err);
+        if (translated instanceof ServiceUnavailableError) metrics?.rejected(translated.reason);
+        throw translated;
+      }
+      const record = requestInContext();
+      // The n samples of a prompt share it: count it once.
+      if (record && sampleIndex === 0) record.promptTokens += promptIds.length;
+      const events = observe(request, promptIds.length, record, metrics);
+      return {
+        id: request.id,
+        promptIds: request.promptIds,
+        events,
+        get finishReason() {
+          return request.finishReason;
+        },
+        arrivedAt: request.arrivedAt,
+        get scheduledAt() {
+          return request.scheduledAt;
+        },
+      };
+    },
+  };
+}
+
+async function* observe(
+  request: SubmittedRequest,
+  promptTokens: number,
+  record: RequestRecord | undefined,
+  metrics: ServingMetrics | null,
+): AsyncGenerator<TokenEvent> {
+  let last: number | null = null;
+  let generated = 0;
+  try {
+    for await (const event of request.events) {
+      const now = performance.now();
+      if (last === null) {
+        metrics?.firstToken((now - request.arrivedAt) / 1000);
+        if (record && record.ttftMs === null) record.ttftMs = now - record.startedAt;
+      } else metrics?.interToken((now - last) / 1000);
+      last = now;
+      generated++;
+      if (record) {
+        record.completionTokens++;
+        record.policyVersion = Math.max(record.policyVersion ?? -1, event.policyVersion);
+      }
+      yield event;
+    }
+  } catch (err) {
+    throw httpErrorOf(err);
+  } finally {
+    const { scheduledAt, arrivedAt } = request;
+    metrics?.sequence({
+      promptTokens,
+      generationTokens: generated,
+      finishReason: request.finishReason ?? "abort",
+      queueSeconds: scheduledAt === null ? null : (scheduledAt - arrivedAt) / 1000,
+      e2eSeconds: (performance.now() - arrivedAt) / 1000,
+    });
+  }
+}

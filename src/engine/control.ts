@@ -1,0 +1,277 @@
+/**
+ * The engine's control plane: weight updates between training steps (refit), sleep and wake-up, prefix-cache
+ * reset, and the admission limits in front of submit (a bounded queue, no requests while asleep). Operations run
+ * one at a time, in the order asked.
+ *
+ * A weight update loads the new weights first, beside the old ones, so a load that fails changes nothing. Then
+ * requests submitted from that moment are held, and those in flight are handled by the mode:
+ *   finish  they complete on the old weights; the swap happens once none is left.
+ *   abort   those that have started end at once with a retriable EngineUnavailableError ("weights_updated");
+ *           those still queued, with no token yet, stay queued and run on the new weights.
+ *   pause   they stop after the current step and keep their tokens; after the swap they resume on the new
+ *           weights, their KV recomputed from their tokens (never stale KV). Each token's policy version tells
+ *           which weights produced it.
+ * The swap empties the prefix cache and bumps the policy version; then the held requests run on the new weights.
+ */
+import type { Engine, SubmittedRequest } from "./engine.ts";
+import type { ModelRunner } from "./model-runner.ts";
+import type { SamplingParams } from "./sampling-params.ts";
+
+/** How requests in flight are handled while weights are swapped. */
+export type RefitMode = "finish" | "abort" | "pause";
+export const REFIT_MODES: readonly RefitMode[] = ["finish", "abort", "pause"];
+
+/** Why the engine turned a request away or ended it early. */
+export type UnavailableReason = "queue_full" | "sleeping" | "weights_updated" | "shutting_down";
+
+/** The engine cannot serve this request now; the same request may succeed if sent again later. */
+export class EngineUnavailableError extends Error {
+  constructor(readonly reason: UnavailableReason, message: string, readonly retryAfterSeconds = 1) {
+    super(message);
+    this.name = "EngineUnavailableError";
+  }
+}
+
+/**
+ * A control operation that cannot be done: `invalid` (bad input: weights that are missing or of another model, a
+ * policy version that does not increase), `forbidden` (weights outside the allowed directory), `conflict` (the
+ * server's state forbids it now: a weight update while asleep).
+ */
+export class ControlError extends Error {
+  constructor(readonly kind: "invalid" | "forbidden" | "conflict", message: string, readonly param: string | null = null) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+export interface EngineControlOptions {
+  /** Opens weights on the engine's device; throws a ControlError when they cannot serve (other architecture). */
+  loadWeights: (source: string) => Promise<ModelRunner>;
+  /** Turns the path a client asked for into the source to load, or throws a ControlError (default: as given). */
+  resolveSource?: (requested: string) => string;
+  /** What the served weights were loaded from (reported by status()). */
+  weightsSource: string;
+  /** Most sequences waiting to run (held ones included); beyond it submit throws queue_full. Null: unbounded. */
+  maxQueue?: number | null;
+  /** Seconds a refused client is told to wait (Retry-After). */
+  retryAfterSeconds?: number;
+}
+
+/** What a weight update did. */
+export interface RefitResult {
+  policyVersion: number;
+  previousPolicyVersion: number;
+  mode: RefitMode;
+  source: string;
+  /** Requests ended (abort) or recomputed (pause). */
+  aborted: number;
+  preempted: number;
+  /** Milliseconds spent loading the weights, and waiting for in-flight requests plus the swap. */
+  loadMs: number;
+  swapMs: number;
+}
+
+/** The control state, for /version and metrics. */
+export interface ControlStatus {
+  policyVersion: number;
+  /** 0 awake, else the sleep level. */
+  sleepLevel: number;
+  weightsSource: string;
+  /** A weight update, sleep or wake-up is in progress. */
+  busy: boolean;
+}
+
+/** An Engine behind the control plane: submit/abort for the API, and the operations of the control routes. */
+export class EngineControl {
+  readonly #engine: Engine;
+  readonly #load: (source: string) => Promise<ModelRunner>;
+  readonly #resolve: (requested: string) => string;
+  readonly #maxQueue: number | null;
+  readonly #retryAfter: number;
+  #source: string;
+  #sleepLevel = 0;
+  #stopping = false;
+  #busy = 0;
+  /** The tail of the operation chain: each operation starts once the previous one has settled. */
+  #last: Promise<unknown> = Promise.resolve();
+
+  constructor(engine: Engine, options: EngineControlOptions) {
+    this.#engine = engine;
+    this.#load = options.loadWeights;
+    this.#resolve = options.resolveSource ?? ((requested) => requested);
+    this.#source = options.weightsSource;
+    this.#maxQueue = options.maxQueue ?? null;
+    this.#retryAfter = options.retryAfterSeconds ?? 1;
+  }
+
+  get engine(): Engine {
+    return this.#engine;
+  }
+
+  get policyVersion(): number {
+    return this.#engine.policyVersion;
+  }
+
+  /** Queues a request, unless asleep, shutting down or the queue is full (EngineUnavailableError). */
+  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+    if (this.#stopping) throw this.#unavailable("shutting_down", "the server is shutting down");
+    if (this.#sleepLevel > 0) {
+      throw this.#unavailable("sleeping", "the server is asleep (POST /wake_up resumes it); retry later");
+    }
+    if (this.#maxQueue !== null) {
+      const { waiting, held } = this.#engine.stats();
+      if (waiting + held >= this.#maxQueue) {
+        throw this.#unavailable("queue_full", `the request queue is full (${this.#maxQueue} waiting); retry later`);
+      }
+    }
+    return this.#engine.submit(promptIds, params, sampleIndex);
+  }
+
+  abort(id: number): void {
+    this.#engine.abort(id);
+  }
+
+  status(): ControlStatus {
+    return {
+      policyVersion: this.#engine.policyVersion,
+      sleepLevel: this.#sleepLevel,
+      weightsSource: this.#source,
+      busy: this.#busy > 0,
+    };
+  }
+
+  /**
+   * Loads the weights at `requested` and swaps them in (see the file comment for the modes). `version` sets the
+   * new policy version (it must exceed the current one); by default it is the current one plus 1.
+   */
+  updateWeights(requested: string, mode: RefitMode = "finish", version?: number): Promise<RefitResult> {
+    return this.#serialized(async () => {
+      const previous = this.#engine.policyVersion;
+      const next = version ?? previous + 1;
+      if (!Number.isSafeInteger(next) || next <= previous) {
+        const message = `the new policy version must be an integer above the current one (${previous}), got ${next}`;
+        throw new ControlError("invalid", message, "policy_version");
+      }
+      if (this.#sleepLevel > 0) throw new ControlError("conflict", "the server is asleep: wake it up before updating the weights");
+      const source = this.#resolve(requested);
+      const started = performance.now();
+      const runner = await this.#load(source);
+      const loaded = performance.now();
+      const { aborted, preempted } = await this.#swap(runner, next, mode);
+      this.#source = source;
+      return {
+        policyVersion: next,
+        previousPolicyVersion: previous,
+        mode,
+        source,
+        aborted,
+        preempted,
+        loadMs: loaded - started,
+        swapMs: performance.now() - loaded,
+      };
+    });
+  }
+
+  /**
+   * Frees the KV cache (level 1) and the weights too (level 2). New requests are refused until wakeUp(); those in
+   * flight finish first ("finish") or end with a retriable error ("abort").
+   */
+  sleep(level: 1 | 2 = 1, mode: "finish" | "abort" = "finish"): Promise<ControlStatus> {
+    return this.#serialized(async () => {
+      if (this.#sleepLevel >= level) return this.status();
+      const engine = this.#engine;
+      this.#sleepLevel = level;
+      if (mode === "abort") {
+        engine.abortAll(this.#unavailable("sleeping", "the request was aborted because the server was put to sleep"));
+      }
+      await engine.idle();
+      engine.cache.reset();
+      // Between steps and with no row in use: this shrinks the row buffers to their smallest size.
+      engine.runner.reserve(1);
+      if (level === 2) await engine.runner.dispose();
+      return this.status();
+    });
+  }
+
+  /** Restores what sleep() freed (reloading the weights after level 2) and takes requests again. */
+  wakeUp(): Promise<ControlStatus> {
+    return this.#serialized(async () => {
+      if (this.#sleepLevel === 2) {
+        const runner = await this.#load(this.#source);
+        this.#engine.swapRunner(runner, this.#engine.policyVersion);
+      }
+      this.#sleepLevel = 0;
+      return this.status();
+    });
+  }
+
+  /** Forgets every cached prefix (new requests recompute their prompts). */
+  resetPrefixCache(): void {
+    this.#engine.cache.reset();
+  }
+
+  /**
+   * Stops taking requests (shutting_down), lets those in flight finish for up to `timeoutMs`, then ends the rest
+   * with a retriable error. Resolves once the engine is idle.
+   */
+  async shutdown(timeoutMs: number): Promise<void> {
+    this.#stopping = true;
+    const engine = this.#engine;
+    engine.release();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<"expired">((resolve) => (timer = setTimeout(() => resolve("expired"), timeoutMs)));
+    try {
+      if (await Promise.race([engine.idle().then(() => "idle" as const), expired]) === "expired") {
+        engine.abortAll(this.#unavailable("shutting_down", "the server shut down before the request finished"));
+        await engine.idle();
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #swap(runner: ModelRunner, version: number, mode: RefitMode): Promise<{ aborted: number; preempted: number }> {
+    const engine = this.#engine;
+    let aborted = 0;
+    let preempted = 0;
+    engine.hold();
+    try {
+      if (mode === "finish") await engine.idle();
+      else {
+        if (mode === "abort") {
+          const reason = `the request was aborted because the policy weights are being updated to version ${version}; retry it`;
+          aborted = engine.abortAll(this.#unavailable("weights_updated", reason), true);
+        }
+        await engine.freeze();
+        // Pause: the running ones. Abort: any queued one admitted since, still in its prefill.
+        preempted = engine.preemptAll();
+      }
+      const old = engine.swapRunner(runner, version);
+      await old.dispose();
+    } catch (err) {
+      await runner.dispose();
+      throw err;
+    } finally {
+      engine.thaw();
+      engine.release();
+    }
+    return { aborted, preempted };
+  }
+
+  #unavailable(reason: UnavailableReason, message: string): EngineUnavailableError {
+    return new EngineUnavailableError(reason, message, this.#retryAfter);
+  }
+
+  #serialized<T>(operation: () => Promise<T>): Promise<T> {
+    const run = this.#last.then(async () => {
+      this.#busy++;
+      try {
+        return await operation();
+      } finally {
+        this.#busy--;
+      }
+    });
+    this.#last = run.catch(() => {});
+    return run;
+  }
+}
