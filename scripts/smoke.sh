@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Smoke tests of what users install: each serves the built-in model offline, from an empty cache, on a free
+# loopback port, answers GET /health, POST /tokenize and one chat completion, and is stopped (its whole process
+# group) whatever happens.
+#
+#   bash scripts/smoke.sh [pack] [binary] [deno]        default: pack binary
+#
+#   pack    `npm pack`, installed into an empty directory, run as `npx gym-edge` (Node) and `bunx --bun gym-edge` (Bun)
+#   binary  `deno compile --self-extracting` into dist/gym-edge, run as a program. deno compile downloads its
+#           runtime (denort); offline it needs DENORT_BIN or a copy in Deno's cache, else this serves
+#           the file tree the binary would carry (deno.json's "compile" excludes applied) with `deno run` instead
+#   deno    `deno run -A mod.ts` in this checkout
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=$ROOT/node_modules/.bin
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gym-edge-smoke.XXXXXX")
+# lavapipe (WebGPU probing under Deno) wants a runtime dir.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$WORK}"
+# The ids the built-in model's Qwen3 tokenizer and chat template give for the request below.
+EXPECTED_TOKENS="[151644,872,198,1830,311,220,20,151645,198,151644,77091,198]"
+READY_TIMEOUT=${SMOKE_READY_TIMEOUT:-180}
+
+groups=()
+cleanup() {
+  local g
+  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+  for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*"; }
+fail() {
+  log "smoke: FAIL: $*"
+  exit 1
+}
+
+# The executables a process group runs (from /proc: procps may not be installed).
+group_exes() {
+  local stat line rest pgrp
+  for stat in /proc/[0-9]*/stat; do
+    read -r line <"$stat" 2>/dev/null || continue
+    rest=${line##*) }     # after "pid (comm) ": state ppid pgrp ...
+    read -r _ _ pgrp _ <<<"$rest"
+    if [ "$pgrp" = "$1" ]; then readlink "${stat%/stat}/exe" 2>/dev/null || true; fi
+  done
+}
+
+# check_http BASE_URL SERVER_PID: waits for /health to say ok, then the three requests (in Node: every machine
+# that runs this has it).
+check_http() {
+  node --input-type=module - "$1" "$2" "$EXPECTED_TOKENS" "$READY_TIMEOUT" <<'JS'
+const [base, pid, expected, timeout] = process.argv.slice(2);
+const alive = () => {
+  try {
+    process.kill(Number(pid), 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const t0 = performance.now();
+for (;;) {
+  const res = await fetch(base + "/health", { signal: AbortSignal.timeout(5_000) }).catch(() => null);
+  if (res?.status === 200) {
+    const health = await res.json();
+    if (health.status !== "ok") throw new Error(`/health: ${JSON.stringify(health)}`);
+    break;
+  }
+  if (!alive()) throw new Error("the server exited before it was ready");
+  if (performance.now() - t0 > Number(timeout) * 1000) throw new Error(`not ready in ${timeout} s`);
+  await new Promise((r) => setTimeout(r, 250));
+}
+console.log(`  /health ok after ${Math.round(performance.now() - t0)} ms of loading`);
+const post = async (path, body) => {
+  const res = await fetch(base + path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(60_000),
+  });
+  const json = await res.json();
+  if (res.status !== 200) throw new Error(`${path}: HTTP ${res.status} ${JSON.stringify(json)}`);
+  return json;
+};
+const messages = [{ role: "user", content: "count to 5" }];
+const tok = await post("/tokenize", { messages });
+if (JSON.stringify(tok.tokens) !== expected) throw new Error(`/tokenize: ${JSON.stringify(tok.tokens)} != ${expected}`);
+const started = performance.now();
+const chat = await post("/v1/chat/completions", { messages, max_tokens: 4 });
+const n = chat.usage?.completion_tokens;
+if (!chat.choices?.[0]?.message || !(n >= 1 && n <= 4)) throw new Error(`chat: ${JSON.stringify(chat)}`);
+console.log(
+  `  /tokenize gave the expected ${tok.count} ids; chat completion: ${n} tokens in ` +
+    `${Math.round(performance.now() - started)} ms, finish_reason ${chat.choices[0].finish_reason}`,
+);
+JS
+}
+
+# smoke NAME WANT FORBID CWD CACHE_DIR CMD...: starts CMD, checks it, stops it. WANT (and FORBID, unless empty) are
+# regexes over the names of the executables in the server's process group: which runtime really serves.
+smoke() {
+  local name=$1 want=$2 forbid=$3 cwd=$4 cache=$5
+  shift 5
+  local out="$WORK/server.$((${#groups[@]} + 1)).log" t0=$SECONDS t1 port="" pid i exes
+  log "--- $name: $*"
+  # setsid: the server and whatever launcher runs it (npx, bunx) share a new process group, stopped as one.
+  (cd "$cwd" && GYM_EDGE_CACHE="$cache" exec setsid "$@" --host 127.0.0.1 --port 0 >"$out" 2>&1) &
+  pid=$!
+  groups+=("$pid")
+  for ((i = 0; i < 120; i++)); do
+    port=$(grep -aoE 'listening on http://127\.0\.0\.1:[0-9]+' "$out" | grep -oE '[0-9]+$' || true)
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "$name exited before it listened"; }
+    sleep 0.5
+  done
+  [ -n "$port" ] || { cat "$out"; fail "$name did not listen within 60 s"; }
+  check_http "http://127.0.0.1:$port" "$pid" || { cat "$out"; fail "$name"; }
+  log "  $(grep -aoE 'loaded .* on [a-z]+ via [^(]*' "$out" | tail -1 | sed -E 's/^loaded .* on /served on /')"
+  exes=$(group_exes "$pid" | xargs -r -n1 basename | sort -u | tr '\n' ' ')
+  log "  processes: $exes"
+  grep -qE "$want" <<<"$exes" || fail "$name runs [$exes], expected $want"
+  if [ -n "$forbid" ] && grep -qE "$forbid" <<<"$exes"; then fail "$name runs [$exes], not expected: $forbid"; fi
+  t1=$SECONDS
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for ((i = 0; i < 40; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for ((i = 0; i < 20; i++)); do
+    [ -z "$(group_exes "$pid")" ] && break
+    sleep 0.25
+  done
+  [ -z "$(group_exes "$pid")" ] || fail "$name: processes left after SIGKILL"
+  log "  stopped in $((SECONDS - t1)) s; passed in $((SECONDS - t0)) s"
+}
+
+smoke_pack() {
+  local t0=$SECONDS tgz app=$WORK/app
+  log "=== npm package (node $(node --version), bun $("$BIN/bun" --version))"
+  # prepack builds dist/ with tsc.
+  tgz=$(npm pack --silent --pack-destination "$WORK" | tail -1)
+  log "packed $tgz ($(du -h "$WORK/$tgz" | cut -f1)) in $((SECONDS - t0)) s"
+  mkdir -p "$app"
+  # An empty directory: the repository's .npmrc does not apply there, so its one setting travels in the environment.
+  (cd "$app" && npm_config_onnxruntime_node_install=skip npm install --prefix "$app" --no-audit --no-fund \
+    --prefer-offline --loglevel=error "$WORK/$tgz" >/dev/null)
+  log "installed into an empty directory in $((SECONDS - t0)) s ($(du -sh "$app/node_modules" | cut -f1))"
+  smoke "node (npx gym-edge)" '(^| )node( |$)' '' "$app" "$WORK/cache-node" npx --no-install gym-edge
+  # `bunx gym-edge` follows the bin's `#!/usr/bin/env node` when Node is installed; --bun runs it on Bun.
+  smoke "bun (bunx --bun gym-edge)" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$app" "$WORK/cache-bun" \
+    "$BIN/bun" x --bun gym-edge
+}
+
+# The paths `deno compile` leaves out here: deno.json's "compile.exclude" (development tools, builds the server
+# never loads) and onnxruntime-node's binaries for other platforms.
+compile_excludes() {
+  node -e 'for (const p of JSON.parse(require("fs").readFileSync("deno.json", "utf8")).compile.exclude) console.log(p)'
+  local dir=node_modules/onnxruntime-node/bin/napi-v6 here d
+  here="$dir/$(node -p process.platform)/$(node -p process.arch)"
+  for d in "$dir"/*/*; do
+    if [ -d "$d" ] && [ "$d" != "$here" ]; then echo "$d"; fi
+  done
+}
+
+denort_available() {
+  if [ -n "${DENORT_BIN:-}" ] && [ -f "$DENORT_BIN" ]; then return 0; fi
+  if [ "${SMOKE_DENORT_DOWNLOAD:-}" = 1 ]; then return 0; fi
+  local ver deno_dir
+  ver=$("$BIN/deno" eval 'console.log(Deno.version.deno)')
+  deno_dir=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
+  compgen -G "$deno_dir/dl/release/v$ver/denort-*.zip" >/dev/null
+}
+
+smoke_binary() {
+  log "=== deno compile"
+  local t0=$SECONDS args=() p layout=$WORK/layout
+  while read -r p; do args+=(--exclude "$p"); done < <(compile_excludes)
+  if denort_available; then
+    rm -rf dist/gym-edge dist/.gym-edge
+    # deno.json's `compile` task, plus this platform's excludes.
+    "$BIN/deno" compile -A --self-extracting --no-check "${args[@]}" -o dist/gym-edge mod.ts \
+      >"$WORK/compile.log" 2>&1 || { cat "$WORK/compile.log"; fail "deno compile"; }
+    log "compiled dist/gym-edge ($(du -h dist/gym-edge | cut -f1)) in $((SECONDS - t0)) s"
+    smoke "binary (dist/gym-edge)" '(^| )gym-edge( |$)' '' "$WORK" "$WORK/cache-binary" "$ROOT/dist/gym-edge"
+    return
+  fi
+  log "binary: SKIPPED: deno compile downloads its runtime (denort) and none is here; set DENORT_BIN to a" \
+    "denort binary, or put denort-<target>.zip in Deno's cache, or SMOKE_DENORT_DOWNLOAD=1 when online."
+  # Instead, what the self-extracting binary unpacks and runs: the module graph (mod.ts, src/, kernels/ with its
+  # .wgsl files), package.json and node_modules less the excludes. Hard links keep the copy cheap.
+  mkdir -p "$layout"
+  cp -al mod.ts package.json deno.json src kernels node_modules "$layout/" 2>/dev/null ||
+    cp -a mod.ts package.json deno.json src kernels node_modules "$layout/"
+  for ((p = 1; p < ${#args[@]}; p += 2)); do rm -rf "${layout:?}/${args[p]}"; done
+  log "serving the binary's file tree with deno run instead ($(du -sh "$layout" | cut -f1) after excludes)"
+  smoke "binary's tree, device auto" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" "$BIN/deno" run -A mod.ts
+  smoke "binary's tree, device wasm" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" \
+    "$BIN/deno" run -A mod.ts --device wasm
+}
+
+smoke_deno() {
+  log "=== deno run"
+  smoke "deno (deno run -A mod.ts)" '(^| )deno( |$)' '' "$ROOT" "$WORK/cache-deno" "$BIN/deno" run -A mod.ts
+}
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(pack binary)
+for t in "${targets[@]}"; do
+  case "$t" in
+    pack) smoke_pack ;;
+    binary) smoke_binary ;;
+    deno) smoke_deno ;;
+    *) fail "unknown target $t (pack, binary, deno)" ;;
+  esac
+done
+log "smoke: all passed (${targets[*]}) in $SECONDS s"
