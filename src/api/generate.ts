@@ -190,7 +190,12 @@ export class Generation {
     try {
       for await (const token of request.events) {
         last = token;
-        const check = stops.push(detokenizer.push(token.tokenId));
+        let piece = detokenizer.push(token.tokenId);
+        // The engine ends a sample with "stop" only on an eos or stop_token_ids token; as in vLLM, that token's
+        // text is left out unless asked for.
+        if (token.finishReason === "stop" && !text.includeStopString) piece = "";
+        // No stop string can end a sample before min_tokens (as eos and stop_token_ids cannot).
+        const check = token.index + 1 >= params.min_tokens ? stops.push(piece) : { text: piece, stop: null };
         yield { kind: "token", index, token, text: check.text };
         if (check.stop !== null) {
           done = true;

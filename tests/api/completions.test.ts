@@ -105,6 +105,21 @@ test("stop strings and stop_token_ids end a completion and say which ended it", 
   const byText = await complete({ prompt: "abc", max_tokens: 12, seed: 7, stop });
   assert.equal(byText.choices[0].text, text.slice(0, text.indexOf(stop)));
   assert.equal(byText.choices[0].stop_reason, stop);
+  // As vLLM: the stop token's own text is left out unless include_stop_str_in_output asks for it.
+  const kept = await complete({
+    prompt: "abc",
+    max_tokens: 12,
+    seed: 7,
+    stop_token_ids: [stopId],
+    include_stop_str_in_output: true,
+  });
+  assert.ok(kept.choices[0].text.length > byId.choices[0].text.length, "the stop token's text is kept when asked");
+  assert.ok(kept.choices[0].text.startsWith(byId.choices[0].text));
+  // No stop string ends a sample before min_tokens (min_tokens masks eos, so compare with a run that has it too).
+  const long = (await complete({ prompt: "abc", max_tokens: 12, seed: 7, min_tokens: 12 })).choices[0].text;
+  const late = await complete({ prompt: "abc", max_tokens: 12, seed: 7, stop: long.slice(2, 5), min_tokens: 12 });
+  assert.equal(late.choices[0].finish_reason, "length");
+  assert.equal(late.choices[0].text, long);
 });
 
 test("completions errors are 400s naming the field", SLOW, async () => {
