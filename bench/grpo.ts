@@ -1,0 +1,117 @@
+/**
+ * A GRPO-like load: 8 prompts of ~126 tokens, n=4 (a group per prompt), 64 new tokens, temperature 1, all submitted
+ * at once. Prints the engine's generated tokens/s (median of `runs`) beside llama.cpp's figure for the same load
+ * on a model of this shape (its own tools, 2 threads, fp32: ~17 s, ~120 generated tok/s before any sampling;
+ * measured outside this script, it needs a GGUF build), and runs transformers.js generate() on the whole load as one
+ * left-padded static batch as the in-script baseline.
+ * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
+ *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm] [--cache-dir DIR]
+ */
+import {
+  benchModel,
+  commonFlags,
+  flag,
+  GenerateBaseline,
+  median,
+  numberFlag,
+  openBenchEngine,
+  randomPrompts,
+  report,
+  round,
+  runEngineLoad,
+} from "./common.ts";
+
+/** llama.cpp on this load (same shape and weights, 2 threads, fp32): generated tokens / wall seconds. */
+const LLAMA_CPP_TOK_S = 120;
+
+const flags = commonFlags();
+const numPrompts = numberFlag("prompts", 8);
+const promptLen = numberFlag("prompt-len", 126);
+const n = numberFlag("n", 4);
+const newTokens = numberFlag("new-tokens", 64);
+const baselineRuns = numberFlag("baseline-runs", 1);
+const baselineTopKs = flag("baseline-top-k", "0").split(",").map(Number);
+const sampling = { temperature: 1, max_tokens: newTokens, ignore_eos: true };
+const load = { prompts: numPrompts, prompt_tokens: `${promptLen}+-8`, n, new_tokens: newTokens, temperature: 1 };
+const promptsOf = (run: number) => randomPrompts(2000 + run, numPrompts, promptLen, 16);
+
+const dir = await benchModel(flags);
+
+async function benchEngine(): Promise<number> {
+  const bench = await openBenchEngine(dir, flags);
+  const { engine, profile } = bench;
+  await runEngineLoad(engine, randomPrompts(2, 4, promptLen, 16), 2, { ...sampling, max_tokens: 8 }, 0);
+  const rates: number[] = [];
+  const profiles: Record<string, unknown>[] = [];
+  const otherCores: (number | null)[] = [];
+  const before = engine.stats();
+  for (let run = 0; run < flags.runs; run++) {
+    profile.clear();
+    const result = await runEngineLoad(engine, promptsOf(run), n, sampling, run * 100);
+    rates.push(result.generated / result.seconds);
+    otherCores.push(result.cpu.other_cores);
+    profiles.push({ tok_s: round(result.generated / result.seconds, 1), seconds: round(result.seconds, 1),
+      ...result.cpu, ...profile.summary(result.seconds * 1000, result.generated) });
+    console.error(JSON.stringify(profiles.at(-1)));
+  }
+  const after = engine.stats();
+  const rate = median(rates);
+  report("grpo", flags, {
+    engine: "gym-edge",
+    ...load,
+    requests: numPrompts * n,
+    runs: flags.runs,
+    tok_s: round(rate, 1),
+    tok_s_runs: rates.map((r) => round(r, 1)),
+    other_cores_runs: otherCores,
+    seconds: round(numPrompts * n * newTokens / rate, 1),
+    reference_llama_cpp_tok_s: LLAMA_CPP_TOK_S,
+    reference_note: "llama.cpp, 2 threads, fp32, same shape and weights, measured on this machine outside this script",
+    vs_llama_cpp: round(rate / LLAMA_CPP_TOK_S, 2),
+    max_num_seqs: flags.maxNumSeqs,
+    max_num_batched_tokens: flags.maxNumBatchedTokens,
+    preemptions: after.preemptions - before.preemptions,
+    prefix_cache_hit_tokens: after.cache.hitTokens - before.cache.hitTokens,
+    peak_kv_rows_mb: round(bench.kvPeak.rows / 2 ** 20, 1),
+    profile_of_median_run: profiles[rates.indexOf(rate)],
+  });
+  await bench.close();
+  return rate;
+}
+
+async function benchBaseline(engineRate: number): Promise<void> {
+  const baseline = await GenerateBaseline.open(dir);
+  try {
+    for (const topK of baselineTopKs) {
+      await baseline.generate([promptsOf(0)[0]], 4, { temperature: 1, topK });
+      const rates: number[] = [];
+      const otherCores: (number | null)[] = [];
+      for (let run = 0; run < baselineRuns; run++) {
+        const requests = promptsOf(run).flatMap((p) => Array.from({ length: n }, () => p));
+        const { seconds, cpu } = await baseline.generate(requests, newTokens, { temperature: 1, topK });
+        rates.push(requests.length * newTokens / seconds);
+        otherCores.push(cpu.other_cores);
+        console.error(`static batch run ${run}: ${round(rates.at(-1)!, 1)} tok/s`);
+      }
+      const rate = median(rates);
+      report("grpo_baseline_static_batch", flags, {
+        engine: "transformers.js generate(), the whole load as one left-padded static batch",
+        ...load,
+        baseline_top_k: topK,
+        baseline_sampling: topK === 0 ? "whole vocabulary, as the engine" : `top_k ${topK} (transformers.js default)`,
+        baseline_requests: numPrompts * n,
+        runs: baselineRuns,
+        tok_s: round(rate, 1),
+        tok_s_runs: rates.map((r) => round(r, 1)),
+        other_cores_runs: otherCores,
+        engine_tok_s: round(engineRate, 1),
+        engine_speedup: round(engineRate / rate, 2),
+      });
+    }
+  } finally {
+    await baseline.dispose();
+  }
+}
+
+const engineRate = await benchEngine();
+if (!flags.noBaseline && flags.device === "cpu") await benchBaseline(engineRate);

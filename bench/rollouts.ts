@@ -1,0 +1,172 @@
+/**
+ * Rollout throughput: 16 prompts of ~256 tokens, n=4, 128 new tokens each, temperature 1, ignore_eos, submitted at
+ * once to the engine, against transformers.js generate() one request at a time and on a left-padded static batch.
+ * Prints one JSON line per measurement (medians of `runs`); the engine runs the full load, the baselines a subset of
+ * its requests (generated tokens/s is a rate; `baseline_requests` says how many). Also peak resident memory sampled
+ * during the engine's runs and the KV bytes in use.
+ * Run: node --import tsx bench/rollouts.ts [--runs 3] [--prompts 16] [--prompt-len 256] [--n 4] [--new-tokens 128]
+ *      [--sequential-requests 2] [--static-batch 32] [--baseline-runs 3] [--baseline-top-k 0[,50]] [--no-baseline]
+ *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm] [--cache-dir DIR]
+ */
+import {
+  benchModel,
+  commonFlags,
+  flag,
+  GenerateBaseline,
+  median,
+  numberFlag,
+  openBenchEngine,
+  randomPrompts,
+  report,
+  round,
+  RssSampler,
+  rssBytes,
+  runEngineLoad,
+} from "./common.ts";
+
+const flags = commonFlags();
+const numPrompts = numberFlag("prompts", 16);
+const promptLen = numberFlag("prompt-len", 256);
+const n = numberFlag("n", 4);
+const newTokens = numberFlag("new-tokens", 128);
+const sequentialRequests = numberFlag("sequential-requests", 2);
+const staticBatch = numberFlag("static-batch", flags.maxNumSeqs);
+const baselineRuns = numberFlag("baseline-runs", flags.runs);
+const baselineTopKs = flag("baseline-top-k", "0").split(",").map(Number);
+const sampling = { temperature: 1, max_tokens: newTokens, ignore_eos: true };
+const load = { prompts: numPrompts, prompt_tokens: `${promptLen}+-16`, n, new_tokens: newTokens, temperature: 1 };
+/** Run r's prompts: fresh ones each run, so that no run finds the previous one's prompts in the prefix cache. */
+const promptsOf = (run: number) => randomPrompts(1000 + run, numPrompts, promptLen, 32);
+/** The load's requests in submission order (each prompt n times), the baselines' subsets are taken from the front. */
+const requestsOf = (run: number) => promptsOf(run).flatMap((p) => Array.from({ length: n }, () => p));
+
+const dir = await benchModel(flags);
+
+async function benchEngine(): Promise<number> {
+  const rssBeforeLoad = rssBytes();
+  const bench = await openBenchEngine(dir, flags);
+  const { engine, profile } = bench;
+  const rssLoaded = rssBytes();
+  // Warm-up: the first runs at a new cache size allocate; not measured.
+  await runEngineLoad(engine, randomPrompts(1, 4, promptLen, 32), 2, { ...sampling, max_tokens: 8 }, 0);
+  const rss = new RssSampler();
+  const rates: number[] = [];
+  const profiles: Record<string, unknown>[] = [];
+  const ttfts: number[] = [];
+  const otherCores: (number | null)[] = [];
+  const before = engine.stats();
+  for (let run = 0; run < flags.runs; run++) {
+    profile.clear();
+    rss.start();
+    const result = await runEngineLoad(engine, promptsOf(run), n, sampling, run * 100);
+    rss.stop();
+    rates.push(result.generated / result.seconds);
+    ttfts.push(median(result.ttftMs));
+    otherCores.push(result.cpu.other_cores);
+    profiles.push({ tok_s: round(result.generated / result.seconds, 1), seconds: round(result.seconds, 1),
+      ...result.cpu, ...profile.summary(result.seconds * 1000, result.generated) });
+    console.error(JSON.stringify(profiles.at(-1)));
+  }
+  const after = engine.stats();
+  const rate = median(rates);
+  const medianRun = profiles[rates.indexOf(rate)];
+  report("rollouts", flags, {
+    engine: "gym-edge",
+    ...load,
+    requests: numPrompts * n,
+    generated_tokens_per_run: numPrompts * n * newTokens,
+    runs: flags.runs,
+    tok_s: round(rate, 1),
+    tok_s_runs: rates.map((r) => round(r, 1)),
+    other_cores_runs: otherCores,
+    ttft_ms_median: round(median(ttfts), 0),
+    max_num_seqs: flags.maxNumSeqs,
+    max_num_batched_tokens: flags.maxNumBatchedTokens,
+    preemptions: after.preemptions - before.preemptions,
+    prefix_cache_hit_tokens: after.cache.hitTokens - before.cache.hitTokens,
+    prefix_cache_queried_tokens: after.cache.queriedTokens - before.cache.queriedTokens,
+    profile_of_median_run: medianRun,
+  });
+  report("rollouts_memory", flags, {
+    engine: "gym-edge",
+    rss_before_load_mb: round(rssBeforeLoad / 2 ** 20, 0),
+    rss_loaded_mb: round(rssLoaded / 2 ** 20, 0),
+    peak_rss_mb: round(rss.peak / 2 ** 20, 0),
+    kv_rows_peak_mb: round(bench.kvPeak.rows / 2 ** 20, 1),
+    kv_prefix_cache_peak_mb: round(bench.kvPeak.prefix / 2 ** 20, 1),
+    kv_cache_budget_mb: round(flags.kvCacheMemory / 2 ** 20, 0),
+    kv_bytes_per_token: engine.runner.floatsPerToken * 4,
+  });
+  await bench.close();
+  return rate;
+}
+
+async function benchBaselines(engineRate: number): Promise<void> {
+  const baseline = await GenerateBaseline.open(dir);
+  try {
+    for (const topK of baselineTopKs) {
+      const variant = {
+        baseline_top_k: topK,
+        baseline_sampling: topK === 0 ? "whole vocabulary, as the engine" : `top_k ${topK} (transformers.js default)`,
+      };
+      // Warm-up, not measured.
+      await baseline.generate([promptsOf(0)[0]], 4, { temperature: 1, topK });
+      const sequential: number[] = [];
+      const sequentialOthers: (number | null)[] = [];
+      for (let run = 0; run < baselineRuns; run++) {
+        let seconds = 0;
+        let others = 0;
+        for (const prompt of requestsOf(run).slice(0, sequentialRequests)) {
+          const result = await baseline.generate([prompt], newTokens, { temperature: 1, topK });
+          seconds += result.seconds;
+          others += (result.cpu.other_cores ?? NaN) * result.seconds;
+        }
+        sequential.push(sequentialRequests * newTokens / seconds);
+        sequentialOthers.push(Number.isNaN(others) ? null : round(others / seconds));
+        console.error(`sequential run ${run}: ${round(sequential.at(-1)!, 1)} tok/s`);
+      }
+      const seqRate = median(sequential);
+      report("rollouts_baseline_sequential", flags, {
+        engine: "transformers.js generate(), one request at a time",
+        ...load,
+        ...variant,
+        baseline_requests: sequentialRequests,
+        note: "a subset of the load's requests: tok_s is a rate",
+        runs: baselineRuns,
+        tok_s: round(seqRate, 1),
+        tok_s_runs: sequential.map((r) => round(r, 1)),
+        other_cores_runs: sequentialOthers,
+        engine_tok_s: round(engineRate, 1),
+        engine_speedup: round(engineRate / seqRate, 2),
+      });
+      const batched: number[] = [];
+      const batchedOthers: (number | null)[] = [];
+      for (let run = 0; run < baselineRuns; run++) {
+        const requests = requestsOf(run).slice(0, staticBatch);
+        const { seconds, cpu } = await baseline.generate(requests, newTokens, { temperature: 1, topK });
+        batched.push(staticBatch * newTokens / seconds);
+        batchedOthers.push(cpu.other_cores);
+        console.error(`static batch run ${run}: ${round(batched.at(-1)!, 1)} tok/s`);
+      }
+      const batchRate = median(batched);
+      report("rollouts_baseline_static_batch", flags, {
+        engine: "transformers.js generate(), one left-padded static batch",
+        ...load,
+        ...variant,
+        baseline_requests: staticBatch,
+        note: "one batch of the load's first requests: tok_s is a rate",
+        runs: baselineRuns,
+        tok_s: round(batchRate, 1),
+        tok_s_runs: batched.map((r) => round(r, 1)),
+        other_cores_runs: batchedOthers,
+        engine_tok_s: round(engineRate, 1),
+        engine_speedup: round(engineRate / batchRate, 2),
+      });
+    }
+  } finally {
+    await baseline.dispose();
+  }
+}
+
+const engineRate = await benchEngine();
+if (!flags.noBaseline && flags.device === "cpu") await benchBaselines(engineRate);
