@@ -5,13 +5,12 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import * as path from "node:path";
-import * as ort from "onnxruntime-node";
 import { Engine, type SubmittedRequest } from "../../src/engine/engine.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
 import type { TokenEvent } from "../../src/engine/sequence.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { openServedTiny, tinyModelDir } from "../support/served.ts";
+import { releaseStandardRuns, standardRun } from "../support/standard-graph.ts";
 
 const SLOW = { timeout: 180_000 };
 
@@ -47,28 +46,6 @@ function assertSameGeneration(actual: Result, expected: Result, what: string): v
   });
 }
 
-/** Every position's logits of `ids` in one teacher-forced pass of the standard graph. */
-async function teacherForced(dir: string, ids: number[]): Promise<(position: number) => Float32Array> {
-  const session = await ort.InferenceSession.create(path.join(dir, "onnx/model.onnx"));
-  const i64 = (v: number[]) => new ort.Tensor("int64", BigInt64Array.from(v, BigInt), [1, v.length]);
-  const config = (await import(path.join(dir, "config.json"), { with: { type: "json" } })).default;
-  const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
-  const feeds: Record<string, ort.Tensor> = {
-    input_ids: i64(ids),
-    attention_mask: i64(ids.map(() => 1)),
-    position_ids: i64(ids.map((_, i) => i)),
-  };
-  for (let l = 0; l < config.num_hidden_layers; l++) {
-    for (const kind of ["key", "value"]) {
-      feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor("float32", new Float32Array(0), [1, config.num_key_value_heads, 0, headDim]);
-    }
-  }
-  const logits = (await session.run(feeds)).logits.data as Float32Array;
-  await session.release();
-  const vocab = config.vocab_size;
-  return (p) => logits.subarray(p * vocab, (p + 1) * vocab);
-}
-
 function logSoftmaxAt(logits: Float32Array, scale: number, id: number): number {
   let max = -Infinity;
   for (const v of logits) max = Math.max(max, v * scale);
@@ -87,7 +64,10 @@ describe("engine", () => {
     served = await openServedTiny({ prefixCaching: false, maxNumBatchedTokens: 64 });
     engine = served.engine;
   }, SLOW);
-  after(async () => await served?.engine.runner.dispose());
+  after(async () => {
+    await served?.engine.runner.dispose();
+    await releaseStandardRuns();
+  });
 
   test("greedy tokens and logprobs are the same alone and inside a changing batch", SLOW, async () => {
     const prompts = [prompt(5, 1), prompt(23, 2), prompt(150, 3), prompt(9, 4)];
@@ -140,7 +120,7 @@ describe("engine", () => {
       engine.submit(p, params({ temperature, seed: 7, max_tokens: 8, ignore_eos: true, logprobs_mode: "raw" })),
     );
     assert.deepEqual(raw.ids, processed.ids, "the mode changes what is reported, not what is sampled");
-    const logitsAt = await teacherForced(dir, [...p, ...processed.ids]);
+    const { at: logitsAt } = await standardRun(dir, [...p, ...processed.ids]);
     processed.ids.forEach((id, j) => {
       const at = logitsAt(p.length - 1 + j);
       const expectedProcessed = logSoftmaxAt(at, 1 / temperature, id);

@@ -4,7 +4,6 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import * as ort from "onnxruntime-node";
 import {
   BUILD_RECORD,
   buildModel,
@@ -19,6 +18,7 @@ import { EngineRunner, openEngineRunner } from "../../src/model/engine-runner.ts
 import { engineRowCapacity } from "../../src/model/engine-kv.ts";
 import { backendFor } from "../../src/model/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
+import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
 const tiny = path.join(root, "tiny");
@@ -44,33 +44,8 @@ function assertClose(actual: Float32Array, expected: Float32Array, what: string)
   assert.ok(diff < 1e-4, `${what}: logits differ by ${diff}`);
 }
 
-const standardSessions = new Map<string, ort.InferenceSession>();
-
-/** Every position's logits [T, vocab] and present K/V of a whole sequence, through the standard graph. */
-async function standardRun(ids: number[], dir = tiny) {
-  let session = standardSessions.get(dir);
-  if (!session) {
-    standardSessions.set(dir, session = await ort.InferenceSession.create(path.join(dir, "onnx/model.onnx")));
-  }
-  const i64 = (values: number[]) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), [1, values.length]);
-  const feeds: Record<string, ort.Tensor> = {
-    input_ids: i64(ids),
-    attention_mask: i64(ids.map(() => 1)),
-    position_ids: i64(ids.map((_, i) => i)),
-  };
-  for (let i = 0; i < arch.numLayers; i++) {
-    for (const kind of ["key", "value"]) {
-      const empty = new ort.Tensor("float32", new Float32Array(0), [1, arch.numKvHeads, 0, arch.headDim]);
-      feeds[`past_key_values.${i}.${kind}`] = empty;
-    }
-  }
-  const out = await session.run(feeds);
-  const logits = out.logits.data as Float32Array;
-  return {
-    at: (position: number) => logits.subarray(position * VOCAB, (position + 1) * VOCAB),
-    present: (layer: number, kind: "key" | "value") => out[`present.${layer}.${kind}`].data as Float32Array,
-  };
-}
+/** Every position's logits and present K/V of a whole sequence, through the standard graph. */
+const standardRun = (ids: number[], dir = tiny) => standardRunOf(dir, ids);
 
 /** Prefills `ids` into `row` in chunks of `chunk` tokens; returns the last chunk's logits (copied). */
 async function prefill(runner: EngineRunner, row: number, ids: number[], chunk = ids.length, from = 0) {
@@ -90,7 +65,7 @@ describe("engine runner", () => {
     await buildModel({ preset: "tiny", out: tiny, seed: 0 });
   });
   after(async () => {
-    for (const session of standardSessions.values()) await session.release();
+    await releaseStandardRuns();
     fs.rmSync(root, { recursive: true, force: true });
   });
 
