@@ -1,0 +1,498 @@
+/**
+ * The WebGPU twin of the sampler: rows of float32 logits that live on the GPU ([rows, vocab] in one buffer, as a
+ * model's output leaves them) -> one token per row, with the log-probabilities the CPU twin (kernels/sampling.ts)
+ * gives. One step is one submission: the logits processors' edits (logit-edits.wgsl, in place), then one
+ * workgroup per row (sample-rows.wgsl) for max, top-k, top-p, min-p, the draw and the top-N; a raw-mode row also
+ * gets a pass over its logits before the edits. Only OUT_WORDS words per row come back; the host computes
+ * (l - max) / T - ln Z in float64 from them, as the CPU twin does.
+ *
+ * Agreement with the CPU twin: the same ranking, cuts and ties (integer keys, lowest id first), the same token for
+ * the same uniform number unless u * Z falls within float32 rounding (~1e-7 relative) of a token's boundary, and
+ * log-probabilities within ~1e-6. Weights below 2^-40 of the top token's (exp(x) under ~1e-12) count as 0 on the
+ * GPU, where the CPU keeps them down to e^-104: their tokens can be drawn there with probability below 1e-7.
+ */
+import { floorLogprob, LOGPROB_FLOOR } from "./sampling.ts";
+
+/** The most top log-probabilities a row may ask for (the kernel's record has room for these). */
+export const GPU_MAX_TOP = 20;
+/** Words of a row's record (sample-rows.wgsl's OUT_WORDS). */
+const OUT_WORDS = 52;
+const ROW_WORDS = 12;
+const EDIT_WORDS = 8;
+const WORKGROUP = 256;
+const MAX_GROUPS = 65_535;
+/** Token ids are radix-selected on 24 bits. */
+const MAX_VOCAB = 1 << 24;
+const TWO_POW_32 = 4294967296;
+/** Fixed-point unit of the kernel's weights. */
+const TWO_POW_40 = 1099511627776;
+
+// WebGPU's flag values, spelled out: the globals exist only where navigator.gpu does.
+const STORAGE = 0x80;
+const UNIFORM = 0x40;
+const COPY_DST = 0x08;
+const COPY_SRC = 0x04;
+const MAP_READ = 0x01;
+const MAP_MODE_READ = 0x01;
+
+/** One token's edit by the logits processors; the GPU applies bias, mask, repetition, subtract in that order. */
+export interface LogitEdit {
+  tokenId: number;
+  /** Added first (logit_bias). */
+  bias: number;
+  /** Then set to -inf (min_tokens masks EOS and stop ids). */
+  mask: boolean;
+  /** Then divided (positive logit) or multiplied (negative) by this, when not 1 (repetition penalty). */
+  repetition: number;
+  /** Then subtracted (frequency x count + presence). */
+  subtract: number;
+}
+
+/** The logits processors of one row, as vLLM applies them. */
+export interface LogitProcessors {
+  logitBias?: ReadonlyArray<readonly [number, number]>;
+  /** Ids set to -inf (EOS and stop ids until min_tokens). */
+  maskedIds?: readonly number[];
+  repetitionPenalty?: number;
+  /** Tokens of the prompt (repetition penalty only). */
+  promptIds?: readonly number[];
+  /** Tokens generated so far (repetition, frequency and presence penalties). */
+  outputIds?: readonly number[];
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+}
+
+/** The edits that apply `processors` to a row of `vocabSize` logits: one per token touched. */
+export function logitEdits(processors: LogitProcessors, vocabSize: number): LogitEdit[] {
+  const edits = new Map<number, LogitEdit>();
+  const edit = (id: number): LogitEdit | undefined => {
+    if (!(id >= 0 && id < vocabSize)) return undefined;
+    let e = edits.get(id);
+    if (!e) edits.set(id, e = { tokenId: id, bias: 0, mask: false, repetition: 1, subtract: 0 });
+    return e;
+  };
+  for (const [id, bias] of processors.logitBias ?? []) {
+    const e = edit(id);
+    if (e) e.bias += bias;
+  }
+  for (const id of processors.maskedIds ?? []) {
+    const e = edit(id);
+    if (e) e.mask = true;
+  }
+  const penalty = processors.repetitionPenalty ?? 1;
+  if (penalty !== 1) {
+    for (const ids of [processors.promptIds ?? [], processors.outputIds ?? []]) {
+      for (const id of ids) {
+        const e = edit(id);
+        if (e) e.repetition = penalty;
+      }
+    }
+  }
+  const frequency = processors.frequencyPenalty ?? 0;
+  const presence = processors.presencePenalty ?? 0;
+  if (frequency !== 0 || presence !== 0) {
+    const counts = new Map<number, number>();
+    for (const id of processors.outputIds ?? []) counts.set(id, (counts.get(id) ?? 0) + 1);
+    for (const [id, count] of counts) {
+      const e = edit(id);
+      if (e) e.subtract = frequency * count + presence;
+    }
+  }
+  return [...edits.values()];
+}
+
+/** How one row is sampled. */
+export interface GpuSampleRow {
+  /** Row of the logits buffer to read (default: the row's index in the call). */
+  logitsRow?: number;
+  /** 0 is greedy: the argmax, log-probabilities of the processed logits at temperature 1, untruncated. */
+  temperature: number;
+  /** 0: off. */
+  topK: number;
+  /** 1: off. */
+  topP: number;
+  /** 0: off. */
+  minP: number;
+  /** The row's uniform number in (0, 1), drawn from its sequence's stream as the CPU sampler draws it. */
+  uniform: number;
+  /** How many top log-probabilities to report (0..20); null: none. */
+  topLogprobs: number | null;
+  /** processed: of the distribution sampled from; raw: the model's log-softmax. */
+  logprobsMode: "processed" | "raw";
+  /** The logits processors' edits (logitEdits); they are applied to the logits buffer in place. */
+  edits?: readonly LogitEdit[];
+}
+
+/** One token and its log-probability. */
+export interface GpuTokenLogprob {
+  tokenId: number;
+  logprob: number;
+}
+
+/** The sampled token, its log-probability and the top ones (when asked for). */
+export interface GpuSampledToken extends GpuTokenLogprob {
+  topLogprobs?: GpuTokenLogprob[];
+}
+
+/** Options of a GpuSampler. */
+export interface GpuSamplerOptions {
+  vocabSize: number;
+  /** Most rows one call samples (default 256). */
+  maxRows?: number;
+}
+
+/** The text of a WGSL kernel shipped next to this module (kernels/ in the package, also from a build in dist/). */
+export async function readKernelSource(file: string): Promise<string> {
+  const candidates = [new URL(`./${file}`, import.meta.url), new URL(`../../kernels/${file}`, import.meta.url)];
+  for (const url of candidates) {
+    try {
+      if (url.protocol === "file:") {
+        const fs = await import("node:fs/promises");
+        return await fs.readFile(url, "utf8");
+      }
+      const response = await fetch(url);
+      if (response.ok) return await response.text();
+    } catch {
+      // Try the next place.
+    }
+  }
+  throw new Error(`WGSL kernel ${file} not found next to ${import.meta.url}`);
+}
+
+const pipelines = new WeakMap<GPUDevice, Map<string, Promise<GPUComputePipeline>>>();
+
+/** The compute pipeline of a WGSL file's `main` on `device`, compiled once per device; compile errors throw. */
+export function kernelPipeline(device: GPUDevice, file: string, label: string): Promise<GPUComputePipeline> {
+  let byFile = pipelines.get(device);
+  if (!byFile) pipelines.set(device, byFile = new Map());
+  let pipeline = byFile.get(file);
+  if (!pipeline) {
+    pipeline = compile(device, file, label);
+    byFile.set(file, pipeline);
+    pipeline.catch(() => byFile.delete(file));
+  }
+  return pipeline;
+}
+
+async function compile(device: GPUDevice, file: string, label: string): Promise<GPUComputePipeline> {
+  const module = device.createShaderModule({ label, code: await readKernelSource(file) });
+  const info = await module.getCompilationInfo?.();
+  const errors = (info?.messages ?? []).filter((m) => m.type === "error");
+  if (errors.length > 0) {
+    throw new Error(`${file}: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ")}`);
+  }
+  return await device.createComputePipelineAsync({ label, layout: "auto", compute: { module, entryPoint: "main" } });
+}
+
+/** The runtime's WebGPU device (with its adapter's largest buffer limits), or why there is none. */
+export async function openGpuDevice(): Promise<{ device: GPUDevice } | { reason: string }> {
+  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  if (!gpu) return { reason: "this runtime has no navigator.gpu" };
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null);
+  if (!adapter) return { reason: "navigator.gpu found no adapter" };
+  const { maxStorageBufferBindingSize, maxBufferSize } = adapter.limits;
+  return { device: await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize, maxBufferSize } }) };
+}
+
+/** Samples rows of logits on a GPUDevice; calls run one at a time. */
+export class GpuSampler {
+  readonly vocabSize: number;
+  readonly maxRows: number;
+  readonly #device: GPUDevice;
+  readonly #sample: GPUComputePipeline;
+  readonly #edit: GPUComputePipeline;
+  readonly #shape: GPUBuffer;
+  readonly #editCount: GPUBuffer;
+  // Parameters and records of the raw pass and of the sampling pass.
+  readonly #rawRows: GPUBuffer;
+  readonly #rows: GPUBuffer;
+  readonly #rawOut: GPUBuffer;
+  readonly #out: GPUBuffer;
+  readonly #readback: GPUBuffer;
+  #edits: GPUBuffer;
+  #upload: GPUBuffer | null = null;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(device: GPUDevice, sample: GPUComputePipeline, edit: GPUComputePipeline, options: GpuSamplerOptions) {
+    this.#device = device;
+    this.#sample = sample;
+    this.#edit = edit;
+    this.vocabSize = options.vocabSize;
+    this.maxRows = options.maxRows ?? 256;
+    const buffer = (size: number, usage: number, label: string) => device.createBuffer({ size, usage, label });
+    this.#shape = buffer(16, UNIFORM | COPY_DST, "sampler shape");
+    this.#editCount = buffer(16, UNIFORM | COPY_DST, "sampler edit count");
+    const rowBytes = this.maxRows * ROW_WORDS * 4;
+    const outBytes = this.maxRows * OUT_WORDS * 4;
+    this.#rawRows = buffer(rowBytes, STORAGE | COPY_DST, "sampler raw rows");
+    this.#rows = buffer(rowBytes, STORAGE | COPY_DST, "sampler rows");
+    this.#rawOut = buffer(outBytes, STORAGE | COPY_SRC, "sampler raw records");
+    this.#out = buffer(outBytes, STORAGE | COPY_SRC, "sampler records");
+    this.#readback = buffer(2 * outBytes, MAP_READ | COPY_DST, "sampler readback");
+    this.#edits = buffer(1024 * EDIT_WORDS * 4, STORAGE | COPY_DST, "sampler edits");
+    device.queue.writeBuffer(this.#shape, 0, Uint32Array.of(this.vocabSize, this.maxRows, 0, 0));
+  }
+
+  /** Compiles the kernels for `device`. */
+  static async create(device: GPUDevice, options: GpuSamplerOptions): Promise<GpuSampler> {
+    const { vocabSize } = options;
+    if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize > MAX_VOCAB) {
+      throw new RangeError(`vocabulary of ${vocabSize} tokens: the GPU sampler takes 1 to ${MAX_VOCAB}`);
+    }
+    const maxRows = options.maxRows ?? 256;
+    if (!Number.isInteger(maxRows) || maxRows < 1 || maxRows > MAX_GROUPS) {
+      throw new RangeError(`maxRows ${maxRows} is not in 1..${MAX_GROUPS}`);
+    }
+    const [sample, edit] = await Promise.all([
+      kernelPipeline(device, "sample-rows.wgsl", "sample rows"),
+      kernelPipeline(device, "logit-edits.wgsl", "logit edits"),
+    ]);
+    return new GpuSampler(device, sample, edit, options);
+  }
+
+  /**
+   * Samples one token per entry of `rows` from `logits` (a STORAGE buffer of float32 [rows, vocabSize]); the
+   * rows that have edits are modified in place.
+   */
+  sample(logits: GPUBuffer, rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+    const run = this.#queue.then(() => this.#run(logits, logits.size, rows));
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Uploads rows of logits (each vocabSize long, or one array of them back to back) and samples them. */
+  sampleArrays(logits: Float32Array | readonly Float32Array[], rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+    const parts = logits instanceof Float32Array ? [logits] : logits;
+    const floats = parts.reduce((sum, p) => sum + p.length, 0);
+    if (floats % this.vocabSize !== 0) throw new RangeError(`${floats} logits are not whole rows of ${this.vocabSize}`);
+    const run = this.#queue.then(() => {
+      const buffer = this.#uploadBuffer(floats * 4);
+      let offset = 0;
+      for (const part of parts) {
+        this.#device.queue.writeBuffer(buffer, offset, part.buffer, part.byteOffset, part.byteLength);
+        offset += part.byteLength;
+      }
+      return this.#run(buffer, floats * 4, rows);
+    });
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Releases the sampler's buffers. */
+  destroy(): void {
+    for (const b of [this.#shape, this.#editCount, this.#rawRows, this.#rows, this.#rawOut, this.#out, this.#readback, this.#edits]) {
+      b.destroy();
+    }
+    this.#upload?.destroy();
+  }
+
+  // `bytes`: how much of `logits` holds rows.
+  async #run(logits: GPUBuffer, bytes: number, rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+    const count = rows.length;
+    if (count === 0) return [];
+    if (count > this.maxRows) throw new RangeError(`${count} rows is more than this sampler's ${this.maxRows}`);
+    const device = this.#device;
+    const plan = this.#plan(rows, bytes);
+    device.queue.writeBuffer(this.#rows, 0, plan.params);
+    if (plan.anyRaw) device.queue.writeBuffer(this.#rawRows, 0, plan.rawParams);
+    if (plan.editCount > 0) {
+      this.#ensureEdits(plan.editCount);
+      device.queue.writeBuffer(this.#edits, 0, plan.edits, 0, plan.editCount * EDIT_WORDS);
+      device.queue.writeBuffer(this.#editCount, 0, Uint32Array.of(plan.editCount, 0, 0, 0));
+    }
+    const limit = device.limits.maxStorageBufferBindingSize;
+    if (plan.logitsBytes > limit) {
+      throw new RangeError(`${plan.logitsBytes} bytes of logits is over this device's binding limit of ${limit}`);
+    }
+    // A validation error would otherwise leave the previous call's records in the readback buffer.
+    device.pushErrorScope("validation");
+    const logitsBinding = { buffer: logits, offset: 0, size: plan.logitsBytes };
+    const sampleGroup = (params: GPUBuffer, out: GPUBuffer) =>
+      device.createBindGroup({
+        layout: this.#sample.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: this.#shape } },
+          { binding: 1, resource: logitsBinding },
+          { binding: 2, resource: { buffer: params } },
+          { binding: 3, resource: { buffer: this.#edits } },
+          { binding: 4, resource: { buffer: out } },
+        ],
+      });
+    const encoder = device.createCommandEncoder({ label: "sample rows" });
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(this.#sample);
+    if (plan.anyRaw) {
+      // The model's own logits, before the edits below change them.
+      pass.setBindGroup(0, sampleGroup(this.#rawRows, this.#rawOut));
+      pass.dispatchWorkgroups(count);
+    }
+    if (plan.editCount > 0) {
+      pass.setPipeline(this.#edit);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({
+          layout: this.#edit.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: this.#editCount } },
+            { binding: 1, resource: logitsBinding },
+            { binding: 2, resource: { buffer: this.#edits } },
+          ],
+        }),
+      );
+      const groups = Math.ceil(plan.editCount / WORKGROUP);
+      pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
+      pass.setPipeline(this.#sample);
+    }
+    pass.setBindGroup(0, sampleGroup(this.#rows, this.#out));
+    pass.dispatchWorkgroups(count);
+    pass.end();
+    const recordBytes = count * OUT_WORDS * 4;
+    encoder.copyBufferToBuffer(this.#out, 0, this.#readback, 0, recordBytes);
+    if (plan.anyRaw) encoder.copyBufferToBuffer(this.#rawOut, 0, this.#readback, recordBytes, recordBytes);
+    device.queue.submit([encoder.finish()]);
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`GPU sampling failed: ${error.message}`);
+    await this.#readback.mapAsync(MAP_MODE_READ, 0, 2 * recordBytes);
+    const words = new Uint32Array(this.#readback.getMappedRange(0, 2 * recordBytes).slice(0));
+    this.#readback.unmap();
+    return rows.map((row, r) => readRecord(row, words, r, count));
+  }
+
+  // Both passes' row parameters and the edits, packed as the kernels read them.
+  #plan(rows: readonly GpuSampleRow[], bufferBytes: number) {
+    const n = this.vocabSize;
+    const params = new ArrayBuffer(rows.length * ROW_WORDS * 4);
+    const rawParams = new ArrayBuffer(rows.length * ROW_WORDS * 4);
+    const [u32, f32] = [new Uint32Array(params), new Float32Array(params)];
+    const [rawU32, rawF32] = [new Uint32Array(rawParams), new Float32Array(rawParams)];
+    const editCount = rows.reduce((sum, row) => sum + (row.edits?.length ?? 0), 0);
+    const editBuffer = new ArrayBuffer(editCount * EDIT_WORDS * 4);
+    const [editU32, editF32] = [new Uint32Array(editBuffer), new Float32Array(editBuffer)];
+    let anyRaw = false;
+    let lastRow = 0;
+    let e = 0;
+    rows.forEach((row, r) => {
+      const logitsRow = row.logitsRow ?? r;
+      checkRow(row, logitsRow, n);
+      lastRow = Math.max(lastRow, logitsRow);
+      const raw = row.logprobsMode === "raw";
+      const top = row.topLogprobs ?? 0;
+      const greedy = row.temperature === 0;
+      const at = r * ROW_WORDS;
+      u32[at] = logitsRow;
+      u32[at + 1] = greedy ? 1 : 2;
+      f32[at + 2] = greedy ? 1 : 1 / row.temperature;
+      u32[at + 3] = row.minP > 0 ? 1 : 0;
+      f32[at + 4] = row.minP > 0 ? Math.log(row.minP) : 0;
+      u32[at + 5] = row.topK > 0 && row.topK < n ? row.topK : 0;
+      // Rounded down: when the kept weight times top_p is a whole number of tied tokens, the CPU reaches it exactly.
+      u32[at + 6] = row.topP < 1 ? Math.max(1, Math.floor(row.topP * TWO_POW_32)) : 0;
+      u32[at + 7] = Math.min(TWO_POW_32 - 1, Math.floor(row.uniform * TWO_POW_32));
+      u32[at + 8] = raw ? 0 : top;
+      u32[at + 9] = e;
+      for (const edit of row.edits ?? []) {
+        const w = e * EDIT_WORDS;
+        editU32[w] = logitsRow * n + edit.tokenId;
+        editU32[w + 1] = (edit.mask ? 1 : 0) | (edit.repetition !== 1 ? 2 : 0);
+        editF32[w + 2] = edit.bias;
+        editF32[w + 3] = edit.repetition;
+        editF32[w + 4] = edit.subtract;
+        e++;
+      }
+      u32[at + 10] = e;
+      if (raw) {
+        anyRaw = true;
+        rawU32[at] = logitsRow;
+        rawU32[at + 1] = 1;
+        rawF32[at + 2] = 1;
+        rawU32[at + 8] = top;
+      }
+    });
+    const logitsBytes = (lastRow + 1) * n * 4;
+    if (logitsBytes > bufferBytes) {
+      throw new RangeError(`logits row ${lastRow} is past the ${bufferBytes / (n * 4)} rows of the logits buffer`);
+    }
+    return { params, rawParams, anyRaw, edits: editU32, editCount, logitsBytes };
+  }
+
+  #ensureEdits(count: number): void {
+    const bytes = count * EDIT_WORDS * 4;
+    if (this.#edits.size >= bytes) return;
+    this.#edits.destroy();
+    this.#edits = this.#device.createBuffer({ size: Math.max(bytes, 2 * this.#edits.size), usage: STORAGE | COPY_DST });
+  }
+
+  #uploadBuffer(bytes: number): GPUBuffer {
+    if (this.#upload === null || this.#upload.size < bytes) {
+      this.#upload?.destroy();
+      this.#upload = this.#device.createBuffer({ size: bytes, usage: STORAGE | COPY_DST, label: "sampler logits" });
+    }
+    return this.#upload;
+  }
+}
+
+function checkRow(row: GpuSampleRow, logitsRow: number, n: number): void {
+  const fail = (what: string) => {
+    throw new RangeError(`GPU sampling row: ${what}`);
+  };
+  if (!Number.isInteger(logitsRow) || logitsRow < 0) fail(`logitsRow ${logitsRow} is not a row index`);
+  if (!(row.temperature >= 0) || !Number.isFinite(row.temperature)) fail(`temperature ${row.temperature}`);
+  if (!(row.topP > 0 && row.topP <= 1)) fail(`top_p ${row.topP} is not in (0, 1]`);
+  if (!(row.minP >= 0 && row.minP <= 1)) fail(`min_p ${row.minP} is not in [0, 1]`);
+  if (!Number.isInteger(row.topK) || row.topK < 0) fail(`top_k ${row.topK}`);
+  if (!(row.uniform > 0 && row.uniform < 1)) fail(`uniform number ${row.uniform} is not in (0, 1)`);
+  const top = row.topLogprobs;
+  if (top !== null && !(Number.isInteger(top) && top >= 0 && top <= GPU_MAX_TOP)) fail(`top logprobs ${top}`);
+  for (const edit of row.edits ?? []) {
+    if (!Number.isInteger(edit.tokenId) || edit.tokenId < 0 || edit.tokenId >= n) fail(`edit of token ${edit.tokenId}`);
+  }
+}
+
+const bitsView = new Uint32Array(1);
+const floatView = new Float32Array(bitsView.buffer);
+
+function floatOf(bits: number): number {
+  bitsView[0] = bits;
+  return floatView[0];
+}
+
+// ln of a 64-bit fixed-point weight with 40 fractional bits.
+function logFixed(lo: number, hi: number): number {
+  return Math.log((hi * TWO_POW_32 + lo) / TWO_POW_40);
+}
+
+// A row's answer from its records: the sampling pass's at `r`, the raw pass's `count` records further.
+function readRecord(row: GpuSampleRow, words: Uint32Array, r: number, count: number): GpuSampledToken {
+  const o = r * OUT_WORDS;
+  const tokenId = words[o];
+  if (row.logprobsMode === "raw") {
+    const raw = (r + count) * OUT_WORDS;
+    const max = floatOf(words[raw + 3]);
+    const logZ = max === -Infinity ? Infinity : logFixed(words[raw + 4], words[raw + 5]);
+    const logprob = (l: number) => floorLogprob(l - max - logZ);
+    const result: GpuSampledToken = { tokenId, logprob: logprob(floatOf(words[o + 6])) };
+    if (row.topLogprobs !== null) {
+      result.topLogprobs = [];
+      for (let j = 0; j < words[raw + 7]; j++) {
+        const at = raw + 12 + 2 * j;
+        result.topLogprobs.push({ tokenId: words[at] & 0x7fffffff, logprob: logprob(floatOf(words[at + 1])) });
+      }
+    }
+    return result;
+  }
+  const allMasked = (words[o + 2] & 1) !== 0;
+  const max = floatOf(words[o + 3]);
+  const invT = row.temperature === 0 ? 1 : 1 / row.temperature;
+  const logZ = logFixed(words[o + 4], words[o + 5]);
+  const logprob = (l: number, kept: boolean) => (kept && !allMasked ? floorLogprob((l - max) * invT - logZ) : LOGPROB_FLOOR);
+  const result: GpuSampledToken = { tokenId, logprob: logprob(floatOf(words[o + 1]), true) };
+  if (row.topLogprobs !== null) {
+    result.topLogprobs = [];
+    for (let j = 0; j < words[o + 7]; j++) {
+      const at = o + 12 + 2 * j;
+      const id = words[at];
+      result.topLogprobs.push({ tokenId: id & 0x7fffffff, logprob: logprob(floatOf(words[at + 1]), (id & 0x80000000) !== 0) });
+    }
+  }
+  return result;
+}
