@@ -38,6 +38,8 @@ export function locateModel(model: string, cacheDir: string): ModelLocation {
 /** Fetches a hub model's config.json into the cache (the tokenizer and ONNX files follow when they load). */
 export async function fetchHubConfig(location: ModelLocation, hubUrl?: string): Promise<void> {
   if (hubUrl) transformersEnv.remoteHost = hubUrl.endsWith("/") ? hubUrl : hubUrl + "/";
+  // A hub id must be fetched, whatever an earlier caller in this process set.
+  transformersEnv.allowRemoteModels = true;
   // Deno has the web Cache API, which transformers.js would prefer to the cache directory.
   transformersEnv.useBrowserCache = false;
   try {
