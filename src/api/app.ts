@@ -103,6 +103,8 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   app.route("/", responseRoutes(deps));
   if (deps.metrics) app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null)));
   app.route("/", versionRoutes(() => deps.control?.policyVersion ?? deps.engine?.policyVersion ?? 0));
-  if (deps.control) app.route("/", controlRoutes(deps.control, adminKey ? requireApiKey(adminKey) : null));
+  if (deps.control) {
+    app.route("/", controlRoutes(deps.control, adminKey ? requireApiKey(adminKey) : null, deps.metrics ?? null));
+  }
   return app;
 }

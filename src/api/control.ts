@@ -8,6 +8,7 @@ import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { ControlStatus, EngineControl } from "../engine/control.ts";
 import { REFIT_MODES } from "../engine/control.ts";
+import type { ServingMetrics } from "../metrics/serving.ts";
 import { VERSION } from "../version.ts";
 import { MalformedJsonError } from "./errors.ts";
 import { httpErrorOf } from "./operations.ts";
@@ -38,8 +39,10 @@ const UpdateWeightsRequest = z.object({
   path: ["path"],
 });
 
+// The level comes as a JSON number or as vLLM's query string ("?level=2"); nothing else is coerced.
+const SleepLevel = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.union([z.literal(1), z.literal(2)]));
 const SleepRequest = z.object({
-  level: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2)])).default(1),
+  level: SleepLevel.default(1),
   mode: z.enum(["finish", "abort"]).default("finish"),
 });
 
@@ -79,15 +82,20 @@ export function versionRoutes(policyVersion: () => number): Hono {
   return routes;
 }
 
-/** The control routes; `guard` (an admin key check) runs before each. */
-export function controlRoutes(control: ControlPlane, guard: MiddlewareHandler | null): Hono {
+/** The control routes; `guard` (an admin key check) runs before each; weight updates are counted in `metrics`. */
+export function controlRoutes(control: ControlPlane, guard: MiddlewareHandler | null, metrics: ServingMetrics | null): Hono {
   const routes = new Hono();
   if (guard) for (const path of CONTROL_PATHS) routes.use(path, guard);
 
   const updateWeights = async (c: Context) => {
     const request = UpdateWeightsRequest.parse(await optionalJson(c.req.raw));
     const path = (request.path ?? request.model_path)!;
-    const result = await run(() => control.updateWeights(path, request.mode, request.policy_version));
+    const started = performance.now();
+    const result = await run(() => control.updateWeights(path, request.mode, request.policy_version)).catch((err) => {
+      metrics?.weightUpdate(request.mode, false, (performance.now() - started) / 1000);
+      throw err;
+    });
+    metrics?.weightUpdate(request.mode, true, (performance.now() - started) / 1000);
     return c.json({
       status: "ok",
       policy_version: result.policyVersion,
