@@ -28,15 +28,15 @@ export const ServerConfig = z.object({
   device: z.enum(DEVICES).default("auto").describe("where the model runs"),
   dtype: z.enum(DTYPES).default("fp32").describe("weight precision of the ONNX files to load"),
   maxModelLen: positiveInt.optional().describe("context length in tokens (default: the model's)"),
-  apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' (env GYM_EDGE_API_KEY)"),
+  apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health"),
   cacheDir: z.string().min(1).optional()
-    .describe("where models are built and downloaded (env GYM_EDGE_CACHE, default $XDG_CACHE_HOME/gym-edge)"),
+    .describe("where models are built and downloaded (default $XDG_CACHE_HOME/gym-edge or ~/.cache/gym-edge)"),
   logLevel: z.enum(["debug", "info", "warn", "error"]).default("info").describe("least severe log level printed"),
   // Engine
   maxNumSeqs: positiveInt.default(32).describe("most sequences decoded together in one batch"),
   maxNumBatchedTokens: positiveInt.default(512).describe("most tokens fed to the model in one step (prefill chunk)"),
   kvCacheMemory: bytes.optional().describe("bytes for the KV cache: running sequences and prefix cache (default 1GiB)"),
-  prefixCaching: z.boolean().default(true).describe("reuse cached KV of shared prompt prefixes (--no-prefix-caching)"),
+  prefixCaching: z.boolean().default(true).describe("reuse cached KV of shared prompt prefixes"),
   // Generation
   toolCallParser: z.enum(["hermes", "llama3_json"]).default("hermes").describe("how tool calls are read from output"),
   reasoningParser: z.enum(["qwen3", "deepseek_r1"]).optional().describe("move <think> text to reasoning_content"),
@@ -53,7 +53,7 @@ export const ServerConfig = z.object({
   disableControlPlane: z.boolean().default(false)
     .describe("no /update_weights, /sleep, /wake_up, /reset_prefix_cache routes"),
   adminApiKey: z.string().min(1).optional()
-    .describe("the control routes require this bearer key instead of --api-key (env GYM_EDGE_ADMIN_API_KEY)"),
+    .describe("the control routes require this bearer key instead of --api-key"),
   allowedWeightDir: z.string().min(1).optional()
     .describe("/update_weights loads only from inside this directory (real paths: no .. or symlink escapes)"),
   allowedOrigins: z.string().min(1).optional()

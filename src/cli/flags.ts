@@ -74,6 +74,7 @@ export function renderFlagHelp(schema: z.ZodObject, envNames: Partial<Record<str
     const left = `  --${kebab(key)}${kind ? " " + kind : ""}`;
     const extra = [
       p.default !== undefined && p.type !== "boolean" ? `default ${p.default}` : "",
+      p.type === "boolean" && p.default === true ? `on by default; --no-${kebab(key)} turns it off` : "",
       envNames[key] ? `env ${envNames[key]}` : "",
     ].filter(Boolean).join(", ");
     return [left, `${p.description ?? ""}${extra ? ` (${extra})` : ""}`] as const;

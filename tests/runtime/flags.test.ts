@@ -48,6 +48,15 @@ test("help lists every flag of the schema with its default", () => {
   }
   assert.match(help, /--port N\s+.*default 8000/);
   assert.match(help, /--device auto\|cpu\|wasm\|webgpu/);
+  assert.match(help, /--prefix-caching .*--no-prefix-caching turns it off/);
+});
+
+test("README documents every server flag", () => {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+  for (const key of Object.keys(ServerConfig.shape)) {
+    const flag = "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+    assert.ok(readme.includes(flag), `README lacks ${flag}`);
+  }
 });
 
 test("the version constant matches package.json", () => {
