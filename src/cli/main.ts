@@ -3,7 +3,7 @@ import { z } from "zod";
 import { ENV_FLAGS, ServerConfig } from "../config.ts";
 import { parseFlags, renderFlagHelp, UsageError } from "./flags.ts";
 import { envRecord, exitProcess, onShutdownSignal } from "../runtime/process.ts";
-import { startServer } from "../server.ts";
+import { serverLogger, startServer } from "../server.ts";
 import { buildModel } from "../model/builder/build.ts";
 import { PRESETS } from "../model/builder/presets.ts";
 import { VERSION } from "../version.ts";
@@ -53,13 +53,14 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     const config = parseFlags(ServerConfig, serveArgs, envRecord(), ENV_FLAGS);
-    const server = await startServer(config);
+    const log = serverLogger(config);
+    const server = await startServer(config, log);
     let stopping = false;
     onShutdownSignal(async (signal) => {
       // A second signal does not wait any more.
       if (stopping) exitProcess(0);
       stopping = true;
-      console.error(`gym-edge: ${signal}: finishing requests in flight (up to ${config.shutdownTimeout} s), then exiting`);
+      log.info(`${signal}: finishing the requests in flight (up to ${config.shutdownTimeout} s), then exiting`);
       await server.shutdown(config.shutdownTimeout * 1000);
       exitProcess(0);
     });

@@ -3,8 +3,9 @@
  * reset, and the admission limits in front of submit (a bounded queue, no requests while asleep). Operations run
  * one at a time, in the order asked.
  *
- * A weight update loads the new weights first, beside the old ones, so a load that fails changes nothing. Then
- * requests submitted from that moment are held, and those in flight are handled by the mode:
+ * A weight update holds the requests submitted from its start, and loads the new weights beside the old ones, so
+ * a load that fails changes nothing (the held requests then run on the old weights). Once they are loaded, the
+ * requests in flight are handled by the mode:
  *   finish  they complete on the old weights; the swap happens once none is left.
  *   abort   those that have started end at once with a retriable EngineUnavailableError ("weights_updated");
  *           those still queued, with no token yet, stay queued and run on the new weights.
@@ -155,9 +156,18 @@ export class EngineControl {
       if (this.#sleepLevel > 0) throw new ControlError("conflict", "the server is asleep: wake it up before updating the weights");
       const source = this.#resolve(requested);
       const started = performance.now();
-      const runner = await this.#load(source);
-      const loaded = performance.now();
-      const { aborted, preempted } = await this.#swap(runner, next, mode);
+      // Requests from now on wait for the new weights, also while they load; a failed load lets them run on the old.
+      this.#engine.hold();
+      let loaded = started;
+      let outcome: { aborted: number; preempted: number };
+      try {
+        const runner = await this.#load(source);
+        loaded = performance.now();
+        outcome = await this.#swap(runner, next, mode);
+      } finally {
+        this.#engine.release();
+      }
+      const { aborted, preempted } = outcome;
       this.#source = source;
       return {
         policyVersion: next,
@@ -234,7 +244,6 @@ export class EngineControl {
     const engine = this.#engine;
     let aborted = 0;
     let preempted = 0;
-    engine.hold();
     try {
       if (mode === "finish") await engine.idle();
       else {
@@ -253,7 +262,6 @@ export class EngineControl {
       throw err;
     } finally {
       engine.thaw();
-      engine.release();
     }
     return { aborted, preempted };
   }
