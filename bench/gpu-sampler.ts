@@ -7,6 +7,7 @@
  * On a software adapter (Mesa lavapipe) the GPU timings are those of a CPU emulating a GPU: they say nothing about
  * a real GPU, and every line says so.
  */
+import process from "node:process";
 import { type GpuSampleRow, GpuSampler, logitEdits, openGpuDevice } from "../kernels/gpu-sampler.ts";
 import { Rng } from "../src/engine/rng.ts";
 import { Sampler } from "../src/engine/sampler.ts";
@@ -61,6 +62,9 @@ async function timed(step: () => unknown): Promise<{ median_ms: number; p90_ms: 
   return { median_ms: Number(percentile(times, 0.5).toFixed(3)), p90_ms: Number(percentile(times, 0.9).toFixed(3)) };
 }
 
+// Deno's WebGPU opens OpenGL (EGL) next to Vulkan; on Linux with Mesa that stack's teardown sometimes corrupts the
+// heap as the process exits. Vulkan alone does not.
+if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
 const gpu = await openGpuDevice();
 const common = { runtime: runtimeName(), version: runtimeVersion(), vocab: VOCAB, runs };
 if (!("device" in gpu)) {
