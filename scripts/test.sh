@@ -16,6 +16,8 @@ done
 [ ${#files[@]} -gt 0 ] || mapfile -t files < <(find tests -name '*.test.ts' | sort)
 # WebGPU under Deno uses lavapipe, which wants a runtime dir.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+# Deno's WebGPU may open OpenGL beside Vulkan, and the two together corrupt the heap at exit now and then.
+export DENO_WEBGPU_BACKEND="${DENO_WEBGPU_BACKEND:-vulkan}"
 
 passed=0; failed=0; status=0
 log=$(mktemp)

@@ -246,6 +246,9 @@ const gpuProbes = new WeakMap<NavigatorGpu, Promise<GpuProbe>>();
 
 /** The runtime's WebGPU adapter, asked for once per navigator.gpu. */
 function gpuAdapter(): Promise<GpuProbe> {
+  // Deno's WebGPU may open OpenGL beside Vulkan on Linux, and the two corrupt the heap at exit now and then; it
+  // reads this variable when navigator.gpu is first touched (other runtimes ignore it).
+  if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
   const gpu = (globalThis as { navigator?: { gpu?: NavigatorGpu } }).navigator?.gpu;
   if (!gpu) return Promise.resolve("no-navigator-gpu");
   let probe = gpuProbes.get(gpu);
