@@ -80,7 +80,9 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
     },
     loadWeights: (source) => openWeights(source, served).catch((err) => Promise.reject(asControlError(err))),
   });
-  return { loaded, tokenizer: new ChatTokenizer(loaded.tokenizer), engine, maxModelLen, control };
+  const tokenizer = new ChatTokenizer(loaded.tokenizer);
+  tokenizer.limitToContext(maxModelLen);
+  return { loaded, tokenizer, engine, maxModelLen, control };
 }
 
 /** The engine's live state for /metrics. */

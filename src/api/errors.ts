@@ -6,7 +6,7 @@ import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { InvalidMessageError } from "../chat/messages.ts";
 import { SpliceError } from "../chat/splice.ts";
-import { ChatTemplateError } from "../chat/template.ts";
+import { ChatTemplateError, TextTooLongError } from "../chat/template.ts";
 import { ToolChoiceError } from "../chat/tools/parser.ts";
 import { EngineRequestError } from "../engine/engine.ts";
 import { SamplingParamsError } from "../engine/sampling-params.ts";
@@ -112,6 +112,7 @@ function httpError(err: unknown): HttpError {
   if (err instanceof InvalidRequestError) return invalid(400, err.message, err.param);
   if (err instanceof InvalidMessageError) return invalid(400, err.message, err.param);
   if (err instanceof ChatTemplateError) return invalid(400, err.message, "messages");
+  if (err instanceof TextTooLongError) return invalid(400, err.message, null);
   if (err instanceof SpliceError) return invalid(400, err.message, null, err.reason);
   if (err instanceof EngineRequestError) return invalid(400, err.message, err.param);
   if (err instanceof SamplingParamsError) return invalid(400, err.message, err.param);

@@ -17,6 +17,16 @@ export class TokenizerLoadError extends Error {
   }
 }
 
+/** A text so long that its tokens cannot fit the context, refused before the (slow) tokenization. */
+export class TextTooLongError extends Error {
+  constructor(chars: number, maxModelLen: number) {
+    super(
+      `This model's maximum context length is ${maxModelLen} tokens, and a text of ${chars} characters cannot fit in it.`,
+    );
+    this.name = "TextTooLongError";
+  }
+}
+
 /** The chat template could not render the conversation (no template, or the template rejected the messages). */
 export class ChatTemplateError extends Error {
   constructor(message: string) {
@@ -36,6 +46,9 @@ export class ChatTokenizer {
   readonly vocabSize: number;
   readonly #tokenizer: PreTrainedTokenizer;
   readonly #tokenStrings: string[];
+  /** The most characters one token stands for (its byte-level string is at least as long as its text). */
+  readonly #longestToken: number;
+  #maxModelLen: number | null = null;
 
   constructor(tokenizer: PreTrainedTokenizer) {
     this.#tokenizer = tokenizer;
@@ -44,6 +57,7 @@ export class ChatTokenizer {
     for (const [token, id] of tokenizer.get_vocab()) strings[id] = token;
     this.#tokenStrings = strings;
     this.vocabSize = strings.length;
+    this.#longestToken = strings.reduce((max, t) => Math.max(max, t?.length ?? 0), 1);
   }
 
   /** Loads the tokenizer (tokenizer.json, tokenizer_config.json) of a local model directory, or of a hub id. */
@@ -66,8 +80,19 @@ export class ChatTokenizer {
     return Number.isInteger(id) && id >= 0 && this.#tokenStrings[id] !== undefined;
   }
 
+  /**
+   * Refuses, from now on, texts too long to fit `maxModelLen` tokens whatever their tokenization: tokenizing a
+   * 10-million-character text takes minutes, so a client could stall the server with one request.
+   */
+  limitToContext(maxModelLen: number): void {
+    this.#maxModelLen = maxModelLen;
+  }
+
   /** The token ids of `text`; with addSpecialTokens (the default) the tokenizer's own BOS/EOS rules apply. */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    if (this.#maxModelLen !== null && text.length > this.#maxModelLen * this.#longestToken) {
+      throw new TextTooLongError(text.length, this.#maxModelLen);
+    }
     return this.#tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
   }
 

@@ -39,7 +39,8 @@ const LogprobsMode = z
 /** Every sampling parameter of a request, as the engine reads it. */
 export const SamplingParams = z
   .object({
-    n: nullable(z.int().min(1), 1),
+    // OpenAI's limit; unbounded, one request could occupy the server for minutes.
+    n: nullable(z.int().min(1).max(128), 1),
     temperature: nullable(z.number().min(0).max(2), 1),
     top_p: nullable(z.number().gt(0).max(1), 1),
     // -1 and 0 both mean off; the engine sees 0.

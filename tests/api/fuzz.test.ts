@@ -193,6 +193,28 @@ test("GET routes and wrong methods: odd paths, queries and methods answer 2xx or
   }
 });
 
+test("a text far longer than the context is refused before tokenizing, and n is bounded", SLOW, async () => {
+  const word = "a".repeat(10_000_000);
+  const started = performance.now();
+  for (const [route, body] of [
+    ["/v1/chat/completions", { messages: [{ role: "user", content: word }], max_tokens: 1 }],
+    ["/v1/completions", { prompt: word, max_tokens: 1 }],
+    ["/tokenize", { prompt: word }],
+  ] as const) {
+    const res = await fetch(base + route, { method: "POST", body: JSON.stringify(body) });
+    assert.equal(res.status, 400, route);
+    assert.match((await res.json()).error.message, /context length/, route);
+  }
+  // Tokenizing ten million characters takes minutes here; the refusal must not.
+  assert.ok(performance.now() - started < 30_000, "refused without tokenizing");
+  const many = await fetch(base + "/v1/chat/completions", {
+    method: "POST",
+    body: JSON.stringify({ messages: [{ role: "user", content: "hi" }], n: 100_000, max_tokens: 1 }),
+  });
+  assert.equal(many.status, 400);
+  assert.equal((await many.json()).error.param, "n");
+});
+
 test("after all that the server serves normally and holds nothing", SLOW, async () => {
   const health = await fetch(`${base}/health`);
   assert.equal(health.status, 200);
