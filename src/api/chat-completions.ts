@@ -8,7 +8,7 @@ import type { TokenEvent } from "../engine/sequence.ts";
 import { readJson } from "./body.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
-import { engineOf, Generation, policyVersionOf, samplingParams } from "./generate.ts";
+import { engineOf, Generation, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
 import {
   type ChatChoice,
@@ -75,16 +75,11 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
       topLogprobs: request.logprobs ? request.top_logprobs ?? 0 : null,
       promptParam: "messages",
     });
-    const stop = request.stop == null ? [] : typeof request.stop === "string" ? [request.stop] : request.stop;
     const generation = new Generation({
       engine,
       tokenizer: deps.tokenizer,
       params,
-      text: {
-        skipSpecialTokens: request.skip_special_tokens ?? true,
-        stop,
-        includeStopString: request.include_stop_str_in_output ?? false,
-      },
+      text: textOptions(request),
       signal: c.req.raw.signal,
     }, promptIds);
     const shape: ChatShape = {

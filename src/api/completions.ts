@@ -7,7 +7,7 @@ import { TokenTexts } from "../chat/detokenize.ts";
 import { readJson } from "./body.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
-import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams } from "./generate.ts";
+import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
 import {
   type Completion,
@@ -65,7 +65,6 @@ export function completionRoutes(deps: AppDeps): Hono {
     checkRequest(request);
     const engine = engineOf(deps);
     const prompts = promptsOf(deps, request);
-    const stop = request.stop == null ? [] : typeof request.stop === "string" ? [request.stop] : request.stop;
     const generations: Generation[] = [];
     try {
       for (const [i, prompt] of prompts.entries()) {
@@ -79,11 +78,7 @@ export function completionRoutes(deps: AppDeps): Hono {
             topLogprobs: request.logprobs ?? null,
             promptParam: "prompt",
           }),
-          text: {
-            skipSpecialTokens: request.skip_special_tokens ?? true,
-            stop,
-            includeStopString: request.include_stop_str_in_output ?? false,
-          },
+          text: textOptions(request),
           signal: c.req.raw.signal,
         };
         generations.push(new Generation(setup, prompt.ids, i * setup.params.n));

@@ -101,6 +101,23 @@ export interface TextOptions {
   includeStopString: boolean;
 }
 
+/** The request fields that decide how a sample's tokens become text. */
+export interface TextFields {
+  skip_special_tokens?: boolean | null;
+  stop?: string | readonly string[] | null;
+  include_stop_str_in_output?: boolean | null;
+}
+
+/** A request's text options, with OpenAI's and vLLM's defaults. */
+export function textOptions(request: TextFields): TextOptions {
+  const stop = request.stop == null ? [] : typeof request.stop === "string" ? [request.stop] : [...request.stop];
+  return {
+    skipSpecialTokens: request.skip_special_tokens ?? true,
+    stop,
+    includeStopString: request.include_stop_str_in_output ?? false,
+  };
+}
+
 /** A step of one sample: a token and the text it released, or the end. */
 export type SampleEvent =
   | { kind: "token"; index: number; token: TokenEvent; text: string }

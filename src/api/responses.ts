@@ -13,7 +13,7 @@ import { readJson } from "./body.ts";
 import { outputParsers } from "./chat-completions.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
-import { engineOf, Generation, type SampleResult, samplingParams } from "./generate.ts";
+import { engineOf, Generation, type SampleResult, samplingParams, textOptions } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
 import { floorLogprob, nowSeconds, randomId, TokenNames } from "./protocol.ts";
 import { type ResponseInputItem, ResponsesRequest } from "./schemas.ts";
@@ -113,16 +113,11 @@ export function responseRoutes(deps: AppDeps): Hono {
       topLogprobs: withLogprobs ? request.top_logprobs ?? 0 : null,
       promptParam: "input",
     });
-    const stop = request.stop == null ? [] : typeof request.stop === "string" ? [request.stop] : request.stop;
     const generation = new Generation({
       engine,
       tokenizer: deps.tokenizer,
       params,
-      text: {
-        skipSpecialTokens: request.skip_special_tokens ?? true,
-        stop,
-        includeStopString: request.include_stop_str_in_output ?? false,
-      },
+      text: textOptions(request),
       signal: c.req.raw.signal,
     }, promptIds);
     const items = new ResponseItems({
