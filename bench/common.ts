@@ -207,13 +207,28 @@ interface RunRecord {
 /** Where the engine's time went in one measured load: model runs (decode / prefill) and the host around them. */
 export class StepProfile {
   readonly #runs: RunRecord[] = [];
+  #resizes = 0;
+  #resizeMs = 0;
 
   record(inputs: readonly RowInput[], ms: number): void {
     this.#runs.push({ rows: inputs.length, tokensPerRow: inputs[0]?.tokens.length ?? 0, ms });
   }
 
+  /** A runner.reserve call that re-laid out the row buffers (`ms` long). */
+  recordResize(ms: number): void {
+    this.#resizes++;
+    this.#resizeMs += ms;
+  }
+
   clear(): void {
     this.#runs.length = 0;
+    this.#resizes = 0;
+    this.#resizeMs = 0;
+  }
+
+  /** Milliseconds in model runs so far. */
+  get modelMs(): number {
+    return this.#runs.reduce((a, r) => a + r.ms, 0);
   }
 
   /** Totals over the recorded runs; `wallMs` is the load's wall time, `generated` its generated tokens. */
@@ -225,7 +240,7 @@ export class StepProfile {
     const prefillMs = sum(prefill, (r) => r.ms);
     const batches = new Map<number, number>();
     for (const r of decode) batches.set(r.rows, (batches.get(r.rows) ?? 0) + 1);
-    const hostMs = wallMs - decodeMs - prefillMs;
+    const hostMs = wallMs - decodeMs - prefillMs - this.#resizeMs;
     return {
       decode_runs: decode.length,
       decode_ms: round(decodeMs, 0),
@@ -236,6 +251,9 @@ export class StepProfile {
       prefill_runs: prefill.length,
       prefill_tokens: sum(prefill, (r) => r.rows * r.tokensPerRow),
       prefill_ms: round(prefillMs, 0),
+      // the runner growing or shrinking every row's buffers to a new number of slots (allocates and copies)
+      resizes: this.#resizes,
+      resize_ms: round(this.#resizeMs, 0),
       // sampling, KV bookkeeping, row moves, event delivery: everything outside the model runs
       host_ms: round(hostMs, 0),
       host_ms_per_token: generated ? round(hostMs / generated, 3) : null,
@@ -274,6 +292,12 @@ export async function openBenchEngine(
   const profile = new StepProfile();
   const kvPeak = { rows: 0, prefix: 0 };
   const step = runner.step.bind(runner);
+  const reserve = runner.reserve.bind(runner);
+  runner.reserve = (length: number) => {
+    const [t0, before] = [performance.now(), runner.workingBytes()];
+    reserve(length);
+    if (runner.workingBytes() !== before) profile.recordResize(performance.now() - t0);
+  };
   // Time every model run the engine makes (the engine calls runner.step for each decode batch and prefill chunk).
   runner.step = async (inputs: RowInput[]) => {
     const t0 = performance.now();

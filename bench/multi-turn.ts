@@ -45,8 +45,12 @@ async function generate(engine: Engine, prompt: number[], maxTokens: number, see
   return { ttftMs, tokens };
 }
 
-/** Plays one conversation; returns the first-token time of each turn and the last turn's prompt length. */
-async function conversation(engine: Engine, seed: number) {
+/**
+ * Plays one conversation; returns the first-token time of each turn, the last turn's prompt length and where the
+ * last turn's time to first token went.
+ */
+async function conversation(bench: BenchEngine, seed: number) {
+  const { engine } = bench;
   const rng = Rng.fromSeed(seed);
   // A system prompt, then turns of user message + answer; each turn's prompt is the whole history so far.
   let history = randomTokens(rng, 40);
@@ -54,11 +58,12 @@ async function conversation(engine: Engine, seed: number) {
   for (let turn = 0; turn < turns; turn++) {
     const prompt = [...history, ...TURN_BREAK, ...randomTokens(rng, userTokens), ...TURN_BREAK];
     const last = turn === turns - 1;
+    bench.profile.clear();
     // The last turn only needs its first token.
     const { ttftMs, tokens } = await generate(engine, prompt, last ? 1 : answerTokens, seed * 100 + turn);
     ttfts.push(ttftMs);
     history = [...prompt, ...tokens];
-    if (last) return { ttfts, lastPromptTokens: prompt.length };
+    if (last) return { ttfts, lastPromptTokens: prompt.length, lastTurn: bench.profile.summary(ttftMs, 1) };
   }
   throw new Error("no turns");
 }
@@ -66,15 +71,17 @@ async function conversation(engine: Engine, seed: number) {
 async function measure(prefixCaching: boolean) {
   const bench: BenchEngine = await openBenchEngine(dir, flags, { prefixCaching });
   try {
-    await conversation(bench.engine, 999); // warm-up, not measured
+    await conversation(bench, 999); // warm-up, not measured
     const lastTurn: number[] = [];
+    const profiles: Record<string, unknown>[] = [];
     const otherCores: (number | null)[] = [];
     const firstTurn: number[] = [];
     let lastPromptTokens = 0;
     const before = bench.engine.stats().cache;
     for (let run = 0; run < flags.runs; run++) {
       const meter = new CpuMeter().start();
-      const result = await conversation(bench.engine, run + 1);
+      const result = await conversation(bench, run + 1);
+      profiles.push(result.lastTurn);
       otherCores.push(meter.stop().other_cores);
       lastTurn.push(result.ttfts.at(-1)!);
       firstTurn.push(result.ttfts[0]);
@@ -94,6 +101,8 @@ async function measure(prefixCaching: boolean) {
       last_turn_ttft_ms_runs: lastTurn.map((t) => round(t, 0)),
       other_cores_runs: otherCores,
       first_turn_ttft_ms: round(median(firstTurn), 0),
+      // model runs, row-buffer resizes and the rest, of the run with the median last-turn time
+      last_turn_profile: profiles[lastTurn.indexOf(ttft)],
       prefix_cache_hit_tokens: after.hitTokens - before.hitTokens,
       prefix_cache_queried_tokens: after.queriedTokens - before.queriedTokens,
       max_num_batched_tokens: flags.maxNumBatchedTokens,

@@ -5,7 +5,8 @@
  * its requests (generated tokens/s is a rate; `baseline_requests` says how many). Also peak resident memory sampled
  * during the engine's runs and the KV bytes in use.
  * Run: node --import tsx bench/rollouts.ts [--runs 3] [--prompts 16] [--prompt-len 256] [--n 4] [--new-tokens 128]
- *      [--sequential-requests 2] [--static-batch 32] [--baseline-runs 3] [--baseline-top-k 0[,50]] [--no-baseline]
+ *      [--sequential-requests 2] [--baseline-runs 3] [--static-batch 32] [--static-runs 1] [--baseline-top-k 0[,50]]
+ *      [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm] [--cache-dir DIR]
  */
 import {
@@ -32,6 +33,8 @@ const newTokens = numberFlag("new-tokens", 128);
 const sequentialRequests = numberFlag("sequential-requests", 2);
 const staticBatch = numberFlag("static-batch", flags.maxNumSeqs);
 const baselineRuns = numberFlag("baseline-runs", flags.runs);
+// One static batch of 32 x 128 tokens over the whole vocabulary takes minutes: one run unless asked.
+const staticRuns = numberFlag("static-runs", 1);
 const baselineTopKs = flag("baseline-top-k", "0").split(",").map(Number);
 const sampling = { temperature: 1, max_tokens: newTokens, ignore_eos: true };
 const load = { prompts: numPrompts, prompt_tokens: `${promptLen}+-16`, n, new_tokens: newTokens, temperature: 1 };
@@ -141,7 +144,7 @@ async function benchBaselines(engineRate: number): Promise<void> {
       });
       const batched: number[] = [];
       const batchedOthers: (number | null)[] = [];
-      for (let run = 0; run < baselineRuns; run++) {
+      for (let run = 0; run < staticRuns; run++) {
         const requests = requestsOf(run).slice(0, staticBatch);
         const { seconds, cpu } = await baseline.generate(requests, newTokens, { temperature: 1, topK });
         batched.push(staticBatch * newTokens / seconds);
@@ -155,7 +158,7 @@ async function benchBaselines(engineRate: number): Promise<void> {
         ...variant,
         baseline_requests: staticBatch,
         note: "one batch of the load's first requests: tok_s is a rate",
-        runs: baselineRuns,
+        runs: staticRuns,
         tok_s: round(batchRate, 1),
         tok_s_runs: batched.map((r) => round(r, 1)),
         other_cores_runs: batchedOthers,
