@@ -379,6 +379,8 @@ export class GenerateBaseline {
       local_files_only: true,
       device: "cpu",
       dtype: "fp32",
+      // The threads the engine's sessions get: onnxruntime-node's own default ran one thread here.
+      session_options: { intraOpNumThreads: os.availableParallelism() },
     });
     return new GenerateBaseline(model, padId);
   }

@@ -27,6 +27,7 @@ export const ServerConfig = z.object({
   port: port.default(8000).describe("port to listen on (0 picks a free one)"),
   device: z.enum(DEVICES).default("auto").describe("where the model runs"),
   dtype: z.enum(DTYPES).default("fp32").describe("weight precision of the ONNX files to load"),
+  threads: positiveInt.optional().describe("CPU threads one model run uses on the cpu and wasm devices (default: every core)"),
   maxModelLen: positiveInt.optional().describe("context length in tokens (default: the model's)"),
   apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health"),
   cacheDir: z.string().min(1).optional()

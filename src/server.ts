@@ -13,6 +13,7 @@ import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
+import { setCpuThreads } from "./model/backends.ts";
 import { loadModel, type LoadedModel } from "./model/loader.ts";
 import { defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/engine-kv.ts";
@@ -41,6 +42,7 @@ function asControlError(err: unknown): unknown {
 /** Loads the model named by the config (the built-in one when none) and starts an engine over it. */
 export async function loadServedModel(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<ServedModel> {
   const cacheDir = config.cacheDir ?? defaultCacheDir(envRecord());
+  setCpuThreads(config.threads);
   const loaded = await loadModel({ model: config.model, device: config.device, dtype: config.dtype, cacheDir, log });
   log.info(`loaded ${loaded.id} on ${loaded.device} via ${loaded.backend.label} (${loaded.dtype})`);
   const maxModelLen = Math.min(config.maxModelLen ?? loaded.config.maxPositionEmbeddings, loaded.config.maxPositionEmbeddings);

@@ -26,12 +26,12 @@ export function wasmThreads(): number {
 }
 
 /** The WASM build (CPU kernels in WebAssembly SIMD, multi-threaded), loaded once per process. */
-export function loadOrtWasm(): Promise<OrtModule> {
+export function loadOrtWasm(threads = wasmThreads()): Promise<OrtModule> {
   wasmBuild ??= (async () => {
     const ort = await import("onnxruntime-web") as unknown as OrtModule;
     const env = ort.env as { wasm: Record<string, unknown> };
     env.wasm.wasmPaths = ortWebDistUrl();
-    env.wasm.numThreads = wasmThreads();
+    env.wasm.numThreads = threads;
     env.wasm.proxy = false;
     return ort;
   })();
