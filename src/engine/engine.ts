@@ -5,7 +5,7 @@
 import { KvCache, type KvCacheStats } from "./kv-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { RowTable } from "./rows.ts";
-import { Scheduler, type StepPlan } from "./scheduler.ts";
+import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./scheduler.ts";
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { SequenceSampler } from "./sampler.ts";
@@ -263,7 +263,7 @@ export class Engine {
     this.runner.reserve(longest);
     try {
       if (plan.decode.length) await this.#decode(plan.decode);
-      for (const { seq, tokens } of plan.prefill) if (seq.status === "running") await this.#prefill(seq, tokens);
+      for (const run of prefillRuns(plan.prefill)) await this.#prefill(run.filter((c) => c.seq.status === "running"));
     } catch (err) {
       // A failed model run fails the sequences of this step, not the server.
       for (const seq of [...plan.decode, ...plan.prefill.map((p) => p.seq)]) this.#finish(seq, "abort", err);
@@ -300,12 +300,18 @@ export class Engine {
     });
   }
 
-  async #prefill(seq: Sequence, count: number): Promise<void> {
-    const start = seq.numComputed;
-    const [logits] = await this.runner.step([{ row: seq.row!, tokens: seq.tokens.slice(start, start + count), start }]);
-    seq.numComputed += count;
-    if (!seq.isPrefilling) this.#sample(seq, logits);
-    else this.#cacheFullBlocks(seq);
+  /** Feeds several sequences' prefill chunks in one model run. */
+  async #prefill(chunks: PrefillChunk[]): Promise<void> {
+    if (chunks.length === 0) return;
+    const logits = await this.runner.step(chunks.map(({ seq, tokens }) => {
+      const start = seq.numComputed;
+      return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start };
+    }));
+    chunks.forEach(({ seq, tokens }, i) => {
+      seq.numComputed += tokens;
+      if (!seq.isPrefilling) this.#sample(seq, logits[i]);
+      else this.#cacheFullBlocks(seq);
+    });
   }
 
   #sample(seq: Sequence, logits: Float32Array): void {

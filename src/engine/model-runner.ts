@@ -18,7 +18,9 @@ export interface ModelRunner {
   /** Most rows the runner can hold at once. */
   readonly maxRows: number;
   /**
-   * Runs the model on rows and returns, per row, the logits of its last fed token.
+   * Runs the model on rows (any distinct rows, each feeding any number of tokens) and returns, per row, the
+   * logits of its last fed token. Rows in one ascending range that feed one token each (a decode step) are the
+   * cheapest: the runner reads their cache in place.
    * Afterwards each row's cache holds [0, start + tokens.length).
    */
   step(inputs: RowInput[]): Promise<Float32Array[]>;

@@ -33,7 +33,27 @@ export interface StepPlan {
   /** Sequences feeding their one newest token. */
   decode: Sequence[];
   /** Sequences feeding the next `tokens` of their pending prompt (chunked prefill). */
-  prefill: { seq: Sequence; tokens: number }[];
+  prefill: PrefillChunk[];
+}
+
+/** A prefill chunk: the next `tokens` of a sequence's pending prompt. */
+export interface PrefillChunk {
+  seq: Sequence;
+  tokens: number;
+}
+
+/**
+ * Groups a step's prefill chunks into model runs. A run pads its rows to its longest chunk, so chunks are sorted
+ * by length and a run takes only chunks at least half as long as its first: padding never doubles a run's work.
+ */
+export function prefillRuns(chunks: readonly PrefillChunk[]): PrefillChunk[][] {
+  const runs: PrefillChunk[][] = [];
+  for (const chunk of [...chunks].sort((a, b) => b.tokens - a.tokens)) {
+    const run = runs.at(-1);
+    if (run && chunk.tokens * 2 >= run[0].tokens) run.push(chunk);
+    else runs.push([chunk]);
+  }
+  return runs;
 }
 
 /** FIFO continuous-batching scheduler over a KV budget. */
@@ -128,17 +148,24 @@ export class Scheduler {
     this.cache.resize(Math.max(0, this.limits.kvCacheBytes - working) / this.cache.bytesPerBlock);
   }
 
-  /** Admits waiting sequences in arrival order while rows and KV memory allow. */
+  /**
+   * Admits waiting sequences in arrival order while rows and KV memory allow. One that waits for a shared
+   * prefill (below) keeps its place in the queue but does not hold back the ones behind it.
+   */
   #admit(plan: StepPlan): void {
-    while (this.waiting.length && this.running.length < this.limits.maxNumSeqs) {
-      const seq = this.waiting[0];
-      if (this.prefixCaching && this.#awaitsSharedPrefill(seq)) break;
+    let next = 0;
+    while (next < this.waiting.length && this.running.length < this.limits.maxNumSeqs) {
+      const seq = this.waiting[next];
+      if (this.prefixCaching && this.#awaitsSharedPrefill(seq)) {
+        next++;
+        continue;
+      }
       // Leave at least one token to compute: the step must produce logits to sample from.
       const cachedBlocks = this.prefixCaching ? this.cache.match(seq.tokens, seq.length - 1) : [];
       const cached = cachedBlocks.length * this.cache.blockSize;
       const demand = { numComputed: cached, numPending: seq.length - cached };
       if (this.running.length > 0 && !this.#fits([...this.running, demand])) break;
-      this.waiting.shift();
+      this.waiting.splice(next, 1);
       if (this.prefixCaching) this.cache.countLookup(seq.length, cached);
       this.cache.acquire(cachedBlocks);
       seq.status = "running";

@@ -1,7 +1,7 @@
 /**
  * The KV cache rows of the engine graph, kept in the layout it reads: per layer one K buffer
  * [rows, kvHeads, headDim, capacity] (transposed) and one V buffer [rows, kvHeads, capacity, headDim], so a
- * contiguous range of rows is a single subarray of each. Outside this file KV moves in the canonical layout
+ * contiguous range of rows is a single subarray of each (other sets of rows are gathered into a copy). Outside this file KV moves in the canonical layout
  * [layers][K, V][kvHeads][token][headDim] (what the prefix cache stores).
  */
 
@@ -80,14 +80,27 @@ export class EngineKv {
     return { key: this.#keys[layer].subarray(from, to), value: this.#values[layer].subarray(from, to) };
   }
 
+  /** Layer `layer`'s K and V of the given rows, in that order, as copies (for rows that are not one range). */
+  gatherRows(layer: number, rows: readonly number[]): { key: Float32Array; value: Float32Array } {
+    const stride = this.shape.numKvHeads * this.shape.headDim * this.#capacity;
+    const key = new Float32Array(rows.length * stride);
+    const value = new Float32Array(rows.length * stride);
+    rows.forEach((row, b) => {
+      key.set(this.#keys[layer].subarray(row * stride, (row + 1) * stride), b * stride);
+      value.set(this.#values[layer].subarray(row * stride, (row + 1) * stride), b * stride);
+    });
+    return { key, value };
+  }
+
   /**
-   * Stores new tokens' K and V ([rows, kvHeads, seq, headDim], as the graph outputs them) into rows
-   * first, first + 1, ... at slots [starts[b], starts[b] + seq).
+   * Stores new tokens' K and V ([batch, kvHeads, seq, headDim], as the graph outputs them): the first lengths[b]
+   * tokens of batch entry b go into row rows[b] at slots [starts[b], starts[b] + lengths[b]).
    */
   storeNew(
     layer: number,
-    first: number,
+    rows: readonly number[],
     starts: readonly number[],
+    lengths: readonly number[],
     seq: number,
     key: Float32Array,
     value: Float32Array,
@@ -95,14 +108,15 @@ export class EngineKv {
     const { numKvHeads: kvh, headDim: d } = this.shape;
     const cap = this.#capacity;
     const [keys, values] = [this.#keys[layer], this.#values[layer]];
-    starts.forEach((start, b) => {
+    rows.forEach((row, b) => {
+      const [start, length] = [starts[b], lengths[b]];
       for (let h = 0; h < kvh; h++) {
         const src = (b * kvh + h) * seq * d;
-        const run = (first + b) * kvh + h;
-        values.set(value.subarray(src, src + seq * d), (run * cap + start) * d);
+        const run = row * kvh + h;
+        values.set(value.subarray(src, src + length * d), (run * cap + start) * d);
         for (let i = 0; i < d; i++) {
           const dst = (run * d + i) * cap + start;
-          for (let s = 0; s < seq; s++) keys[dst + s] = key[src + s * d + i];
+          for (let s = 0; s < length; s++) keys[dst + s] = key[src + s * d + i];
         }
       }
     });

@@ -77,19 +77,21 @@ export class EngineRunner implements ModelRunner {
   }
 
   async step(inputs: RowInput[]): Promise<Float32Array[]> {
-    const { first, seq } = this.#checkStep(inputs);
-    const end = Math.max(...inputs.map((r) => r.start + seq));
+    const seq = this.#checkStep(inputs);
+    const end = Math.max(...inputs.map((r) => r.start + r.tokens.length));
     if (end > this.#kv.capacity) this.reserve(end);
     this.#stepping = true;
     try {
       return await this.#queue.run(async () => {
-        const out = await this.#session.run(this.#feeds(inputs, first, seq));
+        const out = await this.#session.run(this.#feeds(inputs, seq));
+        const rows = inputs.map((r) => r.row);
         const starts = inputs.map((r) => r.start);
+        const lengths = inputs.map((r) => r.tokens.length);
         for (let l = 0; l < this.#numLayers; l++) {
           const [key, value] = [out[`key.${l}`].data, out[`value.${l}`].data] as Float32Array[];
-          this.#kv.storeNew(l, first, starts, seq, key, value);
+          this.#kv.storeNew(l, rows, starts, lengths, seq, key, value);
         }
-        for (const r of inputs) this.#lengths[r.row] = r.start + seq;
+        for (const r of inputs) this.#lengths[r.row] = r.start + r.tokens.length;
         const logits = out.logits.data as Float32Array;
         return inputs.map((_, b) => logits.subarray(b * this.vocabSize, (b + 1) * this.vocabSize));
       });
@@ -146,47 +148,55 @@ export class EngineRunner implements ModelRunner {
     await this.#queue.run(() => this.#session.release());
   }
 
-  #feeds(inputs: RowInput[], first: number, seq: number): Record<string, OrtTensor> {
+  /** Feeds of one run: rows shorter than `seq` are padded on the right (their last token, at its position). */
+  #feeds(inputs: RowInput[], seq: number): Record<string, OrtTensor> {
     const count = inputs.length;
     const ids = new BigInt64Array(count * seq);
     const positions = new BigInt64Array(count * seq);
     inputs.forEach((r, b) => {
+      const last = r.tokens.length - 1;
       for (let s = 0; s < seq; s++) {
-        ids[b * seq + s] = BigInt(r.tokens[s]);
-        positions[b * seq + s] = BigInt(r.start + s);
+        ids[b * seq + s] = BigInt(r.tokens[Math.min(s, last)]);
+        positions[b * seq + s] = BigInt(r.start + Math.min(s, last));
       }
     });
-    const lengths = BigInt64Array.from(inputs, (r) => BigInt(r.start));
     const feeds: Record<string, OrtTensor> = {
       input_ids: new this.#Tensor("int64", ids, [count, seq]),
       position_ids: new this.#Tensor("int64", positions, [count, seq]),
-      past_lengths: new this.#Tensor("int64", lengths, [count]),
+      past_lengths: new this.#Tensor("int64", BigInt64Array.from(inputs, (r) => BigInt(r.start)), [count]),
+      last_index: new this.#Tensor("int64", BigInt64Array.from(inputs, (r) => BigInt(r.tokens.length - 1)), [count]),
     };
     const { numKvHeads: kvh, headDim: d } = this.#kv.shape;
-    const [m, copy] = [this.#kv.capacity, this.#copyInputs];
+    const m = this.#kv.capacity;
+    // One ascending range of rows is read in place; other sets of rows (prefill chunks) are gathered.
+    const first = inputs[0].row;
+    const inRange = inputs.every((r, b) => r.row === first + b);
+    const rows = inputs.map((r) => r.row);
     for (let l = 0; l < this.#numLayers; l++) {
-      const { key, value } = this.#kv.rowRange(l, first, count);
-      feeds[`key_cache.${l}`] = new this.#Tensor("float32", copy ? key.slice() : key, [count, kvh, d, m]);
-      feeds[`value_cache.${l}`] = new this.#Tensor("float32", copy ? value.slice() : value, [count, kvh, m, d]);
+      let { key, value } = inRange ? this.#kv.rowRange(l, first, count) : this.#kv.gatherRows(l, rows);
+      if (inRange && this.#copyInputs) [key, value] = [key.slice(), value.slice()];
+      feeds[`key_cache.${l}`] = new this.#Tensor("float32", key, [count, kvh, d, m]);
+      feeds[`value_cache.${l}`] = new this.#Tensor("float32", value, [count, kvh, m, d]);
     }
     return feeds;
   }
 
-  #checkStep(inputs: RowInput[]): { first: number; seq: number } {
+  /** Checks a step's rows and returns the tokens its longest row feeds (the run's sequence length). */
+  #checkStep(inputs: RowInput[]): number {
     if (inputs.length === 0) throw new Error("step: no rows");
-    const first = inputs[0].row;
-    const seq = inputs[0].tokens.length;
-    if (seq === 0) throw new Error("step: a row has no tokens");
-    inputs.forEach((r, b) => {
-      // One graph run reads one contiguous slice of the row buffers with one sequence length.
-      if (r.row !== first + b) throw new Error(`step: rows must be one ascending contiguous range, got row ${r.row}`);
-      if (r.tokens.length !== seq) throw new Error(`step: rows must feed the same number of tokens (${seq})`);
+    const seen = new Set<number>();
+    for (const r of inputs) {
       this.#checkRow(r.row);
-      if (!Number.isInteger(r.start) || r.start < 0 || r.start + seq > this.maxLength) {
-        throw new Error(`step: row ${r.row} feeds [${r.start}, ${r.start + seq}), past the maximum ${this.maxLength}`);
+      if (seen.has(r.row)) throw new Error(`step: row ${r.row} appears twice`);
+      seen.add(r.row);
+      if (r.tokens.length === 0) throw new Error(`step: row ${r.row} has no tokens`);
+      if (!Number.isInteger(r.start) || r.start < 0 || r.start + r.tokens.length > this.maxLength) {
+        throw new Error(
+          `step: row ${r.row} feeds [${r.start}, ${r.start + r.tokens.length}), past the maximum ${this.maxLength}`,
+        );
       }
-    });
-    return { first, seq };
+    }
+    return Math.max(...inputs.map((r) => r.tokens.length));
   }
 
   #checkRow(row: number): void {

@@ -6,6 +6,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Engine, type SubmittedRequest } from "../../src/engine/engine.ts";
+import { prefillRuns } from "../../src/engine/scheduler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
 import type { TokenEvent } from "../../src/engine/sequence.ts";
 import type { ServedModel } from "../../src/server.ts";
@@ -112,6 +113,18 @@ describe("engine", () => {
     assert.equal(engine.cache.totalRefs, 0);
   });
 
+  test("prompts prefilled together in one padded run give the tokens and logprobs they give alone", SLOW, async () => {
+    // 20, 14 and 11 tokens: one run (none shorter than half the longest), the shorter rows padded on the right.
+    const lengths = [20, 14, 11];
+    assert.equal(prefillRuns(lengths.map((tokens) => ({ seq: null!, tokens }))).length, 1);
+    const prompts = lengths.map((n, i) => prompt(n, 30 + i));
+    const alone: Result[] = [];
+    for (const p of prompts) alone.push(await collect(engine.submit(p, greedy(5))));
+    const together = await Promise.all(prompts.map((p) => collect(engine.submit(p, greedy(5)))));
+    together.forEach((r, i) => assertSameGeneration(r, alone[i], `prompt ${i}`));
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
   test("reported logprobs equal a teacher-forced recomputation (processed and raw)", SLOW, async () => {
     const p = prompt(17, 5);
     const temperature = 0.7;
@@ -156,6 +169,11 @@ describe("engine", () => {
   });
 });
 
+test("prefill chunks run together only with chunks at least half as long as the run's longest", () => {
+  const runs = prefillRuns([30, 100, 8, 60, 49].map((tokens) => ({ seq: null!, tokens })));
+  assert.deepEqual(runs.map((run) => run.map((c) => c.tokens)), [[100, 60], [49, 30], [8]]);
+});
+
 describe("engine prefix cache", () => {
   let served: ServedModel;
   before(async () => {
@@ -187,6 +205,19 @@ describe("engine prefix cache", () => {
     const results = await Promise.all([0, 1, 2, 3].map((i) => collect(engine.submit(p, sampling, i))));
     assert.equal(engine.stats().cache.hitTokens - before, 3 * 64, "samples 2..4 reuse the first one's 4 blocks");
     assert.equal(new Set(results.map((r) => r.ids.join())).size, 4, "each sample has its own stream");
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
+  test("samples waiting for a shared prefill do not hold back the prompts queued behind them", SLOW, async () => {
+    const { engine } = served;
+    const [p, q] = [prompt(70, 12), prompt(40, 13)];
+    const sampling = params({ temperature: 1, seed: 6, n: 2, max_tokens: 2, ignore_eos: true });
+    const shared = [0, 1].map((i) => engine.submit(p, sampling, i));
+    const other = engine.submit(q, greedy(2));
+    await Promise.all([...shared, other].map(collect));
+    // The second sample waited for the first one's prefill; the other prompt started beside that prefill.
+    assert.ok(other.scheduledAt! < shared[1].scheduledAt!, "the other prompt was scheduled before the second sample");
+    assert.ok(Math.abs(other.scheduledAt! - shared[0].scheduledAt!) < 1, "and in the same step as the first");
     assert.equal(engine.cache.totalRefs, 0);
   });
 

@@ -72,10 +72,11 @@ describe("engine runner", () => {
   test("the engine graph has the engine's inputs and outputs and is listed in the build record", () => {
     const model = decodeModel(fs.readFileSync(path.join(tiny, ENGINE_FILES.fp32)));
     const io = (list: typeof model.graph.inputs) => list.map((v) => `${v.name}:${v.elemType}:[${v.dims}]`);
-    assert.deepEqual(io(model.graph.inputs).slice(0, 5), [
+    assert.deepEqual(io(model.graph.inputs).slice(0, 6), [
       "input_ids:7:[batch_size,sequence_length]",
       "position_ids:7:[batch_size,sequence_length]",
       "past_lengths:7:[batch_size]",
+      "last_index:7:[batch_size]",
       "key_cache.0:1:[batch_size,2,16,cache_length]",
       "value_cache.0:1:[batch_size,2,cache_length,16]",
     ]);
@@ -190,22 +191,38 @@ describe("engine runner", () => {
     }
   });
 
-  test("steps over rows that are not one contiguous range, or feed different lengths, are refused", SLOW, async () => {
+  test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, async () => {
+    const runner = await open();
+    try {
+      // Row 2 has its first 4 tokens cached already; the others start empty. One run pads them all to 11 tokens.
+      const prompts = [tokens(5, 13), tokens(11, 14), tokens(13, 15)];
+      const rows = [3, 0, 2];
+      const next = [tokens(2, 16), tokens(2, 17), tokens(2, 18)];
+      const expected = await Promise.all(prompts.map((p, i) => standardRun([...p, ...next[i]])));
+      await prefill(runner, 2, prompts[2].slice(0, 4));
+      const starts = [0, 0, 4];
+      const logits = await runner.step(rows.map((row, i) => ({ row, tokens: prompts[i].slice(starts[i]), start: starts[i] })));
+      logits.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length - 1), `prompt ${i} in row ${rows[i]}`));
+      // The padding left nothing behind: each row decodes on from its own prompt.
+      for (let t = 0; t < 2; t++) {
+        const step = await runner.step(rows.map((row, i) => ({ row, tokens: [next[i][t]], start: prompts[i].length + t })));
+        step.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`));
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("steps that name a row twice, a row outside the runner, or no tokens are refused", SLOW, async () => {
     const runner = await open();
     try {
       await assert.rejects(
-        runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 2, tokens: [1], start: 0 }]),
-        /contiguous/,
+        runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 0, tokens: [2], start: 1 }]),
+        /twice/,
       );
-      await assert.rejects(
-        runner.step([{ row: 1, tokens: [1], start: 0 }, { row: 0, tokens: [1], start: 0 }]),
-        /contiguous/,
-      );
-      await assert.rejects(
-        runner.step([{ row: 0, tokens: [1, 2], start: 0 }, { row: 1, tokens: [1], start: 0 }]),
-        /same/,
-      );
+      await assert.rejects(runner.step([{ row: 1, tokens: [], start: 0 }]), /no tokens/);
       await assert.rejects(runner.step([{ row: 4, tokens: [1], start: 0 }]), /outside/);
+      await assert.rejects(runner.step([]), /no rows/);
     } finally {
       await runner.dispose();
     }
