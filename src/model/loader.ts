@@ -7,7 +7,9 @@ import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSou
 import { ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
-import { checkModelDir, type ModelDtype, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
+import { ensureConverted } from "./builder/convert.ts";
+import { checkModelDir, dtypesIn, type ModelDtype, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
+import { hasCheckpoint } from "./safetensors.ts";
 import { fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
 import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort-types.ts";
 
@@ -57,7 +59,8 @@ export interface LoadedModel {
 export async function loadModel(options: LoadModelOptions): Promise<LoadedModel> {
   const log = options.log ?? createLogger();
   const dtype = options.dtype ?? "fp32";
-  const location = locateModel(options.model ?? await ensureBuiltinModel(options.cacheDir), options.cacheDir);
+  const asked = locateModel(options.model ?? await ensureBuiltinModel(options.cacheDir), options.cacheDir);
+  const location = asked.local ? await convertedIfCheckpoint(asked, dtype, options.cacheDir, log) : asked;
   if (location.local) checkModelDir(location.dir, dtype);
   else await fetchHubConfig(location, options.hubUrl);
   // A local config is checked before the graph loads; a hub model's generation_config.json comes with its graph.
@@ -85,7 +88,7 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
   const Tensor = backend.Tensor as unknown as new (t: string, d: unknown, dims: readonly number[]) => OrtTensor;
   const own = (t: TensorLike): OrtTensor => t instanceof backend.Tensor ? t : new Tensor(t.type, t.data, t.dims);
   return {
-    id: location.id,
+    id: asked.id,
     dir: location.dir,
     config,
     tokenizer,
@@ -109,6 +112,31 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
       }),
     dispose: () => queue.run(() => session.release()),
   };
+}
+
+/**
+ * A local Hugging Face checkpoint (safetensors, no ONNX graph of this dtype) is served from its conversion into the
+ * builder's layout, kept in the cache directory; any other location is served as it is.
+ */
+async function convertedIfCheckpoint(
+  location: ModelLocation,
+  dtype: ModelDtype,
+  cacheDir: string,
+  log: Logger,
+): Promise<ModelLocation> {
+  if (dtypesIn(location.dir).includes(dtype) || !hasCheckpoint(location.dir)) return location;
+  if (dtype !== "fp32" && dtype !== "q4") {
+    throw new ModelLoadError(location.dir, `a safetensors checkpoint converts to fp32 or q4, not ${dtype}`);
+  }
+  const started = performance.now();
+  let dir: string;
+  try {
+    dir = await ensureConverted(location.dir, cacheDir, dtype);
+  } catch (err) {
+    throw new ModelLoadError(location.dir, (err as Error).message, { cause: err });
+  }
+  log.info(`serving checkpoint ${location.dir} from its ${dtype} conversion in ${dir} (${((performance.now() - started) / 1000).toFixed(1)} s)`);
+  return { ...location, id: dir, dir };
 }
 
 function readModelConfig(dir: string): ModelConfig {

@@ -1,17 +1,20 @@
 /**
  * New weights for the served model (refit): where they may be read from, and an engine runner over them on the
  * device the model already runs on. They must have the served architecture; the tokenizer stays the served one.
- * Accepted: a model directory (config.json + onnx/model*.onnx, as the builder writes) or a standard-layout ONNX
- * graph file, with its external data beside it.
+ * Accepted: a model directory (config.json + onnx/model*.onnx, as the builder writes), a Hugging Face checkpoint
+ * directory (config.json + safetensors, as trainers save them), or a standard-layout ONNX graph file, with its
+ * external data beside it.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
 import { ONNX_FILES } from "./builder/build.ts";
+import { convertCheckpoint } from "./builder/convert.ts";
 import { writeEngineGraph } from "./builder/engine-decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
 import type { Backend } from "./backends.ts";
 import { EngineRunner, openEngineRunner } from "./engine-runner.ts";
+import { hasCheckpoint } from "./safetensors.ts";
 
 /** Why weights cannot be used: no such path, a path outside the allowed directory, or not this model's weights. */
 export type WeightsProblem = "not_found" | "forbidden" | "mismatch";
@@ -130,7 +133,10 @@ async function openDirectory(dir: string, servedArch: DecoderArch, served: Serve
   if (!fs.existsSync(configPath)) throw new WeightsError("mismatch", `model directory ${dir} has no config.json`);
   checkSameArch(servedArch, readArch(configPath), dir, served.maxLength);
   const graph = path.join(dir, ONNX_FILES[served.dtype]);
-  if (!fs.existsSync(graph)) throw new WeightsError("mismatch", `model directory ${dir} lacks ${ONNX_FILES[served.dtype]} (dtype ${served.dtype})`);
+  if (!fs.existsSync(graph)) {
+    if (hasCheckpoint(dir)) return await openCheckpoint(dir, served);
+    throw new WeightsError("mismatch", `model directory ${dir} lacks ${ONNX_FILES[served.dtype]} (dtype ${served.dtype}) and a safetensors checkpoint`);
+  }
   try {
     return await openEngineRunner({
       dir,
@@ -141,6 +147,22 @@ async function openDirectory(dir: string, servedArch: DecoderArch, served: Serve
     });
   } catch (err) {
     throw new WeightsError("mismatch", `cannot use the weights in ${dir}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** A trainer's checkpoint (safetensors): converted into a scratch folder, opened, and the folder removed. */
+async function openCheckpoint(dir: string, served: ServedWeights): Promise<EngineRunner> {
+  fs.mkdirSync(served.scratchDir, { recursive: true });
+  const scratch = fs.mkdtempSync(path.join(served.scratchDir, "checkpoint-"));
+  try {
+    try {
+      await convertCheckpoint({ src: dir, out: scratch, dtype: served.dtype });
+    } catch (err) {
+      throw new WeightsError("mismatch", `cannot use the checkpoint in ${dir}: ${(err as Error).message}`, { cause: err });
+    }
+    return await openDirectory(scratch, readArch(path.join(served.dir, "config.json")), served);
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true });
   }
 }
 

@@ -1,0 +1,129 @@
+/**
+ * Hugging Face checkpoints (safetensors): read as float32, converted into the engine layout, served, and taken as
+ * new weights by a refit. A checkpoint of the built-in model's own weights must serve exactly like it.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { SamplingParams } from "../../src/engine/sampling-params.ts";
+import type { SubmittedRequest } from "../../src/engine/engine.ts";
+import { unsupportedFeatures } from "../../src/model/builder/convert.ts";
+import { Checkpoint, writeSafetensors } from "../../src/model/safetensors.ts";
+import { openWeights } from "../../src/model/weights.ts";
+import type { ServedModel } from "../../src/server.ts";
+import { writeCheckpoint } from "../support/checkpoint.ts";
+import { openServedTiny, testCacheDir } from "../support/served.ts";
+
+const SLOW = { timeout: 180_000 };
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-checkpoint-"));
+
+async function generate(req: SubmittedRequest) {
+  const ids: number[] = [];
+  const logprobs: number[] = [];
+  for await (const e of req.events) {
+    ids.push(e.tokenId);
+    logprobs.push(e.logprob);
+  }
+  return { ids, logprobs };
+}
+
+const greedy = SamplingParams.parse({ temperature: 0, max_tokens: 8, ignore_eos: true });
+const prompt = [9707, 11, 1879, 0, 42, 151644, 872, 198, 3555, 374];
+
+test("safetensors tensors read back as float32 from F32 and BF16, across shards", () => {
+  const dir = path.join(root, "shards");
+  fs.mkdirSync(dir, { recursive: true });
+  const a = Float32Array.from([1.5, -2.25, 3.1415927, 1e-3, 65504, -0]);
+  const b = Float32Array.from([0.1, 0.2, 0.3, 1 / 3]);
+  writeSafetensors(path.join(dir, "one.safetensors"), [{ name: "a", dtype: "F32", shape: [2, 3], data: a }]);
+  writeSafetensors(path.join(dir, "two.safetensors"), [{ name: "b", dtype: "BF16", shape: [4], data: b }]);
+  fs.writeFileSync(
+    path.join(dir, "model.safetensors.index.json"),
+    JSON.stringify({ weight_map: { a: "one.safetensors", b: "two.safetensors" } }),
+  );
+  const checkpoint = new Checkpoint(dir);
+  assert.deepEqual(checkpoint.names().sort(), ["a", "b"]);
+  assert.deepEqual(checkpoint.shape("a"), [2, 3]);
+  assert.deepEqual(checkpoint.read("a"), a);
+  // BF16 keeps 8 significant bits: each value within half a unit in the last place (2^-9 relative).
+  checkpoint.read("b").forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= Math.abs(b[i]) * 2 ** -8, `b[${i}] = ${v}`));
+  assert.throws(() => checkpoint.read("c"), /no tensor c/);
+});
+
+test("checkpoints the engine layout cannot reproduce are named and refused", () => {
+  const base = { model_type: "llama", hidden_act: "silu", max_position_embeddings: 4096 };
+  assert.deepEqual(unsupportedFeatures(base), []);
+  assert.deepEqual(unsupportedFeatures({ ...base, model_type: "qwen3", rope_scaling: null }), []);
+  assert.match(unsupportedFeatures({ ...base, model_type: "gemma" }).join(), /model_type gemma/);
+  assert.match(unsupportedFeatures({ ...base, rope_scaling: { rope_type: "llama3", factor: 8 } }).join(), /llama3/);
+  assert.match(unsupportedFeatures({ ...base, attention_bias: true }).join(), /biases/);
+  assert.match(unsupportedFeatures({ ...base, sliding_window: 1024 }).join(), /sliding_window/);
+});
+
+describe("a checkpoint of the built-in model's weights", () => {
+  let builtin: ServedModel;
+  let converted: ServedModel;
+  const dir = path.join(root, "tiny-checkpoint");
+
+  before(async () => {
+    await writeCheckpoint(dir, "tiny", 0);
+    builtin = await openServedTiny();
+    converted = await openServedTiny({ model: dir });
+  }, SLOW);
+  after(async () => {
+    await builtin?.engine.runner.dispose();
+    await converted?.engine.runner.dispose();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  test("is served under its own path and generates what the built-in model generates", SLOW, async () => {
+    assert.equal(converted.loaded.id, path.resolve(dir));
+    assert.ok(converted.loaded.dir.startsWith(path.join(testCacheDir(), "converted")), converted.loaded.dir);
+    const expected = await generate(builtin.engine.submit(prompt, greedy));
+    const actual = await generate(converted.engine.submit(prompt, greedy));
+    assert.deepEqual(actual.ids, expected.ids);
+    actual.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - expected.logprobs[i]) < 1e-5, `token ${i}`));
+  });
+
+  test("is converted once: a second load reuses the conversion", SLOW, async () => {
+    const onnx = path.join(converted.loaded.dir, "onnx", "model.onnx");
+    const before = fs.statSync(onnx).mtimeMs;
+    const again = await openServedTiny({ model: dir });
+    await again.engine.runner.dispose();
+    assert.equal(again.loaded.dir, converted.loaded.dir);
+    assert.equal(fs.statSync(onnx).mtimeMs, before);
+  });
+
+  test("is taken by a refit as new weights, and a BF16 one too", SLOW, async () => {
+    const bf16 = path.join(root, "tiny-bf16");
+    await writeCheckpoint(bf16, "tiny", 1, "BF16");
+    const served = {
+      dir: builtin.loaded.dir,
+      dtype: "fp32" as const,
+      backend: builtin.loaded.backend,
+      maxRows: 2,
+      maxLength: 128,
+      scratchDir: path.join(root, "scratch"),
+    };
+    const lastLogits = async (source: string) => {
+      const runner = await openWeights(source, served);
+      try {
+        return (await runner.step([{ row: 0, tokens: prompt, start: 0 }]))[0].slice();
+      } finally {
+        await runner.dispose();
+      }
+    };
+    const [reference, fromCheckpoint, fromBf16] = [
+      await lastLogits(builtin.loaded.dir),
+      await lastLogits(dir),
+      await lastLogits(bf16),
+    ];
+    const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+    assert.ok(maxDiff(fromCheckpoint, reference) < 1e-5, "the checkpoint of the same weights gives the same logits");
+    assert.ok(fromBf16.every(Number.isFinite));
+    assert.ok(maxDiff(fromBf16, reference) > 1e-3, "other weights give other logits");
+    assert.deepEqual(fs.readdirSync(served.scratchDir), [], "the scratch conversions are removed");
+  });
+});
