@@ -17,7 +17,7 @@ import { setCpuThreads } from "./model/backends.ts";
 import { loadModel, type LoadedModel } from "./model/loader.ts";
 import { defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/engine-kv.ts";
-import { openEngineRunner } from "./model/engine-runner.ts";
+import { openModelRunner } from "./model/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
@@ -57,7 +57,8 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
     maxLength: maxModelLen,
     scratchDir: path.join(cacheDir, "refit"),
   };
-  const runner = await openEngineRunner(served);
+  const { runner, layout, reason } = await openModelRunner(served);
+  if (layout === "standard") log.warn(`serving through the model's standard graph, slower at long contexts: ${reason}`);
   // The engine runs its own graph; the standard session was only needed to load and check the model.
   await loaded.dispose();
   const engine = new Engine(runner, {

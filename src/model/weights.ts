@@ -10,10 +10,12 @@ import * as path from "node:path";
 import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
 import { ONNX_FILES } from "./builder/build.ts";
 import { convertCheckpoint } from "./builder/convert.ts";
-import { writeEngineGraph } from "./builder/engine-decoder.ts";
+import { EngineLayoutError, writeEngineGraph } from "./builder/engine-decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
 import type { Backend } from "./backends.ts";
-import { EngineRunner, openEngineRunner } from "./engine-runner.ts";
+import type { ModelRunner } from "../engine/model-runner.ts";
+import { EngineRunner } from "./engine-runner.ts";
+import { openModelRunner, openStandardRunner } from "./open-runner.ts";
 import { hasCheckpoint } from "./safetensors.ts";
 
 /** Why weights cannot be used: no such path, a path outside the allowed directory, or not this model's weights. */
@@ -118,7 +120,7 @@ function checkSameArch(served: DecoderArch, candidate: DecoderArch, where: strin
 }
 
 /** Opens an engine runner over the weights at `real` (a path from resolveWeightsPath). */
-export async function openWeights(real: string, served: ServedWeights): Promise<EngineRunner> {
+export async function openWeights(real: string, served: ServedWeights): Promise<ModelRunner> {
   const servedArch = readArch(path.join(served.dir, "config.json"));
   const stat = fs.statSync(real);
   if (stat.isDirectory()) return await openDirectory(real, servedArch, served);
@@ -128,7 +130,7 @@ export async function openWeights(real: string, served: ServedWeights): Promise<
   return await openGraphFile(real, servedArch, served);
 }
 
-async function openDirectory(dir: string, servedArch: DecoderArch, served: ServedWeights): Promise<EngineRunner> {
+async function openDirectory(dir: string, servedArch: DecoderArch, served: ServedWeights): Promise<ModelRunner> {
   const configPath = path.join(dir, "config.json");
   if (!fs.existsSync(configPath)) throw new WeightsError("mismatch", `model directory ${dir} has no config.json`);
   checkSameArch(servedArch, readArch(configPath), dir, served.maxLength);
@@ -138,20 +140,35 @@ async function openDirectory(dir: string, servedArch: DecoderArch, served: Serve
     throw new WeightsError("mismatch", `model directory ${dir} lacks ${ONNX_FILES[served.dtype]} (dtype ${served.dtype}) and a safetensors checkpoint`);
   }
   try {
-    return await openEngineRunner({
+    const { runner } = await openModelRunner({
       dir,
       dtype: served.dtype,
       backend: served.backend,
       maxRows: served.maxRows,
       maxLength: served.maxLength,
     });
+    return runner;
   } catch (err) {
     throw new WeightsError("mismatch", `cannot use the weights in ${dir}: ${(err as Error).message}`, { cause: err });
   }
 }
 
+/** A standard graph whose weights are not in the builder's layout, run as it is (the served config gives its shape). */
+async function openLooseStandard(
+  graphPath: string,
+  externalData: { name: string; path: string }[],
+  served: ServedWeights,
+): Promise<ModelRunner> {
+  const config = JSON.parse(fs.readFileSync(path.join(served.dir, "config.json"), "utf8"));
+  try {
+    return await openStandardRunner(served, { model: graphPath, externalData }, config);
+  } catch (err) {
+    throw new WeightsError("mismatch", `cannot use the weights in ${graphPath}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 /** A trainer's checkpoint (safetensors): converted into a scratch folder, opened, and the folder removed. */
-async function openCheckpoint(dir: string, served: ServedWeights): Promise<EngineRunner> {
+async function openCheckpoint(dir: string, served: ServedWeights): Promise<ModelRunner> {
   fs.mkdirSync(served.scratchDir, { recursive: true });
   const scratch = fs.mkdtempSync(path.join(served.scratchDir, "checkpoint-"));
   try {
@@ -179,7 +196,7 @@ function externalDataOf(graphPath: string): { name: string; path: string }[] {
   });
 }
 
-async function openGraphFile(graphPath: string, arch: DecoderArch, served: ServedWeights): Promise<EngineRunner> {
+async function openGraphFile(graphPath: string, arch: DecoderArch, served: ServedWeights): Promise<ModelRunner> {
   let externalData: { name: string; path: string }[];
   try {
     externalData = externalDataOf(graphPath);
@@ -194,6 +211,7 @@ async function openGraphFile(graphPath: string, arch: DecoderArch, served: Serve
     try {
       writeEngineGraph(graphPath, enginePath, arch, served.dtype);
     } catch (err) {
+      if (err instanceof EngineLayoutError) return await openLooseStandard(graphPath, externalData, served);
       throw new WeightsError("mismatch", `${graphPath} does not hold the served model's weights: ${(err as Error).message}`);
     }
     let session;

@@ -158,6 +158,14 @@ export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions)
   return g.toModel(ENGINE_GRAPH_NAME, "gym-edge");
 }
 
+/** A standard graph whose weights are not the builder's (another exporter's names, another architecture). */
+export class EngineLayoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "EngineLayoutError";
+  }
+}
+
 /** True when `enginePath` holds an engine graph of the current version. */
 export function isCurrentEngineGraph(enginePath: string): boolean {
   try {
@@ -191,7 +199,7 @@ export function writeEngineGraph(
     if (!t.produce) return t; // the engine graph's own constants
     const source = stored.get(t.name);
     if (!source || source.dataType !== t.dataType || source.dims.join() !== t.dims.join()) {
-      throw new Error(`${standardPath}: weight ${t.name} is missing or differs from the ${dtype} engine graph's`);
+      throw new EngineLayoutError(`${standardPath}: weight ${t.name} is missing or differs from the ${dtype} engine graph's`);
     }
     if (source.external) {
       const length = source.external.length >= 0

@@ -1,0 +1,68 @@
+/**
+ * A model whose weights the engine graph cannot take is served through its own standard graph (the
+ * StandardRunner), with the same tokens and log-probabilities as the engine graph gives the same weights.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type { SubmittedRequest } from "../../src/engine/engine.ts";
+import { SamplingParams } from "../../src/engine/sampling-params.ts";
+import { EngineRunner } from "../../src/model/engine-runner.ts";
+import { StandardRunner } from "../../src/model/standard-runner.ts";
+import type { ServedModel } from "../../src/server.ts";
+import { writeForeignModel } from "../support/foreign-model.ts";
+import { openServedTiny } from "../support/served.ts";
+
+const SLOW = { timeout: 180_000 };
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-standard-layout-"));
+
+async function generate(req: SubmittedRequest) {
+  const ids: number[] = [];
+  const logprobs: number[] = [];
+  for await (const e of req.events) {
+    ids.push(e.tokenId);
+    logprobs.push(e.logprob);
+  }
+  return { ids, logprobs };
+}
+
+const greedy = SamplingParams.parse({ temperature: 0, max_tokens: 10, ignore_eos: true });
+const prompts = [[9707, 11, 1879, 0, 42], [151644, 872, 198, 3555, 374, 220, 17, 10, 17, 30, 151645, 198], [1000, 2000]];
+
+describe("a model in another exporter's names", () => {
+  let builtin: ServedModel;
+  let foreign: ServedModel;
+
+  before(async () => {
+    const dir = path.join(root, "foreign");
+    await writeForeignModel(dir, "tiny", 0);
+    builtin = await openServedTiny();
+    foreign = await openServedTiny({ model: dir });
+  }, SLOW);
+  after(async () => {
+    await builtin?.engine.runner.dispose();
+    await foreign?.engine.runner.dispose();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  test("is served through its standard graph", () => {
+    assert.ok(builtin.engine.runner instanceof EngineRunner);
+    assert.ok(foreign.engine.runner instanceof StandardRunner);
+  });
+
+  test("gives the engine graph's tokens and logprobs, alone and batched", SLOW, async () => {
+    const expected = await Promise.all(prompts.map((p) => generate(builtin.engine.submit(p, greedy))));
+    const together = await Promise.all(prompts.map((p) => generate(foreign.engine.submit(p, greedy))));
+    const alone = [];
+    for (const p of prompts) alone.push(await generate(foreign.engine.submit(p, greedy)));
+    for (const [what, results] of [["batched", together], ["alone", alone]] as const) {
+      results.forEach((r, i) => {
+        assert.deepEqual(r.ids, expected[i].ids, `${what} prompt ${i}`);
+        r.logprobs.forEach((lp, j) => assert.ok(Math.abs(lp - expected[i].logprobs[j]) < 1e-4, `${what} ${i}:${j}`));
+      });
+    }
+    assert.equal(foreign.engine.cache.totalRefs, 0);
+  });
+});
