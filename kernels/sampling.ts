@@ -14,66 +14,13 @@
  * (Node 20) keeps re-entering stale on-stack-replaced code when a hot loop is followed by code it has not run.
  */
 
-/** Log-probabilities are never reported below this (masked tokens are -inf), and never NaN. */
-export const LOGPROB_FLOOR = -9999;
-/** Top-k at or below this selects with a heap; above it, with the histogram. */
-export const HEAP_LIMIT = 1024;
-const BINS = 1 << 16;
-// Boundary-bin tokens sort as one float64 each: (inverted low 16 bits) * ID_SPACE + id.
-const ID_SPACE = 1 << 21;
+import { cutFromHistogram } from "./histogram.ts";
+import { expNonPositive, HEAP_LIMIT, LOGPROB_FLOOR, SamplingScratch } from "./scratch.ts";
+import { selectTop } from "./top-k.ts";
+
+export { expNonPositive, HEAP_LIMIT, LOGPROB_FLOOR, SamplingScratch, selectTop };
+
 const FLOAT32_MAX = 3.4028234663852886e38;
-
-/** Reusable buffers and the state of the row being sampled, so a decode step allocates nothing. */
-export class SamplingScratch {
-  readonly logits: Float32Array;
-  /** The float bits of `logits`, for the histogram. */
-  readonly bits: Int32Array;
-  readonly weights: Float64Array;
-  /** Per-token counters for penalties, left all zero after use. */
-  readonly counts: Uint32Array;
-  readonly binKeys: Float64Array;
-  readonly binCount = new Float64Array(BINS);
-  readonly binMass = new Float64Array(BINS);
-  readonly heapIds = new Int32Array(HEAP_LIMIT);
-  readonly heapVals = new Float32Array(HEAP_LIMIT);
-  // The row's distribution: its max, 1/T, the min-p threshold on (l - max) / T, and the cut.
-  max = 0;
-  argmax = 0;
-  invT = 1;
-  lnMinP = -Infinity;
-  cutValue = -Infinity;
-  cutId = 0;
-  /** How pickKept finds the kept tokens: every weight valid, the histogram's cut, or the heap's candidates. */
-  kept: "all" | "histogram" | "candidates" = "all";
-  /** The heap's kept candidates as id * HEAP_LIMIT + rank, sorted: in id order. */
-  readonly candidates = new Float64Array(HEAP_LIMIT);
-  candidateCount = 0;
-
-  constructor(readonly capacity: number) {
-    if (capacity > ID_SPACE) throw new RangeError(`vocabulary of ${capacity} tokens is over ${ID_SPACE}`);
-    this.logits = new Float32Array(capacity);
-    this.bits = new Int32Array(this.logits.buffer);
-    this.weights = new Float64Array(capacity);
-    this.counts = new Uint32Array(capacity);
-    this.binKeys = new Float64Array(capacity);
-  }
-}
-
-// exp(x) for x <= 0 from a table of exp(-j/64) and a degree-4 correction (relative error < 1e-11), 3-4x faster
-// than Math.exp on V8. Below -104 (a weight under 1e-45 of the top token's) it is 0: such a token is never drawn,
-// though its log-probability is still reported exactly.
-const EXP_STEPS = 64;
-const EXP_FLOOR = 104 * EXP_STEPS;
-const EXP_TABLE = new Float64Array(EXP_FLOOR + 1).map((_, j) => Math.exp(-j / EXP_STEPS));
-
-/** exp(x) for x <= 0; 0 below -104, for -inf and for NaN. */
-export function expNonPositive(x: number): number {
-  const q = x * -EXP_STEPS;
-  if (!(q < EXP_FLOOR)) return 0;
-  const j = q | 0;
-  const d = (j - q) / EXP_STEPS;
-  return EXP_TABLE[j] * (1 + d * (1 + d * (0.5 + d * (1 / 6 + d / 24))));
-}
 
 /** Clamps a log-probability to the floor; NaN becomes the floor too. */
 export function floorLogprob(x: number): number {
@@ -123,63 +70,6 @@ export function logSumExp(values: Float32Array, n: number, max: number): number 
   let z = 0;
   for (let i = 0; i < n; i++) z += expNonPositive(values[i] - max);
   return Math.log(z);
-}
-
-function worse(va: number, ia: number, vb: number, ib: number): boolean {
-  return va < vb || (va === vb && ia > ib);
-}
-
-function siftUp(ids: Int32Array, vals: Float32Array, pos: number, v: number, id: number): void {
-  while (pos > 0) {
-    const parent = (pos - 1) >> 1;
-    if (!worse(v, id, vals[parent], ids[parent])) break;
-    ids[pos] = ids[parent];
-    vals[pos] = vals[parent];
-    pos = parent;
-  }
-  ids[pos] = id;
-  vals[pos] = v;
-}
-
-// Puts (v, id) at the root of a heap of `size` (worst on top) and restores the order.
-function siftDown(ids: Int32Array, vals: Float32Array, size: number, v: number, id: number): void {
-  let pos = 0;
-  for (let child = 1; child < size; child = 2 * pos + 1) {
-    if (child + 1 < size && worse(vals[child + 1], ids[child + 1], vals[child], ids[child])) child++;
-    if (!worse(vals[child], ids[child], v, id)) break;
-    ids[pos] = ids[child];
-    vals[pos] = vals[child];
-    pos = child;
-  }
-  ids[pos] = id;
-  vals[pos] = v;
-}
-
-function collectTop(values: Float32Array, n: number, k: number, ids: Int32Array, vals: Float32Array): number {
-  let size = 0;
-  for (let i = 0; i < n; i++) {
-    if (size < k) siftUp(ids, vals, size++, values[i], i);
-    // An equal value never displaces: the newcomer's id is higher, so it ranks after.
-    else if (values[i] > vals[0]) siftDown(ids, vals, size, values[i], i);
-  }
-  return size;
-}
-
-function sortHeap(ids: Int32Array, vals: Float32Array, size: number): void {
-  for (let end = size - 1; end > 0; end--) {
-    const v = vals[end];
-    const id = ids[end];
-    ids[end] = ids[0];
-    vals[end] = vals[0];
-    siftDown(ids, vals, end, v, id);
-  }
-}
-
-/** Writes the k first tokens in rank order into ids/vals, best first; returns how many (min(k, n)). */
-export function selectTop(values: Float32Array, n: number, k: number, ids: Int32Array, vals: Float32Array): number {
-  const size = collectTop(values, n, k, ids, vals);
-  sortHeap(ids, vals, size);
-  return size;
 }
 
 /** Sets the row's distribution to softmax(l / temperature) over every token, computing nothing yet. */
@@ -250,119 +140,6 @@ function cutFromHeap(s: SamplingScratch, n: number, k: number, topP: number): nu
   s.candidates.subarray(0, kept).sort();
   s.candidateCount = kept;
   return prefixSum(s.weights, kept);
-}
-
-// The float bits as an int32 key in float order: the magnitude, negated for negative floats (so -0 and +0 share
-// key 0). Branch-free: logit signs are random.
-function orderKey(bits: number): number {
-  const sign = bits >> 31;
-  return ((bits & 0x7fffffff) ^ sign) - sign;
-}
-
-// The coarse histogram bin of a float's bits: the high 16 bits of its key, offset to 1..65535 (0 would be a NaN).
-function binOf(bits: number): number {
-  return (orderKey(bits) >> 16) + 0x8000;
-}
-
-// Weights (0 for the tokens min-p drops) and the weight per bin; returns the total weight.
-function histogram(s: SamplingScratch, n: number): number {
-  const { logits, bits, weights, binMass, max, invT, lnMinP } = s;
-  let total = 0;
-  for (let i = 0; i < n; i++) {
-    const x = (logits[i] - max) * invT;
-    if (x < lnMinP) {
-      weights[i] = 0;
-      continue;
-    }
-    const w = expNonPositive(x);
-    weights[i] = w;
-    binMass[binOf(bits[i])] += w;
-    total += w;
-  }
-  return total;
-}
-
-// Tokens per bin, for top-k: a pass of its own, as top-k past the heap's limit is rare.
-function countBins(s: SamplingScratch, n: number): void {
-  const { logits, bits, binCount, max, invT, lnMinP } = s;
-  for (let i = 0; i < n; i++) if ((logits[i] - max) * invT >= lnMinP) binCount[binOf(bits[i])]++;
-}
-
-// The bin, from the top, where the running sum of `perBin` reaches goal; -1 if it never does.
-function binReaching(perBin: Float64Array, goal: number): number {
-  let acc = 0;
-  for (let b = BINS - 1; b > 0; b--) if (perBin[b] !== 0 && (acc += perBin[b]) >= goal) return b;
-  return -1;
-}
-
-// Sum of perBin over the bins above `bin`, from the top (the order binReaching adds in).
-function sumAbove(perBin: Float64Array, bin: number): number {
-  let acc = 0;
-  for (let b = BINS - 1; b > bin; b--) acc += perBin[b];
-  return acc;
-}
-
-// The tokens of one bin that min-p keeps, as sortable keys, in id order; returns how many.
-function gatherBin(s: SamplingScratch, n: number, bin: number): number {
-  const { logits, bits, binKeys, max, invT, lnMinP } = s;
-  let m = 0;
-  for (let i = 0; i < n; i++) {
-    if (binOf(bits[i]) !== bin || (logits[i] - max) * invT < lnMinP) continue;
-    binKeys[m++] = (0xffff - (orderKey(bits[i]) & 0xffff)) * ID_SPACE + i;
-  }
-  return m;
-}
-
-// Position in the sorted bin where the running count (or weight) reaches goal; the last one if it never does.
-function walkBin(s: SamplingScratch, m: number, byMass: boolean, goal: number): number {
-  let acc = 0;
-  for (let j = 0; j < m; j++) if ((acc += byMass ? s.weights[s.binKeys[j] % ID_SPACE] : 1) >= goal) return j;
-  return m - 1;
-}
-
-function binPrefixWeight(s: SamplingScratch, last: number): number {
-  let acc = 0;
-  for (let j = 0; j <= last; j++) acc += s.weights[s.binKeys[j] % ID_SPACE];
-  return acc;
-}
-
-// Puts the cut where the running count (perBin = binCount) or weight (binMass) first reaches goal in rank order;
-// returns the weight kept.
-function cutAt(s: SamplingScratch, n: number, perBin: Float64Array, goal: number, total: number): number {
-  const bin = binReaching(perBin, goal);
-  if (bin < 0) {
-    s.cutValue = -Infinity;
-    s.cutId = n;
-    return total;
-  }
-  const m = gatherBin(s, n, bin);
-  s.binKeys.subarray(0, m).sort();
-  const last = walkBin(s, m, perBin === s.binMass, goal - sumAbove(perBin, bin));
-  const id = s.binKeys[last] % ID_SPACE;
-  s.cutValue = s.logits[id];
-  s.cutId = id;
-  return sumAbove(s.binMass, bin) + binPrefixWeight(s, last);
-}
-
-function cutFromHistogram(s: SamplingScratch, n: number, k: number, topP: number): number {
-  const total = histogram(s, n);
-  if (k > 0) countBins(s, n);
-  let mass = k > 0 ? cutAt(s, n, s.binCount, k, total) : total;
-  if (topP < 1) {
-    const kValue = s.cutValue;
-    const kId = s.cutId;
-    const pMass = cutAt(s, n, s.binMass, topP * mass, total);
-    // Rounding can put the top-p cut past the top-k one: the tighter cut wins.
-    if (worse(s.cutValue, s.cutId, kValue, kId)) {
-      s.cutValue = kValue;
-      s.cutId = kId;
-    } else {
-      mass = pMass;
-    }
-  }
-  if (k > 0) s.binCount.fill(0);
-  s.binMass.fill(0);
-  return mass;
 }
 
 /** Whether token i is in the row's kept set. */

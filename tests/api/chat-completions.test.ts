@@ -4,23 +4,9 @@ import { chatDelta } from "../../src/api/chat-completions.ts";
 import { ChatCompletion, ChatCompletionChunk, type ChatDelta } from "../../src/api/protocol.ts";
 import { AssistantOutput, toolCalling } from "../../src/chat/tools/parser.ts";
 import { TokenizeResponse } from "../../src/api/schemas.ts";
-import { type AppDeps, createApp } from "../../src/api/app.ts";
-import { openServedTiny } from "../support/served.ts";
-import { errorOf, postJson } from "./app-fixture.ts";
+import { errorOf, postJson, servedTinyApp } from "./app-fixture.ts";
 
-const served = await openServedTiny({ maxModelLen: 512 });
-const { engine } = served;
-/** The app over the tiny model's engine (context 512), with `overrides` applied to its deps. */
-function servedApp(overrides: Partial<AppDeps> = {}) {
-  return createApp({
-    servedModelName: "gym-edge/tiny",
-    maxModelLen: served.maxModelLen,
-    tokenizer: served.tokenizer,
-    engine,
-    isReady: () => true,
-    ...overrides,
-  });
-}
+const { engine, servedApp } = await servedTinyApp();
 
 const app = servedApp();
 const EOS = 151645;

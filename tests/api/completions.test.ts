@@ -1,23 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Completion } from "../../src/api/protocol.ts";
-import { type AppDeps, createApp } from "../../src/api/app.ts";
-import { openServedTiny } from "../support/served.ts";
-import { errorOf, postJson, qwen3 } from "./app-fixture.ts";
+import { errorOf, postJson, servedTinyApp, qwen3 } from "./app-fixture.ts";
 
-const served = await openServedTiny({ maxModelLen: 512 });
-const { engine } = served;
-/** The app over the tiny model's engine (context 512), with `overrides` applied to its deps. */
-function servedApp(overrides: Partial<AppDeps> = {}) {
-  return createApp({
-    servedModelName: "gym-edge/tiny",
-    maxModelLen: served.maxModelLen,
-    tokenizer: served.tokenizer,
-    engine,
-    isReady: () => true,
-    ...overrides,
-  });
-}
+const { engine, servedApp } = await servedTinyApp();
 
 const app = servedApp();
 const SLOW = { timeout: 120_000 };

@@ -8,26 +8,16 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
-import type { SubmittedRequest } from "../../src/engine/engine.ts";
 import { unsupportedFeatures } from "../../src/model/builder/convert.ts";
 import { Checkpoint, writeSafetensors } from "../../src/model/safetensors.ts";
 import { openWeights } from "../../src/model/weights.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { writeCheckpoint } from "../support/checkpoint.ts";
-import { openServedTiny, testCacheDir } from "../support/served.ts";
+import { generated, openServedTiny, testCacheDir } from "../support/served.ts";
 
 const SLOW = { timeout: 180_000 };
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-checkpoint-"));
 
-async function generate(req: SubmittedRequest) {
-  const ids: number[] = [];
-  const logprobs: number[] = [];
-  for await (const e of req.events) {
-    ids.push(e.tokenId);
-    logprobs.push(e.logprob);
-  }
-  return { ids, logprobs };
-}
 
 const greedy = SamplingParams.parse({ temperature: 0, max_tokens: 8, ignore_eos: true });
 const prompt = [9707, 11, 1879, 0, 42, 151644, 872, 198, 3555, 374];
@@ -81,8 +71,8 @@ describe("a checkpoint of the built-in model's weights", () => {
   test("is served under its own path and generates what the built-in model generates", SLOW, async () => {
     assert.equal(converted.loaded.id, path.resolve(dir));
     assert.ok(converted.loaded.dir.startsWith(path.join(testCacheDir(), "converted")), converted.loaded.dir);
-    const expected = await generate(builtin.engine.submit(prompt, greedy));
-    const actual = await generate(converted.engine.submit(prompt, greedy));
+    const expected = await generated(builtin.engine.submit(prompt, greedy));
+    const actual = await generated(converted.engine.submit(prompt, greedy));
     assert.deepEqual(actual.ids, expected.ids);
     actual.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - expected.logprobs[i]) < 1e-5, `token ${i}`));
   });

@@ -14,10 +14,11 @@ import {
 } from "../../src/model/builder/build.ts";
 import { decodeModel } from "../../src/model/builder/onnx-read.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
-import { EngineRunner, openEngineRunner } from "../../src/model/engine-runner.ts";
+import { openEngineRunner } from "../../src/model/engine-runner.ts";
 import { engineRowCapacity } from "../../src/model/engine-kv.ts";
 import { backendFor } from "../../src/model/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
+import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
@@ -29,33 +30,10 @@ const PAD = 151643;
 const SLOW = { timeout: 120_000 };
 const sha256 = (file: string) => createHash("sha256").update(fs.readFileSync(file)).digest("hex");
 
-/** Deterministic token ids spread over the vocabulary. */
-const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % 150000);
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
-}
-
-function assertClose(actual: Float32Array, expected: Float32Array, what: string): void {
-  const diff = maxDiff(actual, expected);
-  assert.ok(diff < 1e-4, `${what}: logits differ by ${diff}`);
-}
 
 /** Every position's logits and present K/V of a whole sequence, through the standard graph. */
 const standardRun = (ids: number[], dir = tiny) => standardRunOf(dir, ids);
 
-/** Prefills `ids` into `row` in chunks of `chunk` tokens; returns the last chunk's logits (copied). */
-async function prefill(runner: EngineRunner, row: number, ids: number[], chunk = ids.length, from = 0) {
-  let logits = new Float32Array(0);
-  for (let start = from; start < ids.length; start += chunk) {
-    const [out] = await runner.step([{ row, tokens: ids.slice(start, start + chunk), start }]);
-    logits = out.slice();
-  }
-  return logits;
-}
 
 const open = async (maxRows = 4, dir = tiny) =>
   openEngineRunner({ dir, backend: await backendFor("cpu"), maxRows, maxLength: 4096 });

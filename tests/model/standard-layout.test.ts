@@ -7,26 +7,16 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import type { SubmittedRequest } from "../../src/engine/engine.ts";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
 import { EngineRunner } from "../../src/model/engine-runner.ts";
 import { StandardRunner } from "../../src/model/standard-runner.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { writeForeignModel } from "../support/foreign-model.ts";
-import { openServedTiny } from "../support/served.ts";
+import { generated, openServedTiny } from "../support/served.ts";
 
 const SLOW = { timeout: 180_000 };
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-standard-layout-"));
 
-async function generate(req: SubmittedRequest) {
-  const ids: number[] = [];
-  const logprobs: number[] = [];
-  for await (const e of req.events) {
-    ids.push(e.tokenId);
-    logprobs.push(e.logprob);
-  }
-  return { ids, logprobs };
-}
 
 const greedy = SamplingParams.parse({ temperature: 0, max_tokens: 10, ignore_eos: true });
 const prompts = [[9707, 11, 1879, 0, 42], [151644, 872, 198, 3555, 374, 220, 17, 10, 17, 30, 151645, 198], [1000, 2000]];
@@ -53,10 +43,10 @@ describe("a model in another exporter's names", () => {
   });
 
   test("gives the engine graph's tokens and logprobs, alone and batched", SLOW, async () => {
-    const expected = await Promise.all(prompts.map((p) => generate(builtin.engine.submit(p, greedy))));
-    const together = await Promise.all(prompts.map((p) => generate(foreign.engine.submit(p, greedy))));
+    const expected = await Promise.all(prompts.map((p) => generated(builtin.engine.submit(p, greedy))));
+    const together = await Promise.all(prompts.map((p) => generated(foreign.engine.submit(p, greedy))));
     const alone = [];
-    for (const p of prompts) alone.push(await generate(foreign.engine.submit(p, greedy)));
+    for (const p of prompts) alone.push(await generated(foreign.engine.submit(p, greedy)));
     for (const [what, results] of [["batched", together], ["alone", alone]] as const) {
       results.forEach((r, i) => {
         assert.deepEqual(r.ids, expected[i].ids, `${what} prompt ${i}`);

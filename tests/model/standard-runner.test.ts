@@ -7,6 +7,7 @@ import { buildModel } from "../../src/model/builder/build.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
 import { StandardRunner } from "../../src/model/standard-runner.ts";
 import { backendFor } from "../../src/model/backends.ts";
+import { assertClose, maxDiff, prefill, tokens } from "../support/runner-checks.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-standard-runner-"));
@@ -15,33 +16,10 @@ const arch = PRESETS.tiny.arch;
 // Sessions and reference runs take seconds on a small machine; Bun's default limit is 5 s a test.
 const SLOW = { timeout: 120_000 };
 
-/** Deterministic token ids spread over the vocabulary. */
-const tokens = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % 150000);
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
-}
-
-function assertClose(actual: Float32Array, expected: Float32Array, what: string): void {
-  const diff = maxDiff(actual, expected);
-  assert.ok(diff < 1e-4, `${what}: logits differ by ${diff}`);
-}
 
 /** Every position's logits and present K/V of a whole sequence, through the standard graph. */
 const standardRun = (ids: number[]) => standardRunOf(tiny, ids);
 
-/** Prefills `ids` into `row` in chunks of `chunk` tokens; returns the last chunk's logits (copied). */
-async function prefill(runner: StandardRunner, row: number, ids: number[], chunk = ids.length, from = 0) {
-  let logits = new Float32Array(0);
-  for (let start = from; start < ids.length; start += chunk) {
-    const [out] = await runner.step([{ row, tokens: ids.slice(start, start + chunk), start }]);
-    logits = out.slice();
-  }
-  return logits;
-}
 
 async function open(maxRows = 4) {
   const backend = await backendFor("cpu");

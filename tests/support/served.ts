@@ -2,6 +2,7 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import { ServerConfig } from "../../src/config.ts";
+import type { SubmittedRequest } from "../../src/engine/engine.ts";
 import { silentLogger } from "../../src/log.ts";
 import { loadServedModel, type ServedModel } from "../../src/server.ts";
 import { ensureBuiltinModel } from "../../src/model/builtin.ts";
@@ -20,4 +21,15 @@ export function tinyModelDir(): Promise<string> {
 export async function openServedTiny(flags: Partial<Record<keyof ServerConfig, unknown>> = {}): Promise<ServedModel> {
   const config = ServerConfig.parse({ device: "cpu", cacheDir: testCacheDir(), ...flags });
   return await loadServedModel(config, silentLogger);
+}
+
+/** The token ids and logprobs a submitted request generates. */
+export async function generated(req: SubmittedRequest): Promise<{ ids: number[]; logprobs: number[] }> {
+  const ids: number[] = [];
+  const logprobs: number[] = [];
+  for await (const e of req.events) {
+    ids.push(e.tokenId);
+    logprobs.push(e.logprob);
+  }
+  return { ids, logprobs };
 }
