@@ -11,13 +11,15 @@ import { SamplingParams, type SamplingParamsInput } from "../engine/sampling-par
 import type { TokenEvent } from "../engine/sequence.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError, NotReadyError } from "./errors.ts";
+import type { FinishReason as SequenceFinish } from "../engine/sequence.ts";
 import type { FinishReason, StopReason } from "./protocol.ts";
 import type { SamplingRequestFields } from "./schemas.ts";
 
 /** The engine as the API uses it. */
 export interface GenerationEngine {
   submit(promptIds: readonly number[], params: SamplingParams, sampleIndex?: number): SubmittedRequest;
-  abort(id: number): void;
+  /** Ends a request; `reason` (default "abort") is what it finished for. */
+  abort(id: number, reason?: SequenceFinish): void;
   readonly policyVersion: number;
 }
 
@@ -216,7 +218,7 @@ export class Generation {
         yield { kind: "token", index, token, text: check.text };
         if (check.stop !== null) {
           done = true;
-          engine.abort(request.id);
+          engine.abort(request.id, "stop");
           yield { kind: "finish", index, text: "", finishReason: "stop", stopReason: check.stop };
           return;
         }

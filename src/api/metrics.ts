@@ -23,7 +23,7 @@ export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics 
     get policyVersion() {
       return engine.policyVersion;
     },
-    abort: (id) => engine.abort(id),
+    abort: (id, reason) => engine.abort(id, reason),
     submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
       let request: SubmittedRequest;
       try {

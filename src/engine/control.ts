@@ -14,6 +14,7 @@
  *           which weights produced it.
  * The swap empties the prefix cache and bumps the policy version; then the held requests run on the new weights.
  */
+import type { FinishReason } from "./sequence.ts";
 import type { Engine, SubmittedRequest } from "./engine.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import type { SamplingParams } from "./sampling-params.ts";
@@ -128,8 +129,8 @@ export class EngineControl {
     return this.#engine.submit(promptIds, params, sampleIndex);
   }
 
-  abort(id: number): void {
-    this.#engine.abort(id);
+  abort(id: number, reason?: FinishReason): void {
+    this.#engine.abort(id, reason);
   }
 
   status(): ControlStatus {

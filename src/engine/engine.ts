@@ -143,10 +143,13 @@ export class Engine {
     };
   }
 
-  /** Ends a request now (finish reason "abort"); its row and blocks are freed at once. */
-  abort(id: number): void {
+  /**
+   * Ends a request now; its row and blocks are freed at once. The reason is "abort" unless the caller ended it for
+   * another (a stop string it matched is a "stop").
+   */
+  abort(id: number, reason: FinishReason = "abort"): void {
     const seq = this.#byId.get(id);
-    if (seq) this.#finish(seq, "abort");
+    if (seq) this.#finish(seq, reason);
   }
 
   stats(): EngineStats {

@@ -29,7 +29,7 @@ export function testApp(overrides: Partial<AppDeps> = {}) {
 /** The tiny model served with a real engine (context 512), and apps over it with `overrides` applied to their deps. */
 export async function servedTinyApp() {
   const served = await openServedTiny({ maxModelLen: 512 });
-  const servedApp = (overrides: Partial<AppDeps> = {}) =>
+  const servedApp = (overrides: Partial<Parameters<typeof createApp>[0]> = {}) =>
     createApp({
       servedModelName: MODEL,
       maxModelLen: served.maxModelLen,

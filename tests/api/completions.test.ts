@@ -1,6 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { meteredEngine } from "../../src/api/metrics.ts";
 import { Completion } from "../../src/api/protocol.ts";
+import { ServingMetrics } from "../../src/metrics/serving.ts";
 import { errorOf, postJson, servedTinyApp, qwen3 } from "./app-fixture.ts";
 
 const { engine, servedApp } = await servedTinyApp();
@@ -124,4 +126,22 @@ test("completions errors are 400s naming the field", SLOW, async () => {
     assert.equal(err.param, param, JSON.stringify(body));
     assert.match(err.message, message, JSON.stringify(body));
   }
+});
+
+test("a stop string ends the sample as 'stop', in the answer and in the finished_reason metric", SLOW, async () => {
+  const metrics = new ServingMetrics("gym-edge/tiny");
+  const metered = servedApp({ engine: meteredEngine(engine, metrics), metrics });
+  const body = { prompt: "Once upon a time", max_tokens: 6, temperature: 0, ignore_eos: true };
+  const free = await complete(body);
+  // The greedy text's third character onwards is a stop string the same greedy run must meet.
+  const stop = free.choices[0].text.slice(2, 4);
+  assert.ok(stop.length > 0, `the free run generated text: ${JSON.stringify(free.choices[0].text)}`);
+  const res = await metered.request("/v1/completions", postJson({ ...body, stop: [stop] }));
+  const stopped = Completion.parse(await res.json());
+  assert.equal(stopped.choices[0].finish_reason, "stop");
+  assert.equal(stopped.choices[0].stop_reason, stop);
+  const text = await (await metered.request("/metrics")).text();
+  const series = (reason: string) => text.split("\n").find((l) => l.includes("request_success_total") && l.includes(`"${reason}"`));
+  assert.match(series("stop") ?? "", / 1$/);
+  assert.match(series("abort") ?? "", / 0$/);
 });
