@@ -205,7 +205,8 @@ async function* streamChat(
       created: shape.created,
       model: shape.model,
       choices,
-      ...(options.continuous ? { usage: usage() } : {}),
+      // With include_usage every chunk but the last carries usage as null, as OpenAI streams it.
+      ...(options.continuous ? { usage: usage() } : options.usage ? { usage: null } : {}),
       ...extra,
       policy_version: version,
     };

@@ -127,6 +127,8 @@ test("streaming sends a role chunk, one chunk per token with its ids and logprob
   const usage = chunks.at(-1)!;
   assert.deepEqual(usage.choices, []);
   assert.equal(usage.usage!.completion_tokens, 7);
+  // As OpenAI streams with include_usage: every other chunk carries usage, as null.
+  for (const chunk of chunks.slice(0, -1)) assert.equal(chunk.usage, null);
   for (const chunk of chunks) {
     assert.equal(chunk.id, chunks[0].id);
     assert.equal(typeof chunk.policy_version, "number");
