@@ -6,6 +6,7 @@ import { envRecord } from "./runtime/process.ts";
 import { createLogger, type Logger, type LogLevel } from "./log.ts";
 import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
+import { errorResponse, NotReadyError } from "./api/errors.ts";
 import { meteredEngine } from "./api/metrics.ts";
 import { formatRequestLine, RequestTracker, requestLogFields } from "./api/operations.ts";
 import { ChatTokenizer } from "./chat/template.ts";
@@ -210,11 +211,9 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
   return { ...running, ready, shutdown };
 }
 
+/** What every route answers while the model loads: the API's own 503, so clients retry as they would after it. */
 function notReady(req: Request): Response {
   const path = new URL(req.url).pathname;
   const message = path === "/health" ? "model is loading" : "the server is starting: the model is loading";
-  return Response.json({ error: { message, type: "service_unavailable", param: null, code: 503 } }, {
-    status: 503,
-    headers: { "Retry-After": "1" },
-  });
+  return errorResponse(new NotReadyError(message));
 }

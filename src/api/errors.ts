@@ -75,8 +75,8 @@ export class UnauthorizedError extends Error {
 
 /** The model is not loaded yet. */
 export class NotReadyError extends Error {
-  constructor() {
-    super("The model is not loaded yet; retry shortly.");
+  constructor(message = "The model is not loaded yet; retry shortly.") {
+    super(message);
     this.name = "NotReadyError";
   }
 }
@@ -127,7 +127,9 @@ function httpError(err: unknown): HttpError {
     return { ...invalid(405, err.message, null, "method_not_allowed"), headers: { allow: err.allowed.join(", ") } };
   }
   if (err instanceof PayloadTooLargeError) return invalid(413, err.message, null, "request_too_large");
-  if (err instanceof NotReadyError) return { status: 503, type: "server_error", code: "model_not_ready", param: null, message: err.message };
+  if (err instanceof NotReadyError) {
+    return { status: 503, type: "server_error", code: "model_not_ready", param: null, message: err.message, headers: { "Retry-After": "1" } };
+  }
   if (err instanceof HTTPException) {
     const type = err.status >= 500 ? "server_error" : "invalid_request_error";
     return { status: err.status, type, code: null, param: null, message: err.message || `HTTP ${err.status}` };
