@@ -47,7 +47,8 @@ function promptsOf(deps: AppDeps, request: CompletionRequest): Prompt[] {
   const fromIds = (ids: number[], param: string): Prompt => {
     const bad = ids.findIndex((id) => !deps.tokenizer.isKnownId(id));
     if (bad >= 0) throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary`, `${param}[${bad}]`);
-    return { ids, text: deps.tokenizer.decode(ids) };
+    // The text is only echoed: decoding a prompt that is then refused for its length would be wasted time.
+    return { ids, text: request.echo && ids.length < deps.maxModelLen ? deps.tokenizer.decode(ids) : "" };
   };
   if (typeof prompt === "string") return [fromText(prompt)];
   if (prompt.every((p) => typeof p === "number")) return [fromIds(prompt as number[], "prompt")];

@@ -193,12 +193,14 @@ test("GET routes and wrong methods: odd paths, queries and methods answer 2xx or
   }
 });
 
-test("a text far longer than the context is refused before tokenizing, and n is bounded", SLOW, async () => {
+test("a text or id prompt far longer than the context is refused before tokenizing or decoding, and n is bounded", SLOW, async () => {
   const word = "a".repeat(10_000_000);
   const started = performance.now();
   for (const [route, body] of [
     ["/v1/chat/completions", { messages: [{ role: "user", content: word }], max_tokens: 1 }],
     ["/v1/completions", { prompt: word, max_tokens: 1 }],
+    // Two million ids (12 MB of JSON): refused by their count, never decoded to text.
+    ["/v1/completions", { prompt: new Array(2_000_000).fill(9707), max_tokens: 1 }],
     ["/tokenize", { prompt: word }],
   ] as const) {
     const res = await fetch(base + route, { method: "POST", body: JSON.stringify(body) });
