@@ -9,6 +9,7 @@ import * as path from "node:path";
 import type { ModelRunner } from "../engine/model-runner.ts";
 import { unsupportedFeatures } from "./builder/convert.ts";
 import { EngineLayoutError } from "./builder/engine-decoder.ts";
+import { decodeModel } from "./builder/onnx-read.ts";
 import { type OpenEngineRunnerOptions, openEngineRunner } from "./engine-runner.ts";
 import { onnxFilesIn, type OnnxFiles } from "./model-files.ts";
 import type { OrtSession } from "./ort-types.ts";
@@ -57,6 +58,7 @@ export async function openStandardRunner(
       maxRows: options.maxRows,
       maxLength: options.maxLength ?? Number(config.max_position_embeddings ?? 2048),
       queue: backend.runQueue(),
+      padded: !opTypesOf(files.model).has("GroupQueryAttention"),
     });
   } catch (err) {
     await session.release();
@@ -78,6 +80,13 @@ function standardArch(session: OrtSession, config: Record<string, unknown>) {
     throw new Error(`cannot tell the KV cache shape of this graph (layers ${numLayers}, kv heads ${numKvHeads}, head size ${headDim})`);
   }
   return { numLayers, numKvHeads, headDim, vocabSize };
+}
+
+/** The operator types of an ONNX graph file. */
+function opTypesOf(file: string): Set<string> {
+  const bytes = fs.readFileSync(file);
+  const model = decodeModel(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return new Set(model.graph.nodes.map((n) => n.opType));
 }
 
 function readConfig(dir: string): Record<string, unknown> {

@@ -26,6 +26,12 @@ export interface StandardRunnerOptions {
   maxLength: number;
   /** The queue runs go through (share the backend's where sessions must not overlap). */
   queue?: RunQueue;
+  /**
+   * Whether rows of different lengths may share a run, padded and masked (default true). Graphs whose attention
+   * derives each row's cache length from its mask (GroupQueryAttention) misread a left-padded past: for them
+   * only rows of equal lengths share a run.
+   */
+  padded?: boolean;
 }
 
 type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
@@ -64,6 +70,7 @@ export class StandardRunner implements ModelRunner {
   readonly #headDim: number;
   #rows: RowKv[];
   #stepping = false;
+  readonly #padded: boolean;
 
   constructor(options: StandardRunnerOptions) {
     const { arch, session } = options;
@@ -78,6 +85,7 @@ export class StandardRunner implements ModelRunner {
     this.#kvHeads = arch.numKvHeads;
     this.#headDim = arch.headDim;
     this.#rows = Array.from({ length: options.maxRows }, emptyRow);
+    this.#padded = options.padded ?? true;
     this.vocabSize = arch.vocabSize;
     this.floatsPerToken = this.#count * arch.numKvHeads * arch.headDim;
     this.maxRows = options.maxRows;
@@ -87,6 +95,22 @@ export class StandardRunner implements ModelRunner {
   async step(inputs: RowInput[]): Promise<Float32Array[]> {
     this.#checkStep(inputs);
     for (const r of inputs) this.#grow(this.#rows[r.row], r.start + r.tokens.length);
+    if (this.#padded) return await this.#run(inputs);
+    // Without padding, rows of one past length and one chunk length run together; the others in runs of their own.
+    const groups = new Map<string, number[]>();
+    inputs.forEach((r, b) => {
+      const key = `${r.start}:${r.tokens.length}`;
+      groups.set(key, [...(groups.get(key) ?? []), b]);
+    });
+    const logits: Float32Array[] = new Array(inputs.length);
+    for (const members of groups.values()) {
+      const out = await this.#run(members.map((b) => inputs[b]));
+      members.forEach((b, i) => logits[b] = out[i]);
+    }
+    return logits;
+  }
+
+  async #run(inputs: RowInput[]): Promise<Float32Array[]> {
     // A row released while the run is queued or in flight (an aborted request) gets a new, empty cache; the
     // run reads and writes the one it started with.
     const targets = inputs.map((r) => this.#rows[r.row]);

@@ -16,15 +16,13 @@ const arch = PRESETS.tiny.arch;
 // Sessions and reference runs take seconds on a small machine; Bun's default limit is 5 s a test.
 const SLOW = { timeout: 120_000 };
 
-
 /** Every position's logits and present K/V of a whole sequence, through the standard graph. */
 const standardRun = (ids: number[]) => standardRunOf(tiny, ids);
 
-
-async function open(maxRows = 4) {
+async function open(maxRows = 4, padded = true) {
   const backend = await backendFor("cpu");
   const session = await backend.openFile({ model: path.join(tiny, "onnx/model.onnx"), externalData: [] });
-  return new StandardRunner({ session, Tensor: backend.Tensor, arch, maxRows, maxLength: 4096 });
+  return new StandardRunner({ session, Tensor: backend.Tensor, arch, maxRows, maxLength: 4096, padded });
 }
 
 describe("standard runner", () => {
@@ -58,35 +56,40 @@ describe("standard runner", () => {
     }
   });
 
-  test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, async () => {
-    const runner = await open();
-    try {
-      // Row 2 has its first 4 tokens cached already; the others start empty. One run pads them all.
-      const prompts = [tokens(5, 13), tokens(11, 14), tokens(13, 15)];
-      const rows = [3, 0, 2];
-      const next = [tokens(3, 16), tokens(3, 17), tokens(3, 18)];
-      const expected = await Promise.all(prompts.map((p, i) => standardRun([...p, ...next[i]])));
-      await prefill(runner, 2, prompts[2].slice(0, 4));
-      const starts = [0, 0, 4];
-      const logits = await runner.step(
-        rows.map((row, i) => ({ row, tokens: prompts[i].slice(starts[i]), start: starts[i] })),
-      );
-      logits.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length - 1), `prompt ${i} in row ${rows[i]}`));
-      // The padding left nothing behind: each row decodes on from its own prompt, in any order of rows.
-      for (let t = 0; t < 3; t++) {
-        const order = t === 1 ? [2, 0, 1] : [0, 1, 2];
-        const step = await runner.step(
-          order.map((i) => ({ row: rows[i], tokens: [next[i][t]], start: prompts[i].length + t })),
+  for (const padded of [true, false]) {
+    const how = padded ? "run together, padded" : "run in groups of equal lengths (no padding)";
+    test(`chunks of different lengths in rows out of order, ${how}, match their solo runs`, SLOW, async () => {
+      const runner = await open(4, padded);
+      try {
+        // Row 2 has its first 4 tokens cached already; the others start empty. One run pads them all.
+        const prompts = [tokens(5, 13), tokens(11, 14), tokens(13, 15)];
+        const rows = [3, 0, 2];
+        const next = [tokens(3, 16), tokens(3, 17), tokens(3, 18)];
+        const expected = await Promise.all(prompts.map((p, i) => standardRun([...p, ...next[i]])));
+        await prefill(runner, 2, prompts[2].slice(0, 4));
+        const starts = [0, 0, 4];
+        const logits = await runner.step(
+          rows.map((row, i) => ({ row, tokens: prompts[i].slice(starts[i]), start: starts[i] })),
         );
-        step.forEach((l, k) => {
-          const i = order[k];
-          assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`);
-        });
+        logits.forEach((l, i) =>
+          assertClose(l, expected[i].at(prompts[i].length - 1), `prompt ${i} in row ${rows[i]}`)
+        );
+        // The padding left nothing behind: each row decodes on from its own prompt, in any order of rows.
+        for (let t = 0; t < 3; t++) {
+          const order = t === 1 ? [2, 0, 1] : [0, 1, 2];
+          const step = await runner.step(
+            order.map((i) => ({ row: rows[i], tokens: [next[i][t]], start: prompts[i].length + t })),
+          );
+          step.forEach((l, k) => {
+            const i = order[k];
+            assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`);
+          });
+        }
+      } finally {
+        await runner.dispose();
       }
-    } finally {
-      await runner.dispose();
-    }
-  });
+    });
+  }
 
   test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, async () => {
     const runner = await open();
