@@ -8,6 +8,7 @@ import { RowTable } from "./rows.ts";
 import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./scheduler.ts";
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
+import { PromptScorer } from "./prompt-logprobs.ts";
 import { SequenceSampler } from "./sampler.ts";
 
 export interface EngineOptions {
@@ -72,6 +73,7 @@ export class Engine {
   #loop: Promise<void> | null = null;
   #preemptions = 0;
   #steps = 0;
+  #scorer: PromptScorer | null = null;
 
   constructor(runner: ModelRunner, readonly options: EngineOptions) {
     this.#runner = runner;
@@ -121,7 +123,7 @@ export class Engine {
       }
     }
     checkAgainstVocab(params, this.runner.vocabSize);
-    const seq = new Sequence(promptIds);
+    const seq = new Sequence(promptIds, params.prompt_logprobs);
     this.#samplers.set(seq, new SequenceSampler(params, promptIds, { eosTokenIds: this.options.eosTokenIds, index: sampleIndex }));
     this.#byId.set(seq.id, seq);
     if (this.#holding) this.#held.push(seq);
@@ -306,15 +308,30 @@ export class Engine {
   /** Feeds several sequences' prefill chunks in one model run. */
   async #prefill(chunks: PrefillChunk[]): Promise<void> {
     if (chunks.length === 0) return;
-    const logits = await this.runner.step(chunks.map(({ seq, tokens }) => {
+    const logits = await this.runner.step(chunks.map(({ seq, tokens, allLogits }) => {
       const start = seq.numComputed;
-      return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start };
+      return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
     }));
-    chunks.forEach(({ seq, tokens }, i) => {
+    chunks.forEach(({ seq, tokens, allLogits }, i) => {
+      let last = logits[i];
+      if (allLogits) {
+        this.#scorePrompt(seq, seq.numComputed, tokens, logits[i]);
+        last = logits[i].subarray((tokens - 1) * this.runner.vocabSize);
+      }
       seq.numComputed += tokens;
-      if (!seq.isPrefilling) this.#sample(seq, logits[i]);
+      if (!seq.isPrefilling) this.#sample(seq, last);
       else this.#cacheFullBlocks(seq);
     });
+  }
+
+  /** Fills the prompt log-probabilities of the tokens after positions [start, start + count) (logits in turn). */
+  #scorePrompt(seq: Sequence, start: number, count: number, logits: Float32Array): void {
+    const vocab = this.runner.vocabSize;
+    this.#scorer ??= new PromptScorer(vocab);
+    for (let i = 0; i < count && start + i + 1 < seq.promptLength; i++) {
+      const at = start + i + 1;
+      seq.promptLogprobs![at] = this.#scorer.score(logits.subarray(i * vocab, (i + 1) * vocab), seq.tokens[at], seq.promptTopLogprobs!);
+    }
   }
 
   #sample(seq: Sequence, logits: Float32Array): void {
@@ -331,6 +348,7 @@ export class Engine {
       topLogprobs: pick.topLogprobs,
       policyVersion: this.#policyVersion,
     };
+    if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
     const reason = this.#stopReason(seq, sampler.params, pick.tokenId);
     if (reason) event.finishReason = reason;
     seq.events.push(event);

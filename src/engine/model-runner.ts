@@ -8,6 +8,8 @@ export interface RowInput {
   row: number;
   tokens: number[];
   start: number;
+  /** The row wants the logits of every token it feeds (prompt log-probabilities), not only of its last. */
+  allLogits?: boolean;
 }
 
 export interface ModelRunner {
@@ -19,7 +21,7 @@ export interface ModelRunner {
   readonly maxRows: number;
   /**
    * Runs the model on rows (any distinct rows, each feeding any number of tokens) and returns, per row, the
-   * logits of its last fed token. Rows in one ascending range that feed one token each (a decode step) are the
+   * logits of its last fed token (vocabSize floats), or with `allLogits` those of each fed token in turn. Rows in one ascending range that feed one token each (a decode step) are the
    * cheapest: the runner reads their cache in place.
    * Afterwards each row's cache holds [0, start + tokens.length).
    */

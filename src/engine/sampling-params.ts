@@ -60,6 +60,8 @@ export const SamplingParams = z
     /** How many top log-probabilities to return per token; null: none (the sampled token's own is always there). */
     logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish().transform((n) => n ?? null),
     logprobs_mode: LogprobsMode,
+    /** Log-probabilities of the prompt's tokens with this many top alternatives each; null: none. */
+    prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish().transform((n) => n ?? null),
   })
   .superRefine((p, ctx) => {
     if (p.max_tokens !== null && p.min_tokens > p.max_tokens) {

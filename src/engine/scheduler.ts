@@ -40,17 +40,21 @@ export interface StepPlan {
 export interface PrefillChunk {
   seq: Sequence;
   tokens: number;
+  /** The chunk needs the logits of each of its tokens (prompt log-probabilities). */
+  allLogits?: boolean;
 }
 
 /**
  * Groups a step's prefill chunks into model runs. A run pads its rows to its longest chunk, so chunks are sorted
  * by length and a run takes only chunks at least half as long as its first: padding never doubles a run's work.
+ * A chunk that needs the logits of all its tokens (prompt log-probabilities) runs alone.
  */
 export function prefillRuns(chunks: readonly PrefillChunk[]): PrefillChunk[][] {
   const runs: PrefillChunk[][] = [];
   for (const chunk of [...chunks].sort((a, b) => b.tokens - a.tokens)) {
     const run = runs.at(-1);
-    if (run && chunk.tokens * 2 >= run[0].tokens) run.push(chunk);
+    if (chunk.allLogits) runs.push([chunk]);
+    else if (run && !run[0].allLogits && chunk.tokens * 2 >= run[0].tokens) run.push(chunk);
     else runs.push([chunk]);
   }
   return runs;
@@ -112,7 +116,7 @@ export class Scheduler {
       const room = budget > 0 ? budget : plan.decode.length + plan.prefill.length === 0 ? 1 : 0;
       if (room === 0) break;
       const tokens = Math.min(seq.numPending, room);
-      plan.prefill.push({ seq, tokens });
+      plan.prefill.push({ seq, tokens, allLogits: seq.wantsAllLogits });
       budget -= tokens;
     }
     return plan;
@@ -156,17 +160,19 @@ export class Scheduler {
     let next = 0;
     while (next < this.waiting.length && this.running.length < this.limits.maxNumSeqs) {
       const seq = this.waiting[next];
-      if (this.prefixCaching && this.#awaitsSharedPrefill(seq)) {
+      // Prompt log-probabilities need the whole prompt computed: such a sequence neither waits for nor reuses a prefix.
+      const reuses = this.prefixCaching && seq.promptLogprobs === null;
+      if (reuses && this.#awaitsSharedPrefill(seq)) {
         next++;
         continue;
       }
       // Leave at least one token to compute: the step must produce logits to sample from.
-      const cachedBlocks = this.prefixCaching ? this.cache.match(seq.tokens, seq.length - 1) : [];
+      const cachedBlocks = reuses ? this.cache.match(seq.tokens, seq.length - 1) : [];
       const cached = cachedBlocks.length * this.cache.blockSize;
       const demand = { numComputed: cached, numPending: seq.length - cached };
       if (this.running.length > 0 && !this.#fits([...this.running, demand])) break;
       this.waiting.splice(next, 1);
-      if (this.prefixCaching) this.cache.countLookup(seq.length, cached);
+      if (reuses) this.cache.countLookup(seq.length, cached);
       this.cache.acquire(cachedBlocks);
       seq.status = "running";
       seq.numComputed = cached;

@@ -3,6 +3,15 @@ import { EventQueue } from "./event-queue.ts";
 
 export type FinishReason = "stop" | "length" | "abort";
 
+/** A prompt token's log-probability under the model (raw log-softmax), its rank, and the top alternatives. */
+export interface PromptLogprob {
+  tokenId: number;
+  logprob: number;
+  /** 1 for the most likely token. */
+  rank: number;
+  topLogprobs: { tokenId: number; logprob: number }[];
+}
+
 /** One generated token, as the engine reports it. */
 export interface TokenEvent {
   /** Index of this token in the generation (0-based). */
@@ -16,6 +25,8 @@ export interface TokenEvent {
   finishReason?: FinishReason;
   /** Version of the weights that produced this token. */
   policyVersion: number;
+  /** On the first event of a request that asked for them: one per prompt token, null for the first. */
+  promptLogprobs?: (PromptLogprob | null)[];
 }
 
 export type SequenceStatus = "waiting" | "running" | "finished";
@@ -44,11 +55,22 @@ export class Sequence {
   readonly arrivedAt = performance.now();
   firstTokenAt: number | null = null;
   scheduledAt: number | null = null;
+  /**
+   * With prompt log-probabilities asked for (top `promptTopLogprobs` each), one entry per prompt position, filled as
+   * the prompt is computed; such a sequence computes its whole prompt (no prefix-cache reuse).
+   */
+  readonly promptLogprobs: (PromptLogprob | null)[] | null;
 
-  constructor(promptIds: readonly number[]) {
+  constructor(promptIds: readonly number[], readonly promptTopLogprobs: number | null = null) {
     this.id = nextSequenceId++;
     this.tokens = [...promptIds];
     this.promptLength = promptIds.length;
+    this.promptLogprobs = promptTopLogprobs === null ? null : new Array(promptIds.length).fill(null);
+  }
+
+  /** Whether the next prefill chunk needs the logits of each of its tokens. */
+  get wantsAllLogits(): boolean {
+    return this.promptLogprobs !== null && this.numComputed < this.promptLength - 1;
   }
 
   get length(): number {

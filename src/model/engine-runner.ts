@@ -83,7 +83,8 @@ export class EngineRunner implements ModelRunner {
     this.#stepping = true;
     try {
       return await this.#queue.run(async () => {
-        const out = await this.#session.run(this.#feeds(inputs, seq));
+        const picks = Math.max(...inputs.map((r) => r.allLogits ? r.tokens.length : 1));
+        const out = await this.#session.run(this.#feeds(inputs, seq, picks));
         const rows = inputs.map((r) => r.row);
         const starts = inputs.map((r) => r.start);
         const lengths = inputs.map((r) => r.tokens.length);
@@ -93,7 +94,8 @@ export class EngineRunner implements ModelRunner {
         }
         for (const r of inputs) this.#lengths[r.row] = r.start + r.tokens.length;
         const logits = out.logits.data as Float32Array;
-        return inputs.map((_, b) => logits.subarray(b * this.vocabSize, (b + 1) * this.vocabSize));
+        const v = this.vocabSize;
+        return inputs.map((r, b) => logits.subarray(b * picks * v, (b * picks + (r.allLogits ? r.tokens.length : 1)) * v));
       });
     } finally {
       this.#stepping = false;
@@ -148,23 +150,28 @@ export class EngineRunner implements ModelRunner {
     await this.#queue.run(() => this.#session.release());
   }
 
-  /** Feeds of one run: rows shorter than `seq` are padded on the right (their last token, at its position). */
-  #feeds(inputs: RowInput[], seq: number): Record<string, OrtTensor> {
+  /**
+   * Feeds of one run: rows shorter than `seq` are padded on the right (their last token, at its position); each
+   * row picks `picks` positions for logits (its last token's, repeated, or each of its tokens' then the last's).
+   */
+  #feeds(inputs: RowInput[], seq: number, picks: number): Record<string, OrtTensor> {
     const count = inputs.length;
     const ids = new BigInt64Array(count * seq);
     const positions = new BigInt64Array(count * seq);
+    const logitIndex = new BigInt64Array(count * picks);
     inputs.forEach((r, b) => {
       const last = r.tokens.length - 1;
       for (let s = 0; s < seq; s++) {
         ids[b * seq + s] = BigInt(r.tokens[Math.min(s, last)]);
         positions[b * seq + s] = BigInt(r.start + Math.min(s, last));
       }
+      for (let p = 0; p < picks; p++) logitIndex[b * picks + p] = BigInt(r.allLogits ? Math.min(p, last) : last);
     });
     const feeds: Record<string, OrtTensor> = {
       input_ids: new this.#Tensor("int64", ids, [count, seq]),
       position_ids: new this.#Tensor("int64", positions, [count, seq]),
       past_lengths: new this.#Tensor("int64", BigInt64Array.from(inputs, (r) => BigInt(r.start)), [count]),
-      last_index: new this.#Tensor("int64", BigInt64Array.from(inputs, (r) => BigInt(r.tokens.length - 1)), [count]),
+      logit_index: new this.#Tensor("int64", logitIndex, [count, picks]),
     };
     const { numKvHeads: kvh, headDim: d } = this.#kv.shape;
     const m = this.#kv.capacity;

@@ -134,8 +134,8 @@ export class StandardRunner implements ModelRunner {
         inputs.forEach((r, b) => targets[b].length = r.start + r.tokens.length);
         const logits = await cpuFloats(out.logits, "logits");
         return inputs.map((r, b) => {
-          const at = (b * seq + r.tokens.length - 1) * this.vocabSize;
-          return logits.subarray(at, at + this.vocabSize);
+          const first = r.allLogits ? 0 : r.tokens.length - 1;
+          return logits.subarray((b * seq + first) * this.vocabSize, (b * seq + r.tokens.length) * this.vocabSize);
         });
       });
     } finally {

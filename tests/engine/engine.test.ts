@@ -143,6 +143,31 @@ describe("engine", () => {
     });
   });
 
+  test("prompt logprobs equal the model's log-softmax at each prompt position, across prefill chunks", SLOW, async () => {
+    // 100 tokens with a 64-token step budget: two chunks, the second beside another request's decoding.
+    const p = prompt(100, 40);
+    const other = engine.submit(prompt(9, 41), greedy(6));
+    const result = await collect(engine.submit(p, params({ temperature: 0, max_tokens: 2, prompt_logprobs: 3 })));
+    await collect(other);
+    const entries = result.events[0].promptLogprobs!;
+    assert.equal(entries.length, p.length);
+    assert.equal(entries[0], null, "the first token has nothing before it");
+    assert.ok(result.events.slice(1).every((e) => e.promptLogprobs === undefined), "only the first event carries them");
+    const { at: logitsAt } = await standardRun(dir, p);
+    for (let i = 1; i < p.length; i++) {
+      const entry = entries[i]!;
+      const logits = logitsAt(i - 1);
+      assert.equal(entry.tokenId, p[i]);
+      assert.ok(Math.abs(entry.logprob - logSoftmaxAt(logits, 1, p[i])) < 1e-4, `position ${i}`);
+      assert.equal(entry.rank, 1 + logits.filter((v) => v > logits[p[i]]).length, `rank at ${i}`);
+      assert.equal(entry.topLogprobs.length, 3);
+      const best = logits.reduce((b, v, k) => (v > logits[b] ? k : b), 0);
+      assert.equal(entry.topLogprobs[0].tokenId, best, `top token at ${i}`);
+      assert.ok(Math.abs(entry.topLogprobs[0].logprob - logSoftmaxAt(logits, 1, best)) < 1e-4);
+    }
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
   test("a seeded request gives the same tokens alone and under concurrent load", SLOW, async () => {
     const seeded = () => params({ temperature: 1, seed: 1234, max_tokens: 10, ignore_eos: true });
     const alone = await collect(engine.submit(prompt(11, 6), seeded()));
@@ -205,6 +230,18 @@ describe("engine prefix cache", () => {
     const results = await Promise.all([0, 1, 2, 3].map((i) => collect(engine.submit(p, sampling, i))));
     assert.equal(engine.stats().cache.hitTokens - before, 3 * 64, "samples 2..4 reuse the first one's 4 blocks");
     assert.equal(new Set(results.map((r) => r.ids.join())).size, 4, "each sample has its own stream");
+    assert.equal(engine.cache.totalRefs, 0);
+  });
+
+  test("a request for prompt logprobs computes its whole prompt even when the prefix is cached", SLOW, async () => {
+    const { engine } = served;
+    const p = prompt(40, 14);
+    await collect(engine.submit(p, greedy(2)));
+    const before = engine.stats().cache.hitTokens;
+    const withPrompt = await collect(engine.submit(p, params({ temperature: 0, max_tokens: 2, prompt_logprobs: 0 })));
+    assert.equal(engine.stats().cache.hitTokens, before, "no cached block was reused");
+    const entries = withPrompt.events[0].promptLogprobs!;
+    assert.ok(entries.slice(1).every((e) => e !== null && e.topLogprobs.length === 0), "every position scored");
     assert.equal(engine.cache.totalRefs, 0);
   });
 

@@ -54,12 +54,12 @@ describe("engine runner", () => {
       "input_ids:7:[batch_size,sequence_length]",
       "position_ids:7:[batch_size,sequence_length]",
       "past_lengths:7:[batch_size]",
-      "last_index:7:[batch_size]",
+      "logit_index:7:[batch_size,logit_positions]",
       "key_cache.0:1:[batch_size,2,16,cache_length]",
       "value_cache.0:1:[batch_size,2,cache_length,16]",
     ]);
     assert.deepEqual(io(model.graph.outputs).slice(0, 3), [
-      "logits:1:[batch_size,151936]",
+      "logits:1:[logit_rows,151936]",
       "key.0:1:[batch_size,2,sequence_length,16]",
       "value.0:1:[batch_size,2,sequence_length,16]",
     ]);
@@ -186,6 +186,25 @@ describe("engine runner", () => {
         const step = await runner.step(rows.map((row, i) => ({ row, tokens: [next[i][t]], start: prompts[i].length + t })));
         step.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`));
       }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
+  test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, async () => {
+    const runner = await open();
+    try {
+      const [a, b] = [tokens(13, 19), tokens(6, 20)];
+      const [expectedA, expectedB] = await Promise.all([standardRun(a), standardRun(b)]);
+      await prefill(runner, 1, a.slice(0, 5));
+      const [all, last] = await runner.step([
+        { row: 1, tokens: a.slice(5), start: 5, allLogits: true },
+        { row: 0, tokens: b, start: 0 },
+      ]);
+      assert.equal(all.length, 8 * VOCAB);
+      for (let p = 5; p < 13; p++) assertClose(all.subarray((p - 5) * VOCAB, (p - 4) * VOCAB), expectedA.at(p), `position ${p}`);
+      assert.equal(last.length, VOCAB);
+      assertClose(last, expectedB.at(5), "the other row's last position");
     } finally {
       await runner.dispose();
     }

@@ -3,10 +3,11 @@
  * only (the engine keeps it in its row buffers); the graph returns just the new tokens' K/V and the logits of
  * each row's last token, so no step copies the cache or a [B, S, vocab] tensor.
  *   inputs   input_ids, position_ids [B, S] int64; past_lengths [B] int64 (valid cache slots per row);
- *            last_index [B] int64 (each row's last real token: rows shorter than S are padded on the right);
+ *            logit_index [B, P] int64 (the positions whose logits a row wants: its last real token, or each of
+ *            its tokens for prompt log-probabilities; rows shorter than S are padded on the right);
  *            key_cache.{i} [B, KvH, D, M] (K transposed: Q·K needs no transpose), value_cache.{i} [B, KvH, M, D]
- *   outputs  logits [B, vocab] float32 (at last_index); key.{i}, value.{i} [B, KvH, S, D] (rotated K, V of the new
- *            tokens; a padded row's tail is garbage the runner does not keep)
+ *   outputs  logits [B * P, vocab] float32 (at logit_index, row-major); key.{i}, value.{i} [B, KvH, S, D] (rotated
+ *            K, V of the new tokens; a padded row's tail is garbage the runner does not keep)
  * Its weights are the standard graph's (same names, shapes and bytes); see writeEngineGraph.
  */
 import * as fs from "node:fs";
@@ -26,7 +27,7 @@ export const ENGINE_DIMS = {
 } as const;
 
 /** The emitted graph's name, with its version: bump it whenever the emitter's output changes, so stale files are rewritten. */
-export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v3";
+export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v4";
 
 /** Masks and sizes shared by every layer's attention. */
 interface EngineMasks {
@@ -98,15 +99,12 @@ function attendCacheAndNew(
   return g.op("Reshape", [bshd, g.int64([0, 0, h * d])]);
 }
 
-/** Hidden states [B, H] of x [B, S, H] at each row's position lastIndex[b]. */
-function lastPositions(g: GraphBuilder, x: string, lastIndex: string): string {
-  const shape = g.op("Concat", [
-    g.op("Shape", [x], { start: 0, end: 1 }),
-    g.int64([1]),
-    g.op("Shape", [x], { start: 2, end: 3 }),
-  ], { axis: 0 }); // [B, 1, H]
-  const index = g.op("Expand", [g.op("Unsqueeze", [lastIndex, g.int64([1, 2])]), shape]);
-  return g.op("Squeeze", [g.op("GatherElements", [x, index], { axis: 1 }), g.int64([1])]);
+/** Hidden states [B * P, H] of x [B, S, H] at each row's positions index[b, 0..P). */
+function atPositions(g: GraphBuilder, x: string, index: string, hidden: number): string {
+  const shape = g.op("Concat", [g.op("Shape", [index]), g.op("Shape", [x], { start: 2, end: 3 })], { axis: 0 }); // [B, P, H]
+  const expanded = g.op("Expand", [g.op("Unsqueeze", [index, g.int64([2])]), shape]);
+  const picked = g.op("GatherElements", [x, expanded], { axis: 1 }); // [B, P, H]
+  return g.op("Reshape", [picked, g.int64([-1, hidden])]);
 }
 
 /** What to emit; `weights` is read only if the model is written with writeOnnx (not by writeEngineGraph). */
@@ -124,7 +122,7 @@ export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions)
   const inputIds = g.input("input_ids", DataType.INT64, [batch, seq]);
   const positionIds = g.input("position_ids", DataType.INT64, [batch, seq]);
   const pastLengths = g.input("past_lengths", DataType.INT64, [batch]);
-  const lastIndex = g.input("last_index", DataType.INT64, [batch]);
+  const logitIndex = g.input("logit_index", DataType.INT64, [batch, "logit_positions"]);
   for (let i = 0; i < arch.numLayers; i++) {
     g.input(`key_cache.${i}`, ctx.act, [batch, kvh, d, cache]);
     g.input(`value_cache.${i}`, ctx.act, [batch, kvh, cache, d]);
@@ -144,13 +142,13 @@ export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions)
     // Only each row's last real position reaches lm_head, and Gemm writes the graph output itself: no
     // [B, S, vocab] tensor and no copy of the logits into the output. Causal attention keeps a row's real tokens
     // blind to the padding after them.
-    const last = rmsNorm(ctx, lastPositions(g, x, lastIndex), modelWeightNames.finalNorm);
+    const last = rmsNorm(ctx, atPositions(g, x, logitIndex, arch.hiddenSize), modelWeightNames.finalNorm);
     const table = ctx.param(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
     if (ctx.act === DataType.FLOAT) g.op("Gemm", [last, table], { transB: 1 }, { outputs: ["logits"] });
     else g.op("Cast", [g.op("Gemm", [last, table], { transB: 1 })], { to: DataType.FLOAT }, { outputs: ["logits"] });
   });
 
-  g.output("logits", DataType.FLOAT, [batch, arch.vocabSize]);
+  g.output("logits", DataType.FLOAT, ["logit_rows", arch.vocabSize]);
   for (let i = 0; i < arch.numLayers; i++) {
     g.output(`key.${i}`, ctx.act, [batch, kvh, seq, d]);
     g.output(`value.${i}`, ctx.act, [batch, kvh, seq, d]);
