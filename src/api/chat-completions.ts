@@ -19,6 +19,7 @@ import {
   type FinishReason,
   floorLogprob,
   nowSeconds,
+  promptLogprobsOf,
   randomId,
   TokenNames,
   usageOf,
@@ -40,7 +41,9 @@ function checkRequest(request: ChatCompletionRequest, body: Record<string, unkno
       "response_format",
     );
   }
-  if (request.prompt_logprobs != null) throw new InvalidRequestError("prompt_logprobs is not supported yet", "prompt_logprobs");
+  if (request.prompt_logprobs != null && request.stream) {
+    throw new InvalidRequestError("prompt_logprobs is not supported with stream yet", "prompt_logprobs");
+  }
   if (request.stream_options && !request.stream) {
     throw new InvalidRequestError("stream_options can only be given when stream is true", "stream_options");
   }
@@ -73,6 +76,7 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
       maxTokens: request.max_completion_tokens ?? request.max_tokens,
       defaultMaxTokens: "room",
       topLogprobs: request.logprobs ? request.top_logprobs ?? 0 : null,
+      promptLogprobs: request.prompt_logprobs ?? null,
       promptParam: "messages",
     });
     const generation = new Generation({
@@ -163,7 +167,7 @@ async function completeChat(generation: Generation, shape: ChatShape, currentVer
     service_tier: null,
     system_fingerprint: null,
     usage: usageOf(shape.promptIds.length, tokens.length),
-    prompt_logprobs: null,
+    prompt_logprobs: promptLogprobsOf(shape.names.texts, results[0]?.tokens[0]?.promptLogprobs),
     prompt_token_ids: shape.returnTokenIds ? [...shape.promptIds] : null,
     kv_transfer_params: null,
     policy_version: policyVersionOf(currentVersion, tokens),

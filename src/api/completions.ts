@@ -5,6 +5,7 @@
 import { Hono } from "hono";
 import { TokenTexts } from "../chat/detokenize.ts";
 import { readJson } from "./body.ts";
+import { MAX_TOP_LOGPROBS } from "../engine/sampling-params.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
@@ -12,8 +13,11 @@ import { assertServedModel } from "./models.ts";
 import {
   type Completion,
   type CompletionChoice,
+  type CompletionLogprobs,
   legacyLogprobs,
+  legacyPromptLogprobs,
   nowSeconds,
+  promptLogprobsOf,
   randomId,
   TokenNames,
   usageOf,
@@ -29,13 +33,23 @@ interface Prompt {
 
 function checkRequest(request: CompletionRequest): void {
   if (request.suffix != null) throw new InvalidRequestError("suffix is not supported", "suffix");
-  if (request.prompt_logprobs != null) throw new InvalidRequestError("prompt_logprobs is not supported yet", "prompt_logprobs");
-  if (request.echo && request.logprobs != null) {
-    throw new InvalidRequestError("echo with logprobs needs the prompt's log-probabilities, which are not supported yet", "echo");
+  const promptTop = request.prompt_logprobs;
+  if (promptTop != null && (promptTop < 0 || promptTop > MAX_TOP_LOGPROBS)) {
+    throw new InvalidRequestError(`prompt_logprobs must be from 0 to ${MAX_TOP_LOGPROBS}, got ${promptTop}`, "prompt_logprobs");
+  }
+  if (request.stream && (request.prompt_logprobs != null || (request.echo && request.logprobs != null))) {
+    throw new InvalidRequestError("prompt log-probabilities (prompt_logprobs, echo with logprobs) are not supported with stream yet", "stream");
   }
   if (request.stream_options && !request.stream) {
     throw new InvalidRequestError("stream_options can only be given when stream is true", "stream_options");
   }
+}
+
+/** Top alternatives per prompt token the request needs: for prompt_logprobs, and for echo with logprobs. */
+function promptLogprobsWanted(request: CompletionRequest): number | null {
+  const echoed = request.echo && request.logprobs != null ? request.logprobs : null;
+  if (request.prompt_logprobs == null) return echoed;
+  return Math.max(request.prompt_logprobs, echoed ?? 0);
 }
 
 function promptsOf(deps: AppDeps, request: CompletionRequest): Prompt[] {
@@ -77,6 +91,7 @@ export function completionRoutes(deps: AppDeps): Hono {
             maxTokens: request.max_tokens,
             defaultMaxTokens: 16,
             topLogprobs: request.logprobs ?? null,
+            promptLogprobs: promptLogprobsWanted(request),
             promptParam: "prompt",
           }),
           text: textOptions(request),
@@ -97,6 +112,7 @@ export function completionRoutes(deps: AppDeps): Hono {
       echo: request.echo ?? false,
       names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
       topLogprobs: request.logprobs ?? null,
+      promptLogprobs: request.prompt_logprobs != null,
       returnTokenIds: request.return_token_ids ?? false,
       version: engine.policyVersion,
     };
@@ -120,8 +136,21 @@ interface CompletionShape {
   echo: boolean;
   names: TokenNames;
   topLogprobs: number | null;
+  /** The request asked for prompt_logprobs (echo with logprobs puts them in `logprobs` instead). */
+  promptLogprobs: boolean;
   returnTokenIds: boolean;
   version: number;
+}
+
+/** The echoed prompt's legacy logprobs followed by the generation's. */
+function withEchoedPrompt(prompt: CompletionLogprobs | null, generated: CompletionLogprobs): CompletionLogprobs {
+  if (!prompt) return generated;
+  return {
+    text_offset: [...prompt.text_offset, ...generated.text_offset],
+    token_logprobs: [...prompt.token_logprobs, ...generated.token_logprobs],
+    tokens: [...prompt.tokens, ...generated.tokens],
+    top_logprobs: [...prompt.top_logprobs, ...generated.top_logprobs],
+  };
 }
 
 function promptTokens(shape: CompletionShape): number {
@@ -133,13 +162,17 @@ async function complete(generations: Generation[], shape: CompletionShape): Prom
   const choices = results.map((result): CompletionChoice => {
     const prompt = shape.prompts[Math.floor(result.index / shape.n)];
     const echoed = shape.echo ? prompt.text : "";
+    const entries = result.tokens[0]?.promptLogprobs;
     return {
       index: result.index,
       text: echoed + result.text,
-      logprobs: shape.topLogprobs === null ? null : legacyLogprobs(shape.names, result.tokens, shape.topLogprobs, echoed.length),
+      logprobs: shape.topLogprobs === null ? null : withEchoedPrompt(
+        shape.echo && entries ? legacyPromptLogprobs(shape.names, prompt.ids, entries, shape.topLogprobs) : null,
+        legacyLogprobs(shape.names, result.tokens, shape.topLogprobs, echoed.length),
+      ),
       finish_reason: result.finishReason,
       stop_reason: result.stopReason,
-      prompt_logprobs: null,
+      prompt_logprobs: shape.promptLogprobs ? promptLogprobsOf(shape.names.texts, entries) : null,
       ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: result.tokens.map((t) => t.tokenId) } : {}),
     };
   });

@@ -38,6 +38,8 @@ export interface SamplingOptions {
   defaultMaxTokens: "room" | number;
   /** How many top log-probabilities each token reports; null: none. */
   topLogprobs: number | null;
+  /** How many top alternatives each prompt token's log-probability reports; null: no prompt log-probabilities. */
+  promptLogprobs?: number | null;
   /** The field that holds the prompt, for errors ("messages", "prompt", "input"). */
   promptParam: string;
 }
@@ -79,6 +81,7 @@ export function samplingParams(deps: AppDeps, fields: SamplingRequestFields, opt
     ...fields,
     max_tokens: maxTokens,
     logprobs: options.topLogprobs,
+    prompt_logprobs: options.promptLogprobs ?? null,
     logprobs_mode: fields.logprobs_mode ?? deps.logprobsMode ?? null,
   };
   for (const [field, flag] of PINNED) {

@@ -6,7 +6,7 @@
 import { z } from "zod";
 import type { TokenTexts } from "../chat/detokenize.ts";
 import { TokenIds } from "../chat/messages.ts";
-import type { TokenEvent } from "../engine/sequence.ts";
+import type { PromptLogprob, TokenEvent } from "../engine/sequence.ts";
 
 const nullableInts = TokenIds.nullable();
 
@@ -77,6 +77,14 @@ export const ChatChoice = z.object({
 });
 export type ChatChoice = z.infer<typeof ChatChoice>;
 
+/** One prompt position of vLLM's prompt_logprobs: the prompt token and the top alternatives, by token id. */
+export const PromptLogprobsEntry = z.record(
+  z.string(),
+  z.object({ logprob: z.number(), rank: z.int().nullable(), decoded_token: z.string() }),
+).nullable();
+export const PromptLogprobs = z.array(PromptLogprobsEntry).nullable();
+export type PromptLogprobs = z.infer<typeof PromptLogprobs>;
+
 export const ChatCompletion = z.object({
   id: z.string(),
   object: z.literal("chat.completion"),
@@ -86,7 +94,7 @@ export const ChatCompletion = z.object({
   service_tier: z.null(),
   system_fingerprint: z.null(),
   usage: Usage,
-  prompt_logprobs: z.null(),
+  prompt_logprobs: PromptLogprobs,
   prompt_token_ids: nullableInts,
   kv_transfer_params: z.null(),
   ...PolicyVersion,
@@ -149,7 +157,7 @@ export const CompletionChoice = z.object({
   logprobs: CompletionLogprobs.nullable(),
   finish_reason: FinishReason.nullable(),
   stop_reason: StopReason,
-  prompt_logprobs: z.null().optional(),
+  prompt_logprobs: PromptLogprobs.optional(),
   prompt_token_ids: nullableInts.optional(),
   token_ids: nullableInts.optional(),
 });
@@ -213,6 +221,47 @@ export class TokenNames {
     const alternatives = (token.topLogprobs ?? []).slice(0, top).map((t) => this.entry(t.tokenId, t.logprob));
     return { ...this.entry(token.tokenId, token.logprob), top_logprobs: alternatives };
   }
+}
+
+/** vLLM's prompt_logprobs of the engine's entries (null before the first token). */
+export function promptLogprobsOf(texts: TokenTexts, entries: readonly (PromptLogprob | null)[] | undefined): PromptLogprobs {
+  if (!entries) return null;
+  return entries.map((entry) => {
+    if (!entry) return null;
+    const out: NonNullable<z.infer<typeof PromptLogprobsEntry>> = {};
+    entry.topLogprobs.forEach((t, k) => {
+      out[t.tokenId] = { logprob: floorLogprob(t.logprob), rank: k + 1, decoded_token: texts.text(t.tokenId) };
+    });
+    out[entry.tokenId] = { logprob: floorLogprob(entry.logprob), rank: entry.rank, decoded_token: texts.text(entry.tokenId) };
+    return out;
+  });
+}
+
+/** Completions' legacy logprobs of an echoed prompt (its first token has none), with `top` alternatives each. */
+export function legacyPromptLogprobs(
+  names: TokenNames,
+  promptIds: readonly number[],
+  entries: readonly (PromptLogprob | null)[],
+  top: number,
+): CompletionLogprobs {
+  const out: CompletionLogprobs = { text_offset: [], token_logprobs: [], tokens: [], top_logprobs: [] };
+  let offset = 0;
+  promptIds.forEach((id, i) => {
+    const entry = entries[i];
+    const name = names.name(id);
+    out.text_offset.push(offset);
+    out.tokens.push(name);
+    out.token_logprobs.push(entry ? floorLogprob(entry.logprob) : null);
+    if (!entry) out.top_logprobs.push(null);
+    else {
+      const step: Record<string, number> = {};
+      for (const t of entry.topLogprobs.slice(0, top)) step[names.name(t.tokenId)] = floorLogprob(t.logprob);
+      step[name] = floorLogprob(entry.logprob);
+      out.top_logprobs.push(step);
+    }
+    offset += names.texts.text(id).length;
+  });
+  return out;
 }
 
 /** Completions' legacy logprobs of generated tokens whose text starts at `offset` characters into the choice's text. */

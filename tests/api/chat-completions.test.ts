@@ -203,7 +203,8 @@ test("requests that cannot be served are 400s naming the field", SLOW, async () 
     [{ tool_choice: "required" }, "tool_choice", /tools/],
     [{ tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "g" } } }, "tool_choice", /'g'/],
     [{ logit_bias: { "999999": 1 } }, "logit_bias", /vocabulary/],
-    [{ prompt_logprobs: 1 }, "prompt_logprobs", /not supported/],
+    [{ prompt_logprobs: 1, stream: true }, "prompt_logprobs", /not supported with stream/],
+    [{ prompt_logprobs: 21 }, "prompt_logprobs", /20/],
     [{ stream_options: { include_usage: true } }, "stream_options", /stream/],
   ];
   for (const [body, param, message] of cases) {
@@ -253,4 +254,13 @@ test("streamed tool calls become tool_calls deltas with an index, id, type, name
   ]);
   for (const delta of toolDeltas) assert.match(delta.id!, /^chatcmpl-tool-[0-9a-f]{32}$/);
   assert.equal(output.calledTools, true);
+});
+
+test("prompt_logprobs reports one entry per prompt token, the first null", SLOW, async () => {
+  const out = await chat({ max_tokens: 1, prompt_logprobs: 0, return_token_ids: true });
+  const ids = out.prompt_token_ids!;
+  const prompt = out.prompt_logprobs!;
+  assert.equal(prompt.length, ids.length);
+  assert.equal(prompt[0], null);
+  prompt.slice(1).forEach((entry, i) => assert.deepEqual(Object.keys(entry!), [String(ids[i + 1])], `position ${i + 1}`));
 });

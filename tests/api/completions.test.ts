@@ -114,8 +114,9 @@ test("completions errors are 400s naming the field", SLOW, async () => {
   const cases: [Record<string, unknown>, string, RegExp][] = [
     [{ prompt: Array.from({ length: 600 }, (_, i) => 100 + i) }, "prompt", /context length/],
     [{ prompt: [1, 2, 999_999] }, "prompt[2]", /vocabulary/],
-    [{ prompt: "x", echo: true, logprobs: 1 }, "echo", /not supported/],
-    [{ prompt: "x", prompt_logprobs: 1 }, "prompt_logprobs", /not supported/],
+    [{ prompt: "x", echo: true, logprobs: 1, stream: true }, "stream", /not supported with stream/],
+    [{ prompt: "x", prompt_logprobs: 1, stream: true }, "stream", /not supported with stream/],
+    [{ prompt: "x", prompt_logprobs: -1 }, "prompt_logprobs", /0 to 20/],
     [{ prompt: "x", suffix: "y" }, "suffix", /not supported/],
     [{ prompt: "x", logprobs: 21 }, "logprobs", /20/],
     [{ prompt: "x", max_tokens: 0 }, "max_tokens", /1/],
@@ -144,4 +145,29 @@ test("a stop string ends the sample as 'stop', in the answer and in the finished
   const series = (reason: string) => text.split("\n").find((l) => l.includes("request_success_total") && l.includes(`"${reason}"`));
   assert.match(series("stop") ?? "", / 1$/);
   assert.match(series("abort") ?? "", / 0$/);
+});
+
+test("echo with logprobs scores the prompt too, and prompt_logprobs reports each prompt token as vLLM does", SLOW, async () => {
+  const ids = qwen3.encode("The quick brown fox jumps");
+  const out = await complete({ prompt: ids, max_tokens: 2, temperature: 0, echo: true, logprobs: 1, prompt_logprobs: 2 });
+  const choice = out.choices[0];
+  const lp = choice.logprobs!;
+  assert.equal(lp.tokens.length, ids.length + 2, "prompt then generated tokens");
+  assert.equal(lp.token_logprobs[0], null, "the first prompt token has nothing before it");
+  assert.equal(lp.top_logprobs[0], null);
+  assert.equal(lp.text_offset[0], 0);
+  assert.deepEqual(lp.tokens.slice(0, ids.length), ids.map((id) => qwen3.decode([id])));
+  const prompt = choice.prompt_logprobs!;
+  assert.equal(prompt.length, ids.length);
+  assert.equal(prompt[0], null);
+  for (let i = 1; i < ids.length; i++) {
+    const entry = prompt[i]!;
+    const own = entry[String(ids[i])];
+    assert.ok(own, `position ${i} names its prompt token`);
+    assert.equal(own.logprob, lp.token_logprobs[i], `position ${i}: echo and prompt_logprobs agree`);
+    assert.ok(own.rank !== null && own.rank >= 1);
+    assert.ok(Object.keys(entry).length <= 3, "the token and at most 2 alternatives");
+    assert.ok(Object.values(entry).some((e) => e.rank === 1), "the most likely token is among them");
+    assert.ok(own.logprob <= 0 && own.logprob >= -9999);
+  }
 });

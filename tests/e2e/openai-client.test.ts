@@ -103,6 +103,12 @@ test("completions: text and token-id prompts, and echo", SLOW, async () => {
   assert.ok(echoed.choices[0].text.startsWith("Echo this"));
   const legacy = await client.completions.create({ model: MODEL, prompt: "x", max_tokens: 3, logprobs: 1 });
   assert.equal(legacy.choices[0].logprobs!.tokens!.length, 3);
+  // Scoring a sequence, as RL code does: echo the prompt with logprobs and read every token's log-probability.
+  const scored = await client.completions.create({ model: MODEL, prompt: ids, max_tokens: 1, echo: true, logprobs: 0 });
+  const scores = scored.choices[0].logprobs!.token_logprobs!;
+  assert.equal(scores.length, ids.length + 1);
+  assert.equal(scores[0], null);
+  assert.ok(scores.slice(1).every((lp) => typeof lp === "number" && lp <= 0));
 });
 
 test("responses: plain, with tools, and streamed", SLOW, async () => {
