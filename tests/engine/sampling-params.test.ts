@@ -35,6 +35,7 @@ describe("SamplingParams defaults", () => {
       logit_bias: [],
       logprobs: null,
       logprobs_mode: "processed",
+      prompt_logprobs: null,
     });
   });
 

@@ -196,8 +196,11 @@ export function writeEngineGraph(
   model.graph.initializers = model.graph.initializers.map((t) => {
     if (!t.produce) return t; // the engine graph's own constants
     const source = stored.get(t.name);
-    if (!source || source.dataType !== t.dataType || source.dims.join() !== t.dims.join()) {
-      throw new EngineLayoutError(`${standardPath}: weight ${t.name} is missing or differs from the ${dtype} engine graph's`);
+    // A missing name is another exporter's layout (the caller may run the standard graph instead); a weight of
+    // another type or shape is another model.
+    if (!source) throw new EngineLayoutError(`${standardPath}: it has no weight named ${t.name}`);
+    if (source.dataType !== t.dataType || source.dims.join() !== t.dims.join()) {
+      throw new Error(`${standardPath}: weight ${t.name} differs from the ${dtype} engine graph's (dims ${source.dims}, expected ${t.dims})`);
     }
     if (source.external) {
       const length = source.external.length >= 0
