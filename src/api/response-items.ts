@@ -20,6 +20,8 @@ export interface ResponseSetup {
   names: TokenNames;
   topLogprobs: number | null;
   version: number;
+  /** The sampling the engine runs (a pinned server's values, a request's defaults filled in). */
+  sampling: { temperature: number; topP: number };
 }
 
 function statusOf(result: SampleResult): Status {
@@ -196,12 +198,12 @@ export class ResponseItems {
       reasoning: null,
       service_tier: "auto",
       store: false,
-      temperature: request.temperature ?? 1,
+      temperature: this.#setup.sampling.temperature,
       text: { format: { type: "text" } },
       tool_choice: request.tool_choice ?? "auto",
       tools: request.tools ?? [],
       top_logprobs: request.top_logprobs ?? null,
-      top_p: request.top_p ?? 1,
+      top_p: this.#setup.sampling.topP,
       truncation: "disabled",
       usage: result
         ? {

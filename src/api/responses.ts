@@ -130,6 +130,7 @@ export function responseRoutes(deps: AppDeps): Hono {
       names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
       topLogprobs: withLogprobs ? request.top_logprobs ?? 0 : null,
       version: engine.policyVersion,
+      sampling: { temperature: params.temperature, topP: params.top_p },
     });
     const output = new AssistantOutput(parsers.reasoning, calling);
     if (!request.stream) {

@@ -168,6 +168,7 @@ test("streamed function calls open an item, stream their arguments and close wit
     names: new TokenNames(new TokenTexts(tokenizer), false),
     topLogprobs: null,
     version: 0,
+    sampling: { temperature: 1, topP: 1 },
   });
   const output = new AssistantOutput(null, toolCalling("hermes", [{ function: { name: "get_weather" } }], "auto", null));
   const raw = [...items.start()];
@@ -198,4 +199,16 @@ test("streamed function calls open an item, stream their arguments and close wit
   assert.deepEqual(final.output[1].generation_token_ids, ids);
   assert.equal(final.output[0].generation_token_ids, undefined, "only the last item carries the token fields");
   assert.equal(events.filter((e) => e.type === "response.function_call_arguments.delta").map((e) => e.delta).join(""), '{"city":"Oslo"}');
+});
+
+test("a response reports the sampling it ran: a pinned server's temperature and top_p, not the request's defaults", SLOW, async () => {
+  const pinned = servedApp({ requireTemperature: 0.5, requireTopP: 0.9 });
+  const res = await pinned.request("/v1/responses", postJson({ input: "Say hi", max_output_tokens: 2 }));
+  assert.equal(res.status, 200);
+  const body = await res.json();
+  assert.equal(body.temperature, 0.5);
+  assert.equal(body.top_p, 0.9);
+  const plain = await respond({ input: "Say hi", max_output_tokens: 2, temperature: 0 });
+  assert.equal(plain.temperature, 0);
+  assert.equal(plain.top_p, 1);
 });
