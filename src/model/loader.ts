@@ -8,9 +8,9 @@ import { ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
 import { ensureConverted } from "./builder/convert.ts";
-import { checkModelDir, dtypesIn, type ModelDtype, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
+import { checkModelDir, dtypesIn, type ModelDtype, onnxFileName, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
 import { hasCheckpoint } from "./safetensors.ts";
-import { fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
+import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
 import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort-types.ts";
 
 /** Options of loadModel. */
@@ -60,9 +60,15 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
   const log = options.log ?? createLogger();
   const dtype = options.dtype ?? "fp32";
   const asked = locateModel(options.model ?? await ensureBuiltinModel(options.cacheDir), options.cacheDir);
-  const location = asked.local ? await convertedIfCheckpoint(asked, dtype, options.cacheDir, log) : asked;
+  let location = asked;
+  if (!asked.local) {
+    await fetchHubConfig(asked, options.hubUrl);
+    // A hub model published as a safetensors checkpoint only: downloaded, then converted like a local one.
+    const checkpoint = await fetchHubCheckpoint(asked, `onnx/${onnxFileName(dtype)}`, options.hubUrl);
+    if (checkpoint) location = { ...asked, id: asked.dir, local: true };
+  }
+  if (location.local) location = await convertedIfCheckpoint(location, dtype, options.cacheDir, log);
   if (location.local) checkModelDir(location.dir, dtype);
-  else await fetchHubConfig(location, options.hubUrl);
   // A local config is checked before the graph loads; a hub model's generation_config.json comes with its graph.
   const localConfig = location.local ? readModelConfig(location.dir) : undefined;
   const source: ModelSource = {

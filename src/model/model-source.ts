@@ -3,7 +3,7 @@
  * into its file cache (<cacheDir>/hub/<owner>/<name>/...), after which it reads like a local directory.
  */
 import { AutoConfig, env as transformersEnv } from "@huggingface/transformers";
-import { existsSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeSync } from "node:fs";
 import * as path from "node:path";
 import { ModelLoadError } from "./errors.ts";
 
@@ -50,4 +50,54 @@ export async function fetchHubConfig(location: ModelLocation, hubUrl?: string): 
       cause: err,
     });
   }
+}
+
+/** Files a checkpoint folder carries beside its weights (the optional ones may be missing). */
+const CHECKPOINT_FILES = {
+  required: ["tokenizer.json", "tokenizer_config.json"],
+  optional: ["generation_config.json", "special_tokens_map.json", "chat_template.jinja"],
+};
+
+/**
+ * Downloads a hub model's safetensors checkpoint (weights and tokenizer files) into its cache directory when the hub
+ * has no ONNX graph `onnxFile` for it; returns whether it did. The checkpoint is then converted like a local one.
+ */
+export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: string, hubUrl?: string): Promise<boolean> {
+  const base = hubUrl ? (hubUrl.endsWith("/") ? hubUrl : hubUrl + "/") : transformersEnv.remoteHost;
+  const url = (file: string) => `${base}${location.id}/resolve/main/${file}`;
+  try {
+    if ((await fetch(url(onnxFile), { method: "HEAD" })).ok) return false;
+    const index = await fetch(url("model.safetensors.index.json"));
+    let weights = ["model.safetensors"];
+    if (index.ok) {
+      const text = await index.text();
+      weights = [...new Set(Object.values(JSON.parse(text).weight_map as Record<string, string>))];
+      await writeDownload(location.dir, "model.safetensors.index.json", new Response(text));
+    } else if (!(await fetch(url("model.safetensors"), { method: "HEAD" })).ok) return false;
+    for (const file of [...weights, ...CHECKPOINT_FILES.required, ...CHECKPOINT_FILES.optional]) {
+      const res = await fetch(url(file));
+      if (res.ok) await writeDownload(location.dir, file, res);
+      else if (!CHECKPOINT_FILES.optional.includes(file)) throw new Error(`${file}: HTTP ${res.status}`);
+    }
+    return true;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new ModelLoadError(location.id, `could not download the checkpoint of ${location.id}: ${message}`, { cause: err });
+  }
+}
+
+/** Streams a response body into `dir/name` (through a temporary file, so a cut download never looks complete). */
+async function writeDownload(dir: string, name: string, res: Response): Promise<void> {
+  const target = path.resolve(dir, name);
+  if (path.dirname(target) !== path.resolve(dir)) throw new Error(`${name} would land outside ${dir}`);
+  mkdirSync(dir, { recursive: true });
+  const partial = `${target}.partial`;
+  const fd = openSync(partial, "w");
+  try {
+    const reader = res.body!.getReader();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) writeSync(fd, chunk.value);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(partial, target);
 }

@@ -10,12 +10,27 @@ import * as path from "node:path";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
 import { unsupportedFeatures } from "../../src/model/builder/convert.ts";
 import { Checkpoint, writeSafetensors } from "../../src/model/safetensors.ts";
+import { env as transformersEnv } from "@huggingface/transformers";
+import { silentLogger } from "../../src/log.ts";
+import { type LoadedModel, loadModel } from "../../src/model/loader.ts";
 import { openWeights } from "../../src/model/weights.ts";
+import { serve } from "../../src/runtime/serve.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { writeCheckpoint } from "../support/checkpoint.ts";
 import { generated, openServedTiny, testCacheDir } from "../support/served.ts";
 
 const SLOW = { timeout: 180_000 };
+
+/** Empty past_key_values feeds of a standard graph. */
+function emptyPast(loaded: LoadedModel) {
+  const feeds: Record<string, ReturnType<LoadedModel["tensor"]>> = {};
+  for (const name of loaded.inputNames.filter((n) => n.startsWith("past_key_values."))) {
+    const meta = loaded.inputMetadata.find((m) => m.name === name) as { shape?: unknown[] } | undefined;
+    const [kvh, d] = [meta?.shape?.[1], meta?.shape?.[3]].map(Number);
+    feeds[name] = loaded.tensor("float32", new Float32Array(0), [1, kvh, 0, d]);
+  }
+  return feeds;
+}
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-checkpoint-"));
 
 
@@ -84,6 +99,40 @@ describe("a checkpoint of the built-in model's weights", () => {
     await again.engine.runner.dispose();
     assert.equal(again.loaded.dir, converted.loaded.dir);
     assert.equal(fs.statSync(onnx).mtimeMs, before);
+  });
+
+  test("is downloaded from a hub that has no ONNX files for it, then converted and run", SLOW, async () => {
+    // A stand-in for the hub: serves the checkpoint folder at <id>/resolve/main/<file> (GET and HEAD).
+    const hub = await serve((req) => {
+      const match = new URL(req.url).pathname.match(/^\/test-org\/tiny-checkpoint\/resolve\/main\/(.+)$/);
+      const file = match && path.join(dir, decodeURIComponent(match[1]));
+      if (!file || !fs.existsSync(file)) return new Response("not found", { status: 404 });
+      return new Response(req.method === "HEAD" ? null : fs.readFileSync(file));
+    }, { hostname: "127.0.0.1", port: 0 });
+    const remoteHost = transformersEnv.remoteHost;
+    const cacheDir = path.join(root, "hub-cache");
+    try {
+      const hubUrl = `http://127.0.0.1:${hub.port}`;
+      const loaded = await loadModel({ model: "test-org/tiny-checkpoint", device: "cpu", cacheDir, hubUrl, log: silentLogger });
+      try {
+        assert.equal(loaded.id, "test-org/tiny-checkpoint");
+        assert.ok(fs.existsSync(path.join(cacheDir, "hub", "test-org", "tiny-checkpoint", "model.safetensors")));
+        assert.ok(loaded.dir.startsWith(path.join(cacheDir, "converted")), loaded.dir);
+        const feeds = { input_ids: loaded.tensor("int64", BigInt64Array.from(prompt, BigInt), [1, prompt.length]) };
+        const logits = await loaded.forward({
+          ...feeds,
+          attention_mask: loaded.tensor("int64", new BigInt64Array(prompt.length).fill(1n), [1, prompt.length]),
+          position_ids: loaded.tensor("int64", BigInt64Array.from(prompt, (_, i) => BigInt(i)), [1, prompt.length]),
+          ...emptyPast(loaded),
+        });
+        assert.ok((logits.logits.data as Float32Array).every(Number.isFinite));
+      } finally {
+        await loaded.dispose();
+      }
+    } finally {
+      transformersEnv.remoteHost = remoteHost;
+      await hub.close();
+    }
   });
 
   test("is taken by a refit as new weights, and a BF16 one too", SLOW, async () => {
