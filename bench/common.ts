@@ -92,6 +92,27 @@ export function loadAverage(): number[] {
   return os.loadavg().map((v) => round(v));
 }
 
+/** How a generate() baseline samples: top_k 0 is the engine's whole-vocabulary sampling. */
+export function baselineVariant(topK: number): { baseline_top_k: number; baseline_sampling: string } {
+  return {
+    baseline_top_k: topK,
+    baseline_sampling: topK === 0 ? "whole vocabulary, as the engine" : `top_k ${topK} (transformers.js default)`,
+  };
+}
+
+/** A baseline's figures: the median of its runs' rates, and the engine's rate against it. */
+export function baselineFigures(rates: number[], otherCores: (number | null)[], engineRate: number) {
+  const rate = median(rates);
+  return {
+    runs: rates.length,
+    tok_s: round(rate, 1),
+    tok_s_runs: rates.map((r) => round(r, 1)),
+    other_cores_runs: otherCores,
+    engine_tok_s: round(engineRate, 1),
+    engine_speedup: round(engineRate / rate, 2),
+  };
+}
+
 /** Prints one measurement as a JSON line: what, runtime, backend, model, then the figures. */
 export function report(
   what: string,

@@ -8,6 +8,8 @@
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm] [--cache-dir DIR]
  */
 import {
+  baselineFigures,
+  baselineVariant,
   benchModel,
   commonFlags,
   flag,
@@ -93,19 +95,12 @@ async function benchBaseline(engineRate: number): Promise<void> {
         otherCores.push(cpu.other_cores);
         console.error(`static batch run ${run}: ${round(rates.at(-1)!, 1)} tok/s`);
       }
-      const rate = median(rates);
       report("grpo_baseline_static_batch", flags, {
         engine: "transformers.js generate(), the whole load as one left-padded static batch",
         ...load,
-        baseline_top_k: topK,
-        baseline_sampling: topK === 0 ? "whole vocabulary, as the engine" : `top_k ${topK} (transformers.js default)`,
+        ...baselineVariant(topK),
         baseline_requests: numPrompts * n,
-        runs: baselineRuns,
-        tok_s: round(rate, 1),
-        tok_s_runs: rates.map((r) => round(r, 1)),
-        other_cores_runs: otherCores,
-        engine_tok_s: round(engineRate, 1),
-        engine_speedup: round(engineRate / rate, 2),
+        ...baselineFigures(rates, otherCores, engineRate),
       });
     }
   } finally {

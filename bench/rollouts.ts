@@ -10,6 +10,8 @@
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm] [--cache-dir DIR]
  */
 import {
+  baselineFigures,
+  baselineVariant,
   benchModel,
   commonFlags,
   flag,
@@ -108,10 +110,7 @@ async function benchBaselines(engineRate: number): Promise<void> {
   const baseline = await GenerateBaseline.open(dir);
   try {
     for (const topK of baselineTopKs) {
-      const variant = {
-        baseline_top_k: topK,
-        baseline_sampling: topK === 0 ? "whole vocabulary, as the engine" : `top_k ${topK} (transformers.js default)`,
-      };
+      const variant = baselineVariant(topK);
       // Warm-up, not measured.
       await baseline.generate([promptsOf(0)[0]], 4, { temperature: 1, topK });
       const sequential: number[] = [];
@@ -128,19 +127,13 @@ async function benchBaselines(engineRate: number): Promise<void> {
         sequentialOthers.push(Number.isNaN(others) ? null : round(others / seconds));
         console.error(`sequential run ${run}: ${round(sequential.at(-1)!, 1)} tok/s`);
       }
-      const seqRate = median(sequential);
       report("rollouts_baseline_sequential", flags, {
         engine: "transformers.js generate(), one request at a time",
         ...load,
         ...variant,
         baseline_requests: sequentialRequests,
         note: "a subset of the load's requests: tok_s is a rate",
-        runs: baselineRuns,
-        tok_s: round(seqRate, 1),
-        tok_s_runs: sequential.map((r) => round(r, 1)),
-        other_cores_runs: sequentialOthers,
-        engine_tok_s: round(engineRate, 1),
-        engine_speedup: round(engineRate / seqRate, 2),
+        ...baselineFigures(sequential, sequentialOthers, engineRate),
       });
       const batched: number[] = [];
       const batchedOthers: (number | null)[] = [];
@@ -151,19 +144,13 @@ async function benchBaselines(engineRate: number): Promise<void> {
         batchedOthers.push(cpu.other_cores);
         console.error(`static batch run ${run}: ${round(batched.at(-1)!, 1)} tok/s`);
       }
-      const batchRate = median(batched);
       report("rollouts_baseline_static_batch", flags, {
         engine: "transformers.js generate(), one left-padded static batch",
         ...load,
         ...variant,
         baseline_requests: staticBatch,
         note: "one batch of the load's first requests: tok_s is a rate",
-        runs: staticRuns,
-        tok_s: round(batchRate, 1),
-        tok_s_runs: batched.map((r) => round(r, 1)),
-        other_cores_runs: batchedOthers,
-        engine_tok_s: round(engineRate, 1),
-        engine_speedup: round(engineRate / batchRate, 2),
+        ...baselineFigures(batched, batchedOthers, engineRate),
       });
     }
   } finally {

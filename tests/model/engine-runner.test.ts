@@ -19,6 +19,7 @@ import { engineRowCapacity } from "../../src/model/engine-kv.ts";
 import { backendFor } from "../../src/model/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
 import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
+import { allLogits, canonicalKv, mixedChunks, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
@@ -139,76 +140,10 @@ describe("engine runner", () => {
     }
   });
 
-  test("readKv gives the canonical layout and writeKv moves a row's KV to another row", SLOW, async () => {
-    const runner = await open();
-    try {
-      const prompt = tokens(32, 11);
-      const next = tokens(3, 12);
-      const expected = await standardRun([...prompt, ...next]);
-      await prefill(runner, 0, prompt, 7);
-      const block = 16;
-      const blocks = [0, 1].map((i) => {
-        const out = new Float32Array(block * runner.floatsPerToken);
-        runner.readKv(0, i * block, block, out);
-        return out;
-      });
-      // Canonical: [layer][K, V][kv head][token][head dim]; the standard graph's present is [1, kvH, T, D].
-      const { numKvHeads: kvh, headDim: d } = arch;
-      const present = expected.present(1, "key");
-      for (const [h, t, i] of [[0, 0, 0], [1, 5, 3], [1, 15, 15]]) {
-        const canonical = blocks[0][(2 * 1 * kvh + h) * block * d + t * d + i];
-        assert.ok(Math.abs(canonical - present[(h * 35 + t) * d + i]) < 1e-5, `K layer 1 head ${h} token ${t}`);
-      }
-      blocks.forEach((data, i) => runner.writeKv(2, i * block, block, data));
-      for (let i = 0; i < next.length; i++) {
-        const [logits] = await runner.step([{ row: 2, tokens: [next[i]], start: prompt.length + i }]);
-        assertClose(logits, expected.at(prompt.length + i), `decode from the written row, step ${i}`);
-      }
-    } finally {
-      await runner.dispose();
-    }
-  });
-
-  test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, async () => {
-    const runner = await open();
-    try {
-      // Row 2 has its first 4 tokens cached already; the others start empty. One run pads them all to 11 tokens.
-      const prompts = [tokens(5, 13), tokens(11, 14), tokens(13, 15)];
-      const rows = [3, 0, 2];
-      const next = [tokens(2, 16), tokens(2, 17), tokens(2, 18)];
-      const expected = await Promise.all(prompts.map((p, i) => standardRun([...p, ...next[i]])));
-      await prefill(runner, 2, prompts[2].slice(0, 4));
-      const starts = [0, 0, 4];
-      const logits = await runner.step(rows.map((row, i) => ({ row, tokens: prompts[i].slice(starts[i]), start: starts[i] })));
-      logits.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length - 1), `prompt ${i} in row ${rows[i]}`));
-      // The padding left nothing behind: each row decodes on from its own prompt.
-      for (let t = 0; t < 2; t++) {
-        const step = await runner.step(rows.map((row, i) => ({ row, tokens: [next[i][t]], start: prompts[i].length + t })));
-        step.forEach((l, i) => assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`));
-      }
-    } finally {
-      await runner.dispose();
-    }
-  });
-
-  test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, async () => {
-    const runner = await open();
-    try {
-      const [a, b] = [tokens(13, 19), tokens(6, 20)];
-      const [expectedA, expectedB] = await Promise.all([standardRun(a), standardRun(b)]);
-      await prefill(runner, 1, a.slice(0, 5));
-      const [all, last] = await runner.step([
-        { row: 1, tokens: a.slice(5), start: 5, allLogits: true },
-        { row: 0, tokens: b, start: 0 },
-      ]);
-      assert.equal(all.length, 8 * VOCAB);
-      for (let p = 5; p < 13; p++) assertClose(all.subarray((p - 5) * VOCAB, (p - 4) * VOCAB), expectedA.at(p), `position ${p}`);
-      assert.equal(last.length, VOCAB);
-      assertClose(last, expectedB.at(5), "the other row's last position");
-    } finally {
-      await runner.dispose();
-    }
-  });
+  const underTest: RunnerUnderTest = { open: () => open(), reference: (ids) => standardRun(ids), arch };
+  test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, canonicalKv(underTest));
+  test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, mixedChunks(underTest));
+  test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, allLogits(underTest));
 
   test("steps that name a row twice, a row outside the runner, or no tokens are refused", SLOW, async () => {
     const runner = await open();

@@ -7,7 +7,8 @@ import { buildModel } from "../../src/model/builder/build.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
 import { StandardRunner } from "../../src/model/standard-runner.ts";
 import { backendFor } from "../../src/model/backends.ts";
-import { assertClose, maxDiff, prefill, tokens } from "../support/runner-checks.ts";
+import { assertClose, tokens } from "../support/runner-checks.ts";
+import { allLogits, canonicalKv, mixedChunks, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-standard-runner-"));
@@ -56,84 +57,15 @@ describe("standard runner", () => {
     }
   });
 
-  for (const padded of [true, false]) {
-    const how = padded ? "run together, padded" : "run in groups of equal lengths (no padding)";
-    test(`chunks of different lengths in rows out of order, ${how}, match their solo runs`, SLOW, async () => {
-      const runner = await open(4, padded);
-      try {
-        // Row 2 has its first 4 tokens cached already; the others start empty. One run pads them all.
-        const prompts = [tokens(5, 13), tokens(11, 14), tokens(13, 15)];
-        const rows = [3, 0, 2];
-        const next = [tokens(3, 16), tokens(3, 17), tokens(3, 18)];
-        const expected = await Promise.all(prompts.map((p, i) => standardRun([...p, ...next[i]])));
-        await prefill(runner, 2, prompts[2].slice(0, 4));
-        const starts = [0, 0, 4];
-        const logits = await runner.step(
-          rows.map((row, i) => ({ row, tokens: prompts[i].slice(starts[i]), start: starts[i] })),
-        );
-        logits.forEach((l, i) =>
-          assertClose(l, expected[i].at(prompts[i].length - 1), `prompt ${i} in row ${rows[i]}`)
-        );
-        // The padding left nothing behind: each row decodes on from its own prompt, in any order of rows.
-        for (let t = 0; t < 3; t++) {
-          const order = t === 1 ? [2, 0, 1] : [0, 1, 2];
-          const step = await runner.step(
-            order.map((i) => ({ row: rows[i], tokens: [next[i][t]], start: prompts[i].length + t })),
-          );
-          step.forEach((l, k) => {
-            const i = order[k];
-            assertClose(l, expected[i].at(prompts[i].length + t), `prompt ${i} decode ${t}`);
-          });
-        }
-      } finally {
-        await runner.dispose();
-      }
-    });
-  }
-
-  test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, async () => {
-    const runner = await open();
-    try {
-      const prompt = tokens(32, 11);
-      const next = tokens(6, 12);
-      const expected = await standardRun([...prompt, ...next]);
-      await prefill(runner, 0, prompt, 7);
-      const block = 16;
-      const blocks = [0, 1].map((i) => {
-        const out = new Float32Array(block * runner.floatsPerToken);
-        runner.readKv(0, i * block, block, out);
-        return out;
-      });
-      // Canonical: [layer][K, V][kv head][token][head dim]; the standard graph's present is [1, kvH, T, D].
-      const { numKvHeads: kvh, headDim: d } = arch;
-      const total = prompt.length + next.length;
-      for (const kind of ["key", "value"] as const) {
-        const present = expected.present(1, kind);
-        for (const [h, t, i] of [[0, 0, 0], [1, 5, 3], [1, 15, 15]]) {
-          const canonical = blocks[0][((2 * 1 + (kind === "key" ? 0 : 1)) * kvh + h) * block * d + t * d + i];
-          const diff = Math.abs(canonical - present[(h * total + t) * d + i]);
-          assert.ok(diff < 1e-5, `${kind} layer 1 head ${h} token ${t}`);
-        }
-      }
-      blocks.forEach((data, i) => runner.writeKv(2, i * block, block, data));
-      for (let i = 0; i < 3; i++) {
-        const [logits] = await runner.step([{ row: 2, tokens: [next[i]], start: prompt.length + i }]);
-        assertClose(logits, expected.at(prompt.length + i), `decode from the written row, step ${i}`);
-      }
-      runner.copyRow(2, 1, prompt.length + 3);
-      runner.releaseRow(2);
-      for (let i = 3; i < next.length; i++) {
-        const [logits] = await runner.step([{ row: 1, tokens: [next[i]], start: prompt.length + i }]);
-        assertClose(logits, expected.at(prompt.length + i), `decode from the copied row, step ${i}`);
-      }
-      // What the copy reads back is what was written.
-      const again = new Float32Array(block * runner.floatsPerToken);
-      runner.readKv(1, block, block, again);
-      assert.equal(maxDiff(again, blocks[1]), 0);
-    } finally {
-      await runner.dispose();
-    }
-  });
+  const underTest = (padded: boolean): RunnerUnderTest => ({ open: () => open(4, padded), reference: standardRun, arch });
+  test("chunks of different lengths in rows out of order, run together, padded, match their solo runs", SLOW, mixedChunks(underTest(true)));
+  test(
+    "chunks of different lengths in rows out of order, run in groups of equal lengths (no padding), match their solo runs",
+    SLOW,
+    mixedChunks(underTest(false)),
+  );
+  test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, canonicalKv(underTest(true)));
+  test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, allLogits(underTest(true)));
 
   test("bad steps and bad ranges are refused; a release during a step is not", SLOW, async () => {
     const runner = await open();
