@@ -8,24 +8,13 @@
  * [kvHeads, capacity, headDim], grown on demand and freed when the row is released.
  */
 import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import type { DecoderArch } from "./builder/arch.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
-import type { OrtModule, OrtSession, OrtTensor } from "./ort-types.ts";
+import type { EngineRunnerOptions } from "./engine-runner.ts";
+import type { OrtSession, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 
-/** What a StandardRunner runs on. */
-export interface StandardRunnerOptions {
-  /** A session over a standard decoder graph (onnx/model*.onnx). */
-  session: OrtSession;
-  /** The Tensor class of the session's ONNX Runtime. */
-  Tensor: OrtModule["Tensor"];
-  arch: Pick<DecoderArch, "numLayers" | "numKvHeads" | "headDim" | "vocabSize">;
-  /** Rows held at once (the engine's sequences plus one for moves). */
-  maxRows: number;
-  /** Most tokens a row may hold (the model's context length). */
-  maxLength: number;
-  /** The queue runs go through (share the backend's where sessions must not overlap). */
-  queue?: RunQueue;
+/** What a StandardRunner runs on: what an EngineRunner does, over a standard graph (onnx/model*.onnx). */
+export interface StandardRunnerOptions extends Omit<EngineRunnerOptions, "copyInputs"> {
   /**
    * Whether rows of different lengths may share a run, padded and masked (default true). Graphs whose attention
    * derives each row's cache length from its mask (GroupQueryAttention) misread a left-padded past: for them
