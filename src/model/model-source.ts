@@ -58,11 +58,18 @@ const CHECKPOINT_FILES = {
   optional: ["generation_config.json", "special_tokens_map.json", "chat_template.jinja"],
 };
 
+/** Written into a hub model's cache directory once its whole checkpoint is there. */
+const CHECKPOINT_DOWNLOADED = "gym-edge-checkpoint-downloaded";
+
 /**
  * Downloads a hub model's safetensors checkpoint (weights and tokenizer files) into its cache directory when the hub
- * has no ONNX graph `onnxFile` for it; returns whether it did. The checkpoint is then converted like a local one.
+ * has no ONNX graph `onnxFile` for it; returns whether the directory holds such a checkpoint. The checkpoint is then
+ * converted like a local one. What an earlier load cached (the ONNX graph or the whole checkpoint) asks nothing of the
+ * hub, so cached models start offline.
  */
 export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: string, hubUrl?: string): Promise<boolean> {
+  if (existsSync(path.join(location.dir, onnxFile))) return false;
+  if (existsSync(path.join(location.dir, CHECKPOINT_DOWNLOADED))) return true;
   const base = hubUrl ? (hubUrl.endsWith("/") ? hubUrl : hubUrl + "/") : transformersEnv.remoteHost;
   const url = (file: string) => `${base}${location.id}/resolve/main/${file}`;
   try {
@@ -79,6 +86,7 @@ export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: stri
       if (res.ok) await writeDownload(location.dir, file, res);
       else if (!CHECKPOINT_FILES.optional.includes(file)) throw new Error(`${file}: HTTP ${res.status}`);
     }
+    await writeDownload(location.dir, CHECKPOINT_DOWNLOADED, new Response(""));
     return true;
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);

@@ -101,7 +101,7 @@ describe("a checkpoint of the built-in model's weights", () => {
     assert.equal(fs.statSync(onnx).mtimeMs, before);
   });
 
-  test("is downloaded from a hub that has no ONNX files for it, then converted and run", SLOW, async () => {
+  test("is downloaded from a hub that has no ONNX files for it, then converted and run, later offline", SLOW, async () => {
     // A stand-in for the hub: serves the checkpoint folder at <id>/resolve/main/<file> (GET and HEAD).
     const hub = await serve((req) => {
       const match = new URL(req.url).pathname.match(/^\/test-org\/tiny-checkpoint\/resolve\/main\/(.+)$/);
@@ -111,6 +111,7 @@ describe("a checkpoint of the built-in model's weights", () => {
     }, { hostname: "127.0.0.1", port: 0 });
     const remoteHost = transformersEnv.remoteHost;
     const cacheDir = path.join(root, "hub-cache");
+    let closed = false;
     try {
       const hubUrl = `http://127.0.0.1:${hub.port}`;
       const loaded = await loadModel({ model: "test-org/tiny-checkpoint", device: "cpu", cacheDir, hubUrl, log: silentLogger });
@@ -129,9 +130,15 @@ describe("a checkpoint of the built-in model's weights", () => {
       } finally {
         await loaded.dispose();
       }
+      // Once downloaded and converted, the model starts with the hub gone.
+      await hub.close();
+      closed = true;
+      const offline = await loadModel({ model: "test-org/tiny-checkpoint", device: "cpu", cacheDir, hubUrl, log: silentLogger });
+      assert.equal(offline.dir, loaded.dir);
+      await offline.dispose();
     } finally {
       transformersEnv.remoteHost = remoteHost;
-      await hub.close();
+      if (!closed) await hub.close();
     }
   });
 
