@@ -10,12 +10,12 @@
 import process from "node:process";
 import { type GpuSampleRow, GpuSampler, logitEdits, openGpuDevice } from "../kernels/gpu-sampler.ts";
 import { Rng } from "../src/engine/rng.ts";
+import { modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
 import { programArgs } from "../src/runtime/process.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 
-const VOCAB = 151_936;
 const args = programArgs();
 const runs = Number(args[0] ?? 10);
 const batches = (args[1] ?? "1,8").split(",").map(Number);
@@ -34,21 +34,6 @@ const cases: [string, SamplingParamsInput][] = [
     logprobs_mode: "raw",
   }],
 ];
-
-// Logits shaped like a language model's: a broad bulk around 0 and a few dozen candidates well above it.
-function modelLikeRow(seed: number): Float32Array {
-  const rng = Rng.fromSeed(seed);
-  const row = new Float32Array(VOCAB);
-  for (let i = 0; i < VOCAB; i++) {
-    const gaussian = Math.sqrt(-2 * Math.log(rng.nextUniform())) * Math.cos(2 * Math.PI * rng.nextUniform());
-    row[i] = 2.5 * gaussian + (rng.nextUniform() < 2e-4 ? 12 * rng.nextUniform() : 0);
-  }
-  return row;
-}
-
-function percentile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
 
 // A step that returns a number has timed itself (leaving out its setup).
 async function timed(step: () => unknown): Promise<{ median_ms: number; p90_ms: number }> {

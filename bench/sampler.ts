@@ -5,28 +5,11 @@
  */
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 import { Rng } from "../src/engine/rng.ts";
+import { flatRow, modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
 
-const VOCAB = 151_936;
 const [runs, warmup] = [Number(globalThis.process?.argv?.[2] ?? 200), Number(globalThis.process?.argv?.[3] ?? 300)];
-
-// Logits shaped like a language model's: a broad bulk around 0 and a few dozen candidates well above it.
-function modelLikeRow(seed: number): Float32Array {
-  const rng = Rng.fromSeed(seed);
-  const row = new Float32Array(VOCAB);
-  for (let i = 0; i < VOCAB; i++) {
-    const gaussian = Math.sqrt(-2 * Math.log(rng.nextUniform())) * Math.cos(2 * Math.PI * rng.nextUniform());
-    row[i] = 2.5 * gaussian + (rng.nextUniform() < 2e-4 ? 12 * rng.nextUniform() : 0);
-  }
-  return row;
-}
-
-// A random-weight model's logits: nearly flat, the worst case for top-p (the nucleus is most of the vocabulary).
-function flatRow(seed: number): Float32Array {
-  const rng = Rng.fromSeed(seed);
-  return Float32Array.from({ length: VOCAB }, () => 0.1 * (rng.nextUniform() - 0.5));
-}
 
 const cases: [string, SamplingParamsInput][] = [
   ["greedy", { temperature: 0, logprobs: 0 }],
@@ -37,10 +20,6 @@ const cases: [string, SamplingParamsInput][] = [
   ["top_k 50 top_p 0.9 + 5 top logprobs", { temperature: 0.7, top_k: 50, top_p: 0.9, logprobs: 5 }],
   ["temperature 1 full, raw logprobs", { temperature: 1, logprobs: 0, logprobs_mode: "raw" }],
 ];
-
-function percentile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
 
 const rows = { "model-like": [modelLikeRow(1), modelLikeRow(2)], flat: [flatRow(3), flatRow(4)] };
 const sampler = new Sampler();
