@@ -5,7 +5,7 @@
  * capacity] ("dim-slot", the engine graph's K) or [rows, kvHeads, capacity, headDim] ("slot-dim", its V), with
  * 32-bit elements. The two agree exactly: both only move words.
  */
-import { kernelPipeline } from "./gpu-sampler.ts";
+import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./gpu-sampler.ts";
 
 /** The order of a row's last two axes: tokens then dims ("slot-dim") or dims then tokens ("dim-slot"). */
 export type KvAxisOrder = "slot-dim" | "dim-slot";
@@ -103,9 +103,6 @@ export interface KvLayerBuffers {
 const COPY_WORDS = 5;
 const WORKGROUP = 256;
 const MAX_GROUPS = 65_535;
-const STORAGE = 0x80;
-const UNIFORM = 0x40;
-const COPY_DST = 0x08;
 
 /** Copies KV token ranges between rows of GPU buffers. */
 export class GpuKvCopier {

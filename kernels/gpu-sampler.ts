@@ -28,9 +28,9 @@ const TWO_POW_32 = 4294967296;
 const TWO_POW_40 = 1099511627776;
 
 // WebGPU's flag values, spelled out: the globals exist only where navigator.gpu does.
-const STORAGE = 0x80;
-const UNIFORM = 0x40;
-const COPY_DST = 0x08;
+export const STORAGE = 0x80;
+export const UNIFORM = 0x40;
+export const COPY_DST = 0x08;
 const COPY_SRC = 0x04;
 const MAP_READ = 0x01;
 const MAP_MODE_READ = 0x01;
