@@ -136,7 +136,7 @@ async function openDirectory(dir: string, servedArch: DecoderArch, served: Serve
   checkSameArch(servedArch, readArch(configPath), dir, served.maxLength);
   const graph = path.join(dir, ONNX_FILES[served.dtype]);
   if (!fs.existsSync(graph)) {
-    if (hasCheckpoint(dir)) return await openCheckpoint(dir, served);
+    if (hasCheckpoint(dir)) return await openCheckpoint(dir, servedArch, served);
     throw new WeightsError("mismatch", `model directory ${dir} lacks ${ONNX_FILES[served.dtype]} (dtype ${served.dtype}) and a safetensors checkpoint`);
   }
   try {
@@ -168,7 +168,7 @@ async function openLooseStandard(
 }
 
 /** A trainer's checkpoint (safetensors): converted into a scratch folder, opened, and the folder removed. */
-async function openCheckpoint(dir: string, served: ServedWeights): Promise<ModelRunner> {
+async function openCheckpoint(dir: string, servedArch: DecoderArch, served: ServedWeights): Promise<ModelRunner> {
   fs.mkdirSync(served.scratchDir, { recursive: true });
   const scratch = fs.mkdtempSync(path.join(served.scratchDir, "checkpoint-"));
   try {
@@ -177,7 +177,7 @@ async function openCheckpoint(dir: string, served: ServedWeights): Promise<Model
     } catch (err) {
       throw new WeightsError("mismatch", `cannot use the checkpoint in ${dir}: ${(err as Error).message}`, { cause: err });
     }
-    return await openDirectory(scratch, readArch(path.join(served.dir, "config.json")), served);
+    return await openDirectory(scratch, servedArch, served);
   } finally {
     fs.rmSync(scratch, { recursive: true, force: true });
   }
