@@ -9,7 +9,7 @@ import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./sche
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { PromptScorer } from "./prompt-logprobs.ts";
-import { SequenceSampler } from "./sampler.ts";
+import { type SampledToken, SequenceSampler } from "./sampler.ts";
 
 export interface EngineOptions {
   maxModelLen: number;
@@ -269,6 +269,7 @@ export class Engine {
     try {
       if (plan.decode.length) await this.#decode(plan.decode);
       for (const run of prefillRuns(plan.prefill)) await this.#prefill(run.filter((c) => c.seq.status === "running"));
+      await this.#flushBlocks();
     } catch (err) {
       // A failed model run fails the sequences of this step, not the server.
       for (const seq of [...plan.decode, ...plan.prefill.map((p) => p.seq)]) this.#finish(seq, "abort", err);
@@ -296,22 +297,58 @@ export class Engine {
 
   async #decode(seqs: Sequence[]): Promise<void> {
     const ordered = this.#rows.gather(seqs);
-    const logits = await this.runner.step(
-      ordered.map((s) => ({ row: s.row!, tokens: [s.tokens[s.length - 1]], start: s.numComputed })),
-    );
+    const inputs = ordered.map((s) => ({ row: s.row!, tokens: [s.tokens[s.length - 1]], start: s.numComputed }));
+    if (this.runner.stepAndSample) {
+      const picks = await this.runner.stepAndSample(inputs, ordered.map((s) => this.#deviceSampling(s)));
+      ordered.forEach((seq, i) => {
+        seq.numComputed++;
+        this.#accept(seq, picks[i]!);
+      });
+      return;
+    }
+    const logits = await this.runner.step(inputs);
     ordered.forEach((seq, i) => {
       seq.numComputed++;
       this.#sample(seq, logits[i]);
     });
   }
 
+  /** How the runner draws `seq`'s next token on its device (one number from the sequence's stream). */
+  #deviceSampling(seq: Sequence) {
+    return this.#samplers.get(seq)!.deviceSampling(seq.outputIds, this.runner.vocabSize);
+  }
+
+  /** Waits for the KV the prefix cache read from a runner whose cache lives on another device. */
+  async #flushBlocks(): Promise<void> {
+    if (!this.runner.flush) return;
+    try {
+      await this.runner.flush();
+    } catch (err) {
+      // Blocks inserted this step hold no KV: forget them all rather than ever reuse them.
+      this.cache.reset(this.#policyVersion);
+      throw err;
+    }
+  }
+
   /** Feeds several sequences' prefill chunks in one model run. */
   async #prefill(chunks: PrefillChunk[]): Promise<void> {
     if (chunks.length === 0) return;
-    const logits = await this.runner.step(chunks.map(({ seq, tokens, allLogits }) => {
+    const inputs = chunks.map(({ seq, tokens, allLogits }) => {
       const start = seq.numComputed;
       return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
-    }));
+    });
+    if (this.runner.stepAndSample && !chunks.some((c) => c.allLogits)) {
+      // Rows whose prompt this chunk completes sample; the others only fill their cache.
+      const sampling = chunks.map(({ seq, tokens }) => (seq.numPending - tokens > 1 ? null : this.#deviceSampling(seq)));
+      const picks = await this.runner.stepAndSample(inputs, sampling);
+      chunks.forEach(({ seq, tokens }, i) => {
+        seq.numComputed += tokens;
+        if (picks[i]) this.#accept(seq, picks[i]);
+        else this.#cacheFullBlocks(seq);
+      });
+      return;
+    }
+    const logits = await this.runner.step(inputs);
     chunks.forEach(({ seq, tokens, allLogits }, i) => {
       let last = logits[i];
       if (allLogits) {
@@ -336,8 +373,13 @@ export class Engine {
 
   #sample(seq: Sequence, logits: Float32Array): void {
     if (seq.status !== "running") return;
+    this.#accept(seq, this.#samplers.get(seq)!.sample(logits, seq.outputIds));
+  }
+
+  /** Appends a sampled token to a running sequence, reports it and stops the sequence when it should. */
+  #accept(seq: Sequence, pick: SampledToken): void {
+    if (seq.status !== "running") return;
     const sampler = this.#samplers.get(seq)!;
-    const pick = sampler.sample(logits, seq.outputIds);
     seq.tokens.push(pick.tokenId);
     seq.firstTokenAt ??= performance.now();
     this.#cacheFullBlocks(seq);

@@ -3,6 +3,9 @@
  * runner keeps in the layout its graph reads. The engine decides which sequence lives in which row.
  */
 
+import type { GpuSampleRow } from "../../kernels/gpu-sampler.ts";
+import type { SampledToken } from "./sampler.ts";
+
 /** One row's work in a step: feed `tokens` at positions start.., attending to the row's cached [0, start). */
 export interface RowInput {
   row: number;
@@ -11,6 +14,9 @@ export interface RowInput {
   /** The row wants the logits of every token it feeds (prompt log-probabilities), not only of its last. */
   allLogits?: boolean;
 }
+
+/** How a row's next token is drawn where the logits are (the sampler's settings, resolved for this token). */
+export type DeviceSampling = Omit<GpuSampleRow, "logitsRow">;
 
 export interface ModelRunner {
   /** Vocabulary size of the logits rows returned by `step`. */
@@ -26,14 +32,25 @@ export interface ModelRunner {
    * Afterwards each row's cache holds [0, start + tokens.length).
    */
   step(inputs: RowInput[]): Promise<Float32Array[]>;
+  /**
+   * Optional: a step whose logits stay on the runner's device, where each row with `sampling` gets its next token
+   * drawn (null for rows that only fill their cache); only tokens and log-probabilities come back. No row may
+   * ask for allLogits.
+   */
+  stepAndSample?(inputs: RowInput[], sampling: readonly (DeviceSampling | null)[]): Promise<(SampledToken | null)[]>;
   /** Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). */
   reserve(length: number): void;
   /** Tells the runner a row holds nothing any more (it may shrink its buffers). */
   releaseRow(row: number): void;
   /** Copies the first `length` cached tokens of row `from` into row `to`. */
   copyRow(from: number, to: number, length: number): void;
-  /** Copies cached tokens [start, start+length) of `row` into `out` (floatsPerToken * length floats). */
+  /**
+   * Copies cached tokens [start, start+length) of `row` into `out` (floatsPerToken * length floats): at once, or
+   * for a runner with `flush`, by the time flush resolves (later steps do not change what it reads).
+   */
   readKv(row: number, start: number, length: number, out: Float32Array): void;
+  /** Optional: resolves once every readKv called so far has filled its `out` (a cache on another device). */
+  flush?(): Promise<void>;
   /** Writes `data` (floatsPerToken * length floats, as readKv gives) into `row` at [start, start+length). */
   writeKv(row: number, start: number, length: number, data: Float32Array): void;
   /** Bytes the runner's row buffers hold now. */

@@ -15,6 +15,8 @@ import {
   truncate,
   untruncated,
 } from "../../kernels/sampling.ts";
+import { logitEdits } from "../../kernels/gpu-sampler.ts";
+import type { DeviceSampling } from "./model-runner.ts";
 import { type Rng, sequenceRng } from "./rng.ts";
 import { isGreedy, MAX_TOP_LOGPROBS, type SamplingParams } from "./sampling-params.ts";
 
@@ -208,5 +210,35 @@ export class SequenceSampler {
   sample(logits: Float32Array, outputIds: readonly number[]): SampledToken {
     const { params, promptIds, rng } = this;
     return shared.sample(logits, { params, promptIds, outputIds, rng, eosTokenIds: this.#eosTokenIds });
+  }
+
+  /**
+   * The settings that draw the sequence's next token where its logits are (GpuSampler): the same processors,
+   * cuts and uniform number as `sample` uses (one number drawn from the stream here, as there).
+   */
+  deviceSampling(outputIds: readonly number[], vocabSize: number): DeviceSampling {
+    const { params, promptIds } = this;
+    const uniform = this.rng.nextUniform();
+    const masked = outputIds.length < params.min_tokens;
+    const edits = logitEdits({
+      logitBias: params.logit_bias,
+      maskedIds: masked ? [...this.#eosTokenIds, ...params.stop_token_ids] : [],
+      repetitionPenalty: params.repetition_penalty,
+      promptIds,
+      outputIds,
+      frequencyPenalty: params.frequency_penalty,
+      presencePenalty: params.presence_penalty,
+    }, vocabSize);
+    const greedy = isGreedy(params);
+    return {
+      temperature: greedy ? 0 : params.temperature,
+      topK: greedy ? 0 : params.top_k,
+      topP: greedy ? 1 : params.top_p,
+      minP: greedy ? 0 : params.min_p,
+      uniform,
+      topLogprobs: params.logprobs,
+      logprobsMode: params.logprobs_mode,
+      edits,
+    };
   }
 }

@@ -12,6 +12,8 @@ import { EngineKv, engineRowCapacity } from "./engine-kv.ts";
 import type { Backend } from "./backends.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
+import { GpuEngineRunner } from "./gpu-engine-runner.ts";
+import { checkRow, checkStep, logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
 
 /** What an EngineRunner runs on. */
 export interface EngineRunnerOptions {
@@ -33,8 +35,6 @@ export interface EngineRunnerOptions {
   queue?: RunQueue;
 }
 
-type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
-
 /** Runs the engine graph over KV rows it owns. */
 export class EngineRunner implements ModelRunner {
   readonly vocabSize: number;
@@ -54,7 +54,7 @@ export class EngineRunner implements ModelRunner {
   constructor(options: EngineRunnerOptions) {
     const { arch } = options;
     this.#session = options.session;
-    this.#Tensor = options.Tensor as unknown as TensorClass;
+    this.#Tensor = tensorClass(options.Tensor);
     this.#kv = new EngineKv(arch, options.maxRows);
     this.#queue = options.queue ?? new RunQueue();
     this.#copyInputs = options.copyInputs ?? false;
@@ -77,13 +77,13 @@ export class EngineRunner implements ModelRunner {
   }
 
   async step(inputs: RowInput[]): Promise<Float32Array[]> {
-    const seq = this.#checkStep(inputs);
+    const seq = checkStep(inputs, this.maxRows, this.maxLength);
     const end = Math.max(...inputs.map((r) => r.start + r.tokens.length));
     if (end > this.#kv.capacity) this.reserve(end);
     this.#stepping = true;
     try {
       return await this.#queue.run(async () => {
-        const picks = Math.max(...inputs.map((r) => r.allLogits ? r.tokens.length : 1));
+        const picks = logitPicks(inputs);
         const out = await this.#session.run(this.#feeds(inputs, seq, picks));
         const rows = inputs.map((r) => r.row);
         const starts = inputs.map((r) => r.start);
@@ -93,9 +93,7 @@ export class EngineRunner implements ModelRunner {
           this.#kv.storeNew(l, rows, starts, lengths, seq, key, value);
         }
         for (const r of inputs) this.#lengths[r.row] = r.start + r.tokens.length;
-        const logits = out.logits.data as Float32Array;
-        const v = this.vocabSize;
-        return inputs.map((r, b) => logits.subarray(b * picks * v, (b * picks + (r.allLogits ? r.tokens.length : 1)) * v));
+        return rowLogits(out.logits.data as Float32Array, inputs, picks, this.vocabSize);
       });
     } finally {
       this.#stepping = false;
@@ -150,29 +148,10 @@ export class EngineRunner implements ModelRunner {
     await this.#queue.run(() => this.#session.release());
   }
 
-  /**
-   * Feeds of one run: rows shorter than `seq` are padded on the right (their last token, at its position); each
-   * row picks `picks` positions for logits (its last token's, repeated, or each of its tokens' then the last's).
-   */
+  /** Feeds of one run: the token inputs, and the rows' cache (see tokenFeeds). */
   #feeds(inputs: RowInput[], seq: number, picks: number): Record<string, OrtTensor> {
     const count = inputs.length;
-    const ids = new BigInt64Array(count * seq);
-    const positions = new BigInt64Array(count * seq);
-    const logitIndex = new BigInt64Array(count * picks);
-    inputs.forEach((r, b) => {
-      const last = r.tokens.length - 1;
-      for (let s = 0; s < seq; s++) {
-        ids[b * seq + s] = BigInt(r.tokens[Math.min(s, last)]);
-        positions[b * seq + s] = BigInt(r.start + Math.min(s, last));
-      }
-      for (let p = 0; p < picks; p++) logitIndex[b * picks + p] = BigInt(r.allLogits ? Math.min(p, last) : last);
-    });
-    const feeds: Record<string, OrtTensor> = {
-      input_ids: new this.#Tensor("int64", ids, [count, seq]),
-      position_ids: new this.#Tensor("int64", positions, [count, seq]),
-      past_lengths: new this.#Tensor("int64", BigInt64Array.from(inputs, (r) => BigInt(r.start)), [count]),
-      logit_index: new this.#Tensor("int64", logitIndex, [count, picks]),
-    };
+    const feeds = tokenFeeds(this.#Tensor, inputs, seq, picks);
     const { numKvHeads: kvh, headDim: d } = this.#kv.shape;
     const m = this.#kv.capacity;
     // One ascending range of rows is read in place; other sets of rows (prefill chunks) are gathered.
@@ -188,28 +167,8 @@ export class EngineRunner implements ModelRunner {
     return feeds;
   }
 
-  /** Checks a step's rows and returns the tokens its longest row feeds (the run's sequence length). */
-  #checkStep(inputs: RowInput[]): number {
-    if (inputs.length === 0) throw new Error("step: no rows");
-    const seen = new Set<number>();
-    for (const r of inputs) {
-      this.#checkRow(r.row);
-      if (seen.has(r.row)) throw new Error(`step: row ${r.row} appears twice`);
-      seen.add(r.row);
-      if (r.tokens.length === 0) throw new Error(`step: row ${r.row} has no tokens`);
-      if (!Number.isInteger(r.start) || r.start < 0 || r.start + r.tokens.length > this.maxLength) {
-        throw new Error(
-          `step: row ${r.row} feeds [${r.start}, ${r.start + r.tokens.length}), past the maximum ${this.maxLength}`,
-        );
-      }
-    }
-    return Math.max(...inputs.map((r) => r.tokens.length));
-  }
-
   #checkRow(row: number): void {
-    if (!Number.isInteger(row) || row < 0 || row >= this.maxRows) {
-      throw new Error(`row ${row} is outside [0, ${this.maxRows})`);
-    }
+    checkRow(row, this.maxRows);
   }
 
   #checkRange(row: number, start: number, length: number): void {
@@ -243,10 +202,15 @@ export interface OpenEngineRunnerOptions {
   maxRows: number;
   /** Defaults to the model's max_position_embeddings. */
   maxLength?: number;
+  /** On WebGPU, keep the cache in host memory and read logits back each step (EngineRunner) anyway. */
+  hostCache?: boolean;
 }
 
-/** Opens the engine graph of a model folder (writing it on first use) and a runner over it, on the given backend. */
-export async function openEngineRunner(options: OpenEngineRunnerOptions): Promise<EngineRunner> {
+/**
+ * Opens the engine graph of a model folder (writing it on first use) and a runner over it, on the given backend:
+ * on onnxruntime-web's WebGPU, one whose cache and logits stay on the GPU (GpuEngineRunner) unless `hostCache`.
+ */
+export async function openEngineRunner(options: OpenEngineRunnerOptions): Promise<EngineRunner | GpuEngineRunner> {
   const { backend } = options;
   const dtype = options.dtype ?? "fp32";
   const enginePath = ensureEngineGraph(options.dir, dtype);
@@ -254,14 +218,24 @@ export async function openEngineRunner(options: OpenEngineRunnerOptions): Promis
   // The engine graph points into the standard graph's external data file (same name, same offsets).
   const dataFile = `${path.join(options.dir, ONNX_FILES[dtype])}_data`;
   const externalData = fs.existsSync(dataFile) ? [{ name: path.basename(dataFile), path: dataFile }] : [];
-  const session = await backend.openFile({ model: enginePath, externalData }, options.sessionOptions);
-  return new EngineRunner({
+  const onGpu = backend.device === "webgpu" && backend.runtime === "onnxruntime-web" && !options.hostCache;
+  const sessionOptions: OrtSessionOptions = { ...options.sessionOptions };
+  if (onGpu) sessionOptions.preferredOutputLocation = "gpu-buffer";
+  const session = await backend.openFile({ model: enginePath, externalData }, sessionOptions);
+  const common = {
     session,
     Tensor: backend.Tensor,
     arch,
     maxRows: options.maxRows,
     maxLength: options.maxLength ?? arch.maxPositionEmbeddings,
-    copyInputs: backend.runtime === "onnxruntime-web",
     queue: backend.runQueue(),
-  });
+  };
+  if (!onGpu) return new EngineRunner({ ...common, copyInputs: backend.runtime === "onnxruntime-web" });
+  try {
+    const env = backend.ort.env as { webgpu: { device: Promise<GPUDevice> | GPUDevice } };
+    return await GpuEngineRunner.create({ ...common, device: await env.webgpu.device });
+  } catch (err) {
+    await session.release();
+    throw err;
+  }
 }
