@@ -60,6 +60,7 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
   };
   const { runner, layout, reason } = await openModelRunner(served);
   if (layout === "standard") log.warn(`serving through the model's standard graph, slower at long contexts: ${reason}`);
+  if (runner.stepAndSample) log.info("KV cache, logits and sampling stay on the GPU; only token ids and log-probabilities come back");
   // The engine runs its own graph; the standard session was only needed to load and check the model.
   await loaded.dispose();
   const engine = new Engine(runner, {
