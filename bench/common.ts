@@ -41,7 +41,9 @@ export function hasFlag(name: string): boolean {
 /** Flags every engine benchmark takes. */
 export interface CommonFlags {
   preset: string;
-  device: "cpu" | "wasm";
+  device: "cpu" | "wasm" | "webgpu";
+  /** On webgpu, keep the cache in host memory and sample on the CPU (the GPU-resident runner's comparison). */
+  hostCache: boolean;
   cacheDir: string;
   runs: number;
   maxNumSeqs: number;
@@ -54,10 +56,13 @@ export interface CommonFlags {
 /** Reads the common flags (defaults: the server's engine defaults, 3 runs). */
 export function commonFlags(defaults: { runs?: number } = {}): CommonFlags {
   const device = flag("device", "cpu");
-  if (device !== "cpu" && device !== "wasm") throw new Error(`--device must be cpu or wasm, got ${device}`);
+  if (device !== "cpu" && device !== "wasm" && device !== "webgpu") {
+    throw new Error(`--device must be cpu, wasm or webgpu, got ${device}`);
+  }
   return {
     preset: flag("preset", "bench-135m"),
     device,
+    hostCache: hasFlag("host-cache"),
     cacheDir: flag("cache-dir", path.join(defaultCacheDir(process.env), "bench")),
     runs: numberFlag("runs", defaults.runs ?? 3),
     maxNumSeqs: numberFlag("max-num-seqs", 32),
@@ -116,14 +121,14 @@ export function baselineFigures(rates: number[], otherCores: (number | null)[], 
 /** Prints one measurement as a JSON line: what, runtime, backend, model, then the figures. */
 export function report(
   what: string,
-  flags: Pick<CommonFlags, "device" | "preset">,
+  flags: Pick<CommonFlags, "device" | "preset"> & { hostCache?: boolean },
   figures: Record<string, unknown>,
 ): void {
   console.log(JSON.stringify({
     what,
     runtime: runtimeName(),
     version: runtimeVersion(),
-    backend: flags.device,
+    backend: flags.device === "webgpu" && flags.hostCache ? "webgpu (host cache)" : flags.device,
     model: flags.preset,
     dtype: "fp32",
     ...figures,
@@ -307,7 +312,7 @@ export async function openBenchEngine(
     kvCacheMemory: flags.kvCacheMemory,
     prefixCaching: overrides.prefixCaching ?? true,
   });
-  const served = await loadServedModel(config, silentLogger);
+  const served = await loadServedModel(config, silentLogger, { hostCache: flags.hostCache });
   const { engine } = served;
   const runner = engine.runner;
   const profile = new StepProfile();
@@ -319,16 +324,20 @@ export async function openBenchEngine(
     reserve(length);
     if (runner.workingBytes() !== before) profile.recordResize(performance.now() - t0);
   };
-  // Time every model run the engine makes (the engine calls runner.step for each decode batch and prefill chunk).
-  runner.step = async (inputs: RowInput[]) => {
-    const t0 = performance.now();
-    const logits = await step(inputs);
-    profile.record(inputs, performance.now() - t0);
-    kvPeak.rows = Math.max(kvPeak.rows, runner.workingBytes());
-    kvPeak.prefix = Math.max(kvPeak.prefix, engine.cache.usedBlocks * engine.cache.bytesPerBlock);
-    overrides.onRun?.();
-    return logits;
-  };
+  // Time every model run the engine makes (runner.step, or stepAndSample where the runner samples on its device,
+  // for each decode batch and prefill chunk).
+  const timed = <A extends unknown[], R>(run: (inputs: RowInput[], ...rest: A) => Promise<R>) =>
+    async (inputs: RowInput[], ...rest: A): Promise<R> => {
+      const t0 = performance.now();
+      const result = await run(inputs, ...rest);
+      profile.record(inputs, performance.now() - t0);
+      kvPeak.rows = Math.max(kvPeak.rows, runner.workingBytes());
+      kvPeak.prefix = Math.max(kvPeak.prefix, engine.cache.usedBlocks * engine.cache.bytesPerBlock);
+      overrides.onRun?.();
+      return result;
+    };
+  runner.step = timed(step);
+  if (runner.stepAndSample) runner.stepAndSample = timed(runner.stepAndSample.bind(runner));
   return { served, engine, profile, kvPeak, close: () => runner.dispose() };
 }
 

@@ -1,8 +1,12 @@
 /**
- * Time of one batched decode step, engine graph (cache as input only, through EngineRunner) against the standard
- * graph (past in, present out) fed the same way. Prints one JSON line per (graph, context): the median of `steps`
- * timed steps after `warmup` untimed ones. The cached KV is zeros: the step costs the same whatever it holds.
- * Run: node --import tsx bench/decode-step.ts [--preset bench-135m] [--device cpu|wasm] [--batch 16]
+ * Time of one batched decode step, engine graph (cache as input only, through the engine's runner) against the
+ * standard graph (past in, present out) fed the same way. Prints one JSON line per (graph, context): the median of
+ * `steps` timed steps after `warmup` untimed ones. The cached KV is zeros: the step costs the same whatever it holds.
+ * "engine" times the model run alone; "engine_sampled" adds drawing every row's token the way the engine does
+ * (T=1 over the whole vocabulary, logprobs 1): the CPU sampler over logits read back, or on webgpu the GPU-resident
+ * runner's stepAndSample (cache, logits and sampler on the GPU); on webgpu "engine_sampled_host_cache" is the same
+ * step with the cache in host memory and logits read back for the CPU sampler.
+ * Run: node --import tsx bench/decode-step.ts [--preset bench-135m] [--device cpu|wasm|webgpu] [--batch 16]
  *      [--contexts 64,256,1024] [--steps 7] [--warmup 2] [--cache-dir DIR]
  * The model is built (once) into the cache directory, outside the repository.
  */
@@ -16,6 +20,9 @@ import { openEngineRunner } from "../src/model/engine-runner.ts";
 import type { OrtModule, OrtSession, OrtTensor } from "../src/model/ort-types.ts";
 import { backendFor } from "../src/model/backends.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
+import { SamplingParams } from "../src/engine/sampling-params.ts";
+import { SequenceSampler } from "../src/engine/sampler.ts";
+import type { ModelRunner } from "../src/engine/model-runner.ts";
 
 function flag(name: string, fallback: string): string {
   const args = process.argv;
@@ -30,7 +37,7 @@ const contexts = flag("contexts", "64,256,1024").split(",").map(Number);
 const steps = Number(flag("steps", "7"));
 const warmup = Number(flag("warmup", "2"));
 const cacheDir = flag("cache-dir", path.join(defaultCacheDir(process.env), "bench"));
-if (device !== "cpu" && device !== "wasm") throw new Error(`--device must be cpu or wasm, got ${device}`);
+if (device !== "cpu" && device !== "wasm" && device !== "webgpu") throw new Error(`--device must be cpu, wasm or webgpu, got ${device}`);
 
 const preset = getPreset(presetName);
 const { arch } = preset;
@@ -38,7 +45,7 @@ const dir = path.join(cacheDir, presetName);
 const built = performance.now();
 await ensureModel({ preset: presetName, out: dir, seed: 0 });
 const buildSeconds = (performance.now() - built) / 1000;
-const backend = await backendFor(device === "wasm" ? "wasm" : "cpu");
+const backend = await backendFor(device);
 const runtime: OrtModule = backend.ort;
 type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
 const Tensor = runtime.Tensor as unknown as TensorClass;
@@ -72,20 +79,27 @@ function report(graph: string, context: number, extra: Record<string, unknown>) 
   }));
 }
 
-async function benchEngine() {
-  const runner = await openEngineRunner({
+async function benchEngine(hostCache: boolean) {
+  const runner: ModelRunner & { capacity: number } = await openEngineRunner({
     dir,
     backend,
     maxRows: batch,
     maxLength: Math.max(...contexts),
+    hostCache,
   });
+  const params = SamplingParams.parse({ temperature: 1, seed: 0, logprobs: 1 });
+  const samplers = Array.from({ length: batch }, (_, row) => new SequenceSampler(params, [1000 + row], { index: row }));
+  const label = hostCache && runner.stepAndSample === undefined && device === "webgpu" ? "_host_cache" : "";
   try {
     for (const context of contexts) {
       // `context` tokens after the step: context - 1 cached, one new, all rows at once.
       runner.reserve(context);
       const rows = Array.from({ length: batch }, (_, row) => ({ row, tokens: [1000 + row], start: context - 1 }));
-      const timing = await timeSteps(() => runner.step(rows));
-      report("engine", context, { cache_slots: runner.capacity, ...timing });
+      if (!label) report("engine", context, { cache_slots: runner.capacity, ...await timeSteps(() => runner.step(rows)) });
+      const sampled = runner.stepAndSample
+        ? () => runner.stepAndSample!(rows, samplers.map((s) => s.deviceSampling([], arch.vocabSize)))
+        : async () => (await runner.step(rows)).map((logits, row) => samplers[row].sample(logits, []));
+      report(`engine_sampled${label}`, context, { cache_slots: runner.capacity, ...await timeSteps(sampled) });
     }
   } finally {
     await runner.dispose();
@@ -131,5 +145,6 @@ async function benchStandard() {
 }
 
 console.error(`model ${dir} ready in ${buildSeconds.toFixed(1)} s`);
-await benchEngine();
+await benchEngine(false);
+if (device === "webgpu") await benchEngine(true);
 await benchStandard();

@@ -5,7 +5,7 @@
  * measured outside this script, it needs a GGUF build), and runs transformers.js generate() on the whole load as one
  * left-padded static batch as the in-script baseline.
  * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
- *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm] [--cache-dir DIR]
+ *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  */
 import {
   baselineFigures,

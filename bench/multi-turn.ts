@@ -5,7 +5,7 @@
  * prefix caching off: the baseline). Each run is a new conversation (its own seed), so runs do not hit each
  * other's cache; prints one JSON line per engine with the medians of `runs`, then the speed-up.
  * Run: node --import tsx bench/multi-turn.ts [--runs 3] [--turns 8] [--user-tokens 120] [--answer-tokens 80]
- *      [--max-num-batched-tokens 512] [--device cpu|wasm] [--cache-dir DIR]
+ *      [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  */
 import { SamplingParams } from "../src/engine/sampling-params.ts";
 import type { Engine } from "../src/engine/engine.ts";

@@ -7,7 +7,7 @@
  * Run: node --import tsx bench/rollouts.ts [--runs 3] [--prompts 16] [--prompt-len 256] [--n 4] [--new-tokens 128]
  *      [--sequential-requests 2] [--baseline-runs 3] [--static-batch 32] [--static-runs 1] [--baseline-top-k 0[,50]]
  *      [--no-baseline]
- *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm] [--cache-dir DIR]
+ *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  */
 import {
   baselineFigures,

@@ -40,8 +40,15 @@ function asControlError(err: unknown): unknown {
   return new ControlError(err.problem === "forbidden" ? "forbidden" : "invalid", err.message, "path");
 }
 
-/** Loads the model named by the config (the built-in one when none) and starts an engine over it. */
-export async function loadServedModel(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<ServedModel> {
+/**
+ * Loads the model named by the config (the built-in one when none) and starts an engine over it. `hostCache`
+ * keeps a WebGPU model's cache in host memory (benchmarks compare the two).
+ */
+export async function loadServedModel(
+  config: ServerConfig,
+  log: Logger = createLogger(config.logLevel),
+  options: { hostCache?: boolean } = {},
+): Promise<ServedModel> {
   const cacheDir = config.cacheDir ?? defaultCacheDir(envRecord());
   setCpuThreads(config.threads);
   const loaded = await loadModel({ model: config.model, device: config.device, dtype: config.dtype, cacheDir, log });
@@ -57,6 +64,7 @@ export async function loadServedModel(config: ServerConfig, log: Logger = create
     maxRows: config.maxNumSeqs + 1,
     maxLength: maxModelLen,
     scratchDir: path.join(cacheDir, "refit"),
+    hostCache: options.hostCache,
   };
   const { runner, layout, reason } = await openModelRunner(served);
   if (layout === "standard") log.warn(`serving through the model's standard graph, slower at long contexts: ${reason}`);

@@ -80,6 +80,8 @@ export interface ServedWeights {
   maxLength: number;
   /** A directory for the engine graph written over a loose ONNX file (removed once the session is open). */
   scratchDir: string;
+  /** On WebGPU, keep the cache in host memory (see OpenEngineRunnerOptions). */
+  hostCache?: boolean;
 }
 
 const SHAPE_FIELDS = [
@@ -146,6 +148,7 @@ async function openDirectory(dir: string, servedArch: DecoderArch, served: Serve
       backend: served.backend,
       maxRows: served.maxRows,
       maxLength: served.maxLength,
+      hostCache: served.hostCache,
     });
     return runner;
   } catch (err) {
