@@ -331,8 +331,11 @@ export class Engine {
   }
 
   /** Feeds several sequences' prefill chunks in one model run. */
-  async #prefill(chunks: PrefillChunk[]): Promise<void> {
-    if (chunks.length === 0) return;
+  async #prefill(run: PrefillChunk[]): Promise<void> {
+    if (run.length === 0) return;
+    // In row order: new sequences take adjacent rows, and a runner reads an ascending range of rows in place
+    // instead of gathering a copy of each row's cache.
+    const chunks = [...run].sort((a, b) => a.seq.row! - b.seq.row!);
     const inputs = chunks.map(({ seq, tokens, allLogits }) => {
       const start = seq.numComputed;
       return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
