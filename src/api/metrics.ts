@@ -48,6 +48,9 @@ export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics 
         get scheduledAt() {
           return request.scheduledAt;
         },
+        get cachedPromptTokens() {
+          return request.cachedPromptTokens;
+        },
       };
     },
   };

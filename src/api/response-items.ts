@@ -22,6 +22,8 @@ export interface ResponseSetup {
   version: number;
   /** The sampling the engine runs (a pinned server's values, a request's defaults filled in). */
   sampling: { temperature: number; topP: number };
+  /** Prompt tokens the prefix cache held (known once the request is scheduled). */
+  cachedTokens: () => number;
 }
 
 function statusOf(result: SampleResult): Status {
@@ -208,7 +210,7 @@ export class ResponseItems {
       usage: result
         ? {
           input_tokens: inputTokens,
-          input_tokens_details: { cached_tokens: 0 },
+          input_tokens_details: { cached_tokens: this.#setup.cachedTokens() },
           output_tokens: outputTokens,
           output_tokens_details: { reasoning_tokens: 0 },
           total_tokens: inputTokens + outputTokens,

@@ -131,6 +131,7 @@ export function responseRoutes(deps: AppDeps): Hono {
       topLogprobs: withLogprobs ? request.top_logprobs ?? 0 : null,
       version: engine.policyVersion,
       sampling: { temperature: params.temperature, topP: params.top_p },
+      cachedTokens: () => generation.requests[0].cachedPromptTokens,
     });
     const output = new AssistantOutput(parsers.reasoning, calling);
     if (!request.stream) {

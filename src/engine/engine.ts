@@ -44,6 +44,8 @@ export interface SubmittedRequest {
   /** When it was submitted and first scheduled (performance.now() milliseconds; null: not yet). */
   readonly arrivedAt: number;
   readonly scheduledAt: number | null;
+  /** Prompt tokens whose KV came from the prefix cache when it was first scheduled. */
+  readonly cachedPromptTokens: number;
 }
 
 export interface EngineStats {
@@ -141,6 +143,9 @@ export class Engine {
       arrivedAt: seq.arrivedAt,
       get scheduledAt() {
         return seq.scheduledAt;
+      },
+      get cachedPromptTokens() {
+        return seq.numCachedPrompt;
       },
     };
   }

@@ -176,7 +176,8 @@ export class Scheduler {
       this.cache.acquire(cachedBlocks);
       seq.status = "running";
       seq.numComputed = cached;
-      seq.numCachedPrompt = cached;
+      // What the prompt found cached on its first admission (a preempted sequence's recompute is not a prompt hit).
+      if (seq.scheduledAt === null) seq.numCachedPrompt = cached;
       seq.scheduledAt ??= performance.now();
       this.running.push(seq);
       plan.admitted.push({ seq, cachedBlocks });

@@ -43,6 +43,7 @@ class ScriptedEngine {
         return finishReason;
       },
       arrivedAt,
+      cachedPromptTokens: 0,
       scheduledAt: arrivedAt + 1,
     };
   }

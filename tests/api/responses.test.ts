@@ -53,6 +53,18 @@ test("a string input answers a response with one message item carrying the RL to
   assert.equal(out.policy_version, engine.policyVersion);
 });
 
+test("usage counts the prompt tokens the prefix cache held", SLOW, async () => {
+  const input = "Tell me about the prefix cache in a few words, please, as briefly as you can manage it.";
+  const first = await respond({ input, max_output_tokens: 1 });
+  const second = await respond({ input, max_output_tokens: 1 });
+  const length = second.usage.input_tokens;
+  assert.ok(first.usage.input_tokens_details.cached_tokens < length);
+  // Whole blocks of 16, all but the prompt's last token at most (that one is always computed).
+  const cached = second.usage.input_tokens_details.cached_tokens;
+  assert.ok(cached > 0);
+  assert.equal(cached, Math.floor((length - 1) / 16) * 16, `${cached} of ${length} prompt tokens cached`);
+});
+
 test("a generation that ends with EOS completes; top_logprobs fills the output text's logprobs", SLOW, async () => {
   const out = await respond({ input: "Say hi", max_output_tokens: 20, min_tokens: 2, logit_bias: { [EOS]: 100 }, top_logprobs: 2 });
   assert.equal(out.status, "completed");
@@ -168,6 +180,7 @@ test("streamed function calls open an item, stream their arguments and close wit
     names: new TokenNames(new TokenTexts(tokenizer), false),
     topLogprobs: null,
     version: 0,
+    cachedTokens: () => 0,
     sampling: { temperature: 1, topP: 1 },
   });
   const output = new AssistantOutput(null, toolCalling("hermes", [{ function: { name: "get_weather" } }], "auto", null));
