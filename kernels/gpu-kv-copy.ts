@@ -100,6 +100,19 @@ export interface KvLayerBuffers {
   value: GPUBuffer;
 }
 
+/**
+ * Writes `words` at the start of `buffer` (a STORAGE | COPY_DST buffer), first swapping it for one twice their size
+ * when they do not fit; returns the buffer that holds them.
+ */
+export function uploadWords(device: GPUDevice, buffer: GPUBuffer, words: Uint32Array, label: string): GPUBuffer {
+  if (buffer.size < words.byteLength) {
+    buffer.destroy();
+    buffer = device.createBuffer({ size: 2 * words.byteLength, usage: STORAGE | COPY_DST, label });
+  }
+  device.queue.writeBuffer(buffer, 0, words);
+  return buffer;
+}
+
 const COPY_WORDS = 5;
 const WORKGROUP = 256;
 const MAX_GROUPS = 65_535;
@@ -135,11 +148,7 @@ export class GpuKvCopier {
     const device = this.#device;
     const words = new Uint32Array(active.length * COPY_WORDS);
     active.forEach((c, i) => words.set([c.fromRow, c.fromStart, c.toRow, c.toStart, c.length], i * COPY_WORDS));
-    if (this.#copies.size < words.byteLength) {
-      this.#copies.destroy();
-      this.#copies = device.createBuffer({ size: 2 * words.byteLength, usage: STORAGE | COPY_DST, label: "kv copies" });
-    }
-    device.queue.writeBuffer(this.#copies, 0, words);
+    this.#copies = uploadWords(device, this.#copies, words, "kv copies");
     device.queue.writeBuffer(
       this.#layout,
       0,

@@ -5,6 +5,7 @@
  * prefix cache. Rows are the engine graph's: K [rows, kvHeads, headDim, capacity], V [rows, kvHeads, capacity,
  * headDim]. Its CPU twin is EngineKv (src/model/engine-kv.ts: storeNew, read, write); both only move words.
  */
+import { type KvLayerBuffers, type KvRowsLayout, uploadWords } from "./gpu-kv-copy.ts";
 import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./gpu-sampler.ts";
 
 /** Tokens [start, start + length) of `row` and a packed block [kvHeads][stride][headDim] at word offsets. */
@@ -18,18 +19,11 @@ export interface KvBlockMove {
   valueOffset: number;
 }
 
-/** The cache rows' shape. */
-export interface KvRowsShape {
-  rows: number;
-  numKvHeads: number;
-  headDim: number;
-  capacity: number;
-}
+/** The cache rows' shape (their axis orders are the engine graph's). */
+export type KvRowsShape = Omit<KvRowsLayout, "key" | "value">;
 
 /** One layer's cache rows and the packed buffers its blocks come from or go to. */
-export interface KvScatterLayer {
-  key: GPUBuffer;
-  value: GPUBuffer;
+export interface KvScatterLayer extends KvLayerBuffers {
   packedKey: GPUBuffer;
   packedValue: GPUBuffer;
 }
@@ -79,11 +73,7 @@ export class GpuKvScatter {
     const device = this.#device;
     const words = new Uint32Array(active.length * ENTRY_WORDS);
     active.forEach((m, i) => words.set([m.row, m.start, m.length, m.stride, m.keyOffset, m.valueOffset], i * ENTRY_WORDS));
-    if (this.#entries.size < words.byteLength) {
-      this.#entries.destroy();
-      this.#entries = device.createBuffer({ size: 2 * words.byteLength, usage: STORAGE | COPY_DST, label: "kv scatter entries" });
-    }
-    device.queue.writeBuffer(this.#entries, 0, words);
+    this.#entries = uploadWords(device, this.#entries, words, "kv scatter entries");
     const { numKvHeads: heads, headDim, capacity, rows } = shape;
     device.queue.writeBuffer(
       this.#shape,

@@ -1,18 +1,17 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import process from "node:process";
 import {
   GPU_MAX_TOP,
   type GpuSampledToken,
   type GpuSampleRow,
   GpuSampler,
   logitEdits,
-  openGpuDevice,
 } from "../../kernels/gpu-sampler.ts";
 import { LOGPROB_FLOOR } from "../../kernels/sampling.ts";
 import { Rng } from "../../src/engine/rng.ts";
 import { type SampledToken, Sampler, type SamplerState } from "../../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
+import { COPY_DST, STORAGE, testDevice } from "../support/gpu-device.ts";
 
 const VOCAB = 151_936;
 const EOS = 151_645;
@@ -20,18 +19,11 @@ const TOLERANCE = 1e-5;
 // lavapipe compiles each kernel on first use, and runs one workgroup (one row) per CPU core.
 const SLOW = { timeout: 120_000 };
 
-// Deno's WebGPU opens OpenGL (EGL) next to Vulkan; on Linux with Mesa, that stack's teardown sometimes corrupts
-// the heap as the process exits (about 1 run in 20 here, after every test passed). Vulkan alone does not.
-if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
-// The only reason to skip: this runtime or machine has no WebGPU adapter (Node and Bun have no navigator.gpu).
-const gpu = await openGpuDevice();
-const device = "device" in gpu ? gpu.device : null;
-const noGpu = device === null && `no WebGPU adapter: ${"reason" in gpu ? gpu.reason : ""}`;
+const { device, noGpu, release } = await testDevice();
 const samplers = new Map<number, Promise<GpuSampler>>();
 after(async () => {
   for (const sampler of samplers.values()) (await sampler).destroy();
-  device?.destroy();
-  await device?.lost;
+  await release();
 });
 
 function gpuSampler(vocabSize: number): Promise<GpuSampler> {
@@ -257,7 +249,7 @@ describe("GPU sampler against its CPU twin", () => {
   test("rows read any row of a logits buffer that stays on the GPU", { ...SLOW, skip: noGpu }, async () => {
     const vocab = 5000;
     const rows = [0, 1, 2].map((r) => modelLikeRow(vocab, 20 + r));
-    const buffer = device!.createBuffer({ size: 3 * vocab * 4, usage: 0x80 | 0x08 /* STORAGE | COPY_DST */ });
+    const buffer = device!.createBuffer({ size: 3 * vocab * 4, usage: STORAGE | COPY_DST });
     rows.forEach((row, r) => device!.queue.writeBuffer(buffer, r * vocab * 4, row));
     // Four samples of row 2 and one of row 0: n samples of one prompt can share its logits.
     const picks = [2, 2, 0, 2, 2];

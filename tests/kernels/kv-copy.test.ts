@@ -1,6 +1,5 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import process from "node:process";
 import {
   checkKvCopies,
   copyKvRanges,
@@ -9,25 +8,11 @@ import {
   type KvRangeCopy,
   type KvRowsLayout,
 } from "../../kernels/gpu-kv-copy.ts";
-import { openGpuDevice } from "../../kernels/gpu-sampler.ts";
 import { EngineKv } from "../../src/model/engine-kv.ts";
+import { readBack, testDevice, upload } from "../support/gpu-device.ts";
 
-// Deno's WebGPU opens OpenGL (EGL) next to Vulkan; on Linux with Mesa, that stack's teardown sometimes corrupts
-// the heap as the process exits (about 1 run in 20 here, after every test passed). Vulkan alone does not.
-if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
-// The only reason to skip: this runtime or machine has no WebGPU adapter (Node and Bun have no navigator.gpu).
-const gpu = await openGpuDevice();
-const device = "device" in gpu ? gpu.device : null;
-const noGpu = device === null && `no WebGPU adapter: ${"reason" in gpu ? gpu.reason : ""}`;
-after(async () => {
-  device?.destroy();
-  await device?.lost;
-});
-
-const STORAGE = 0x80;
-const COPY_SRC = 0x04;
-const COPY_DST = 0x08;
-const MAP_READ = 0x01;
+const { device, noGpu, release } = await testDevice();
+after(release);
 
 /** The engine graph's layout: K with slots last, V with head dims last. */
 const engineLayout = (rows: number, capacity: number): KvRowsLayout => ({
@@ -49,36 +34,20 @@ function filled(size: number, seed: number): Uint32Array {
   return Uint32Array.from({ length: size }, () => (x = (Math.imul(x, 1664525) + 1013904223) >>> 0));
 }
 
-async function readBack(buffer: GPUBuffer): Promise<Uint32Array> {
-  const staging = device!.createBuffer({ size: buffer.size, usage: MAP_READ | COPY_DST });
-  const encoder = device!.createCommandEncoder();
-  encoder.copyBufferToBuffer(buffer, 0, staging, 0, buffer.size);
-  device!.queue.submit([encoder.finish()]);
-  await staging.mapAsync(1);
-  const words = new Uint32Array(staging.getMappedRange().slice(0));
-  staging.unmap();
-  staging.destroy();
-  return words;
-}
-
-function upload(words: Uint32Array): GPUBuffer {
-  const buffer = device!.createBuffer({ size: words.byteLength, usage: STORAGE | COPY_SRC | COPY_DST });
-  device!.queue.writeBuffer(buffer, 0, words);
-  return buffer;
-}
+const readWords = async (buffer: GPUBuffer) => new Uint32Array(await readBack(device!, buffer));
 
 /** Runs the copies on the GPU over `layers` layers and on the CPU twin, and asserts every word agrees. */
 async function agree(layout: KvRowsLayout, layers: number, copies: KvRangeCopy[]): Promise<void> {
   const copier = await GpuKvCopier.create(device!);
   const cpu = Array.from({ length: layers }, (_, l) => ({ key: filled(layerSize(layout), 2 * l + 1), value: filled(layerSize(layout), 2 * l + 2) }));
-  const buffers = cpu.map(({ key, value }) => ({ key: upload(key), value: upload(value) }));
+  const buffers = cpu.map(({ key, value }) => ({ key: upload(device!, key), value: upload(device!, value) }));
   await copier.copy(layout, buffers, copies);
   for (const [l, { key, value }] of cpu.entries()) {
     const before = key.slice();
     copyKvRanges(layout, key, value, copies);
     if (copies.some((c) => c.length > 0)) assert.notDeepEqual(key, before, "the copies change something");
-    assert.deepEqual(await readBack(buffers[l].key), key, `layer ${l} K`);
-    assert.deepEqual(await readBack(buffers[l].value), value, `layer ${l} V`);
+    assert.deepEqual(await readWords(buffers[l].key), key, `layer ${l} K`);
+    assert.deepEqual(await readWords(buffers[l].value), value, `layer ${l} V`);
   }
   for (const { key, value } of buffers) [key, value].forEach((b) => b.destroy());
   copier.destroy();

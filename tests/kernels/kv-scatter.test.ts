@@ -5,21 +5,13 @@
  */
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import process from "node:process";
 import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
-import { openGpuDevice } from "../../kernels/gpu-sampler.ts";
 import { EngineKv } from "../../src/model/engine-kv.ts";
+import { readBack, testDevice, upload as uploadTo } from "../support/gpu-device.ts";
 
-if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
-const gpu = await openGpuDevice();
-const device = "device" in gpu ? gpu.device : null;
-const noGpu = device === null && `no WebGPU adapter: ${"reason" in gpu ? gpu.reason : ""}`;
-after(async () => {
-  device?.destroy();
-  await device?.lost;
-});
+const { device, noGpu, release } = await testDevice();
+after(release);
 
-const [STORAGE, COPY_SRC, COPY_DST, MAP_READ] = [0x80, 0x04, 0x08, 0x01];
 const shape = { numLayers: 3, numKvHeads: 3, headDim: 8 };
 const [ROWS, CAPACITY] = [5, 64];
 const rowsShape = { rows: ROWS, numKvHeads: shape.numKvHeads, headDim: shape.headDim, capacity: CAPACITY };
@@ -30,23 +22,8 @@ function filled(size: number, seed: number): Float32Array {
   return Float32Array.from({ length: size }, () => ((x = (Math.imul(x, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5);
 }
 
-function upload(data: Float32Array): GPUBuffer {
-  const buffer = device!.createBuffer({ size: Math.max(16, data.byteLength), usage: STORAGE | COPY_SRC | COPY_DST });
-  device!.queue.writeBuffer(buffer, 0, data);
-  return buffer;
-}
-
-async function readBack(buffer: GPUBuffer, floats: number): Promise<Float32Array> {
-  const staging = device!.createBuffer({ size: floats * 4, usage: MAP_READ | COPY_DST });
-  const encoder = device!.createCommandEncoder();
-  encoder.copyBufferToBuffer(buffer, 0, staging, 0, floats * 4);
-  device!.queue.submit([encoder.finish()]);
-  await staging.mapAsync(1);
-  const data = new Float32Array(staging.getMappedRange().slice(0));
-  staging.unmap();
-  staging.destroy();
-  return data;
-}
+const upload = (data: Float32Array) => uploadTo(device!, data);
+const readFloats = async (buffer: GPUBuffer, floats: number) => new Float32Array(await readBack(device!, buffer, floats * 4));
 
 /** An EngineKv with every row filled, and GPU copies of its layers. */
 function twins() {
@@ -64,8 +41,8 @@ function twins() {
 async function assertRowsAgree(kv: EngineKv, gpuRows: { key: GPUBuffer; value: GPUBuffer }[]): Promise<void> {
   for (let l = 0; l < shape.numLayers; l++) {
     const { key, value } = kv.rowRange(l, 0, ROWS);
-    assert.deepEqual(await readBack(gpuRows[l].key, key.length), key, `layer ${l} K`);
-    assert.deepEqual(await readBack(gpuRows[l].value, value.length), value, `layer ${l} V`);
+    assert.deepEqual(await readFloats(gpuRows[l].key, key.length), key, `layer ${l} K`);
+    assert.deepEqual(await readFloats(gpuRows[l].value, value.length), value, `layer ${l} V`);
   }
 }
 
@@ -117,8 +94,8 @@ describe("KV scatter, GPU against the CPU twin (EngineKv)", () => {
     encoder = device!.createCommandEncoder();
     scatter.encode(encoder, rowsShape, "out-of-rows", [{ ...move, row: 4, start: 40 }], packed(outKey, outValue), block);
     device!.queue.submit([encoder.finish()]);
-    assert.deepEqual(await readBack(outKey, shape.numLayers * block), split(expected, 0));
-    assert.deepEqual(await readBack(outValue, shape.numLayers * block), split(expected, 1));
+    assert.deepEqual(await readFloats(outKey, shape.numLayers * block), split(expected, 0));
+    assert.deepEqual(await readFloats(outValue, shape.numLayers * block), split(expected, 1));
     scatter.destroy();
   });
 
