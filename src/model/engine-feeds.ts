@@ -33,6 +33,21 @@ export function checkRow(row: number, maxRows: number): void {
   if (!Number.isInteger(row) || row < 0 || row >= maxRows) throw new Error(`row ${row} is outside [0, ${maxRows})`);
 }
 
+/** Throws unless tokens [start, start + length) of `row` are inside rows of `capacity` slots. */
+export function checkRange(row: number, start: number, length: number, maxRows: number, capacity: number): void {
+  checkRow(row, maxRows);
+  if (start < 0 || length < 0 || start + length > capacity) {
+    throw new Error(`tokens [${start}, ${start + length}) are outside row capacity ${capacity}`);
+  }
+}
+
+/** Throws unless `data` holds `length` tokens of the canonical KV layout. */
+export function checkCanonical(length: number, data: Float32Array, floatsPerToken: number): void {
+  if (data.length < length * floatsPerToken) {
+    throw new Error(`${length} tokens need ${length * floatsPerToken} floats, got ${data.length}`);
+  }
+}
+
 /** Logit positions each row of a run picks: 1, or the most tokens a row asking for all logits feeds. */
 export function logitPicks(inputs: readonly RowInput[]): number {
   return Math.max(...inputs.map((r) => (r.allLogits ? r.tokens.length : 1)));

@@ -13,7 +13,17 @@ import type { Backend } from "./backends.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
-import { checkRow, checkStep, logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
+import {
+  checkCanonical,
+  checkRange,
+  checkRow,
+  checkStep,
+  logitPicks,
+  rowLogits,
+  type TensorClass,
+  tensorClass,
+  tokenFeeds,
+} from "./engine-feeds.ts";
 
 /** What an EngineRunner runs on. */
 export interface EngineRunnerOptions {
@@ -110,28 +120,28 @@ export class EngineRunner implements ModelRunner {
 
   /** Marks `row` empty, so its tokens no longer keep the capacity from shrinking. */
   releaseRow(row: number): void {
-    this.#checkRow(row);
+    checkRow(row, this.maxRows);
     this.#lengths[row] = 0;
   }
 
   copyRow(from: number, to: number, length: number): void {
     this.#idle("copyRow");
-    this.#checkRange(from, 0, length);
-    this.#checkRow(to);
+    checkRange(from, 0, length, this.maxRows, this.#kv.capacity);
+    checkRow(to, this.maxRows);
     if (from !== to) this.#kv.copyRow(from, to, length);
     this.#lengths[to] = length;
   }
 
   readKv(row: number, start: number, length: number, out: Float32Array): void {
-    this.#checkRange(row, start, length);
-    this.#checkCanonical(length, out);
+    checkRange(row, start, length, this.maxRows, this.#kv.capacity);
+    checkCanonical(length, out, this.floatsPerToken);
     this.#kv.read(row, start, length, out);
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
     this.#idle("writeKv");
-    this.#checkRow(row);
-    this.#checkCanonical(length, data);
+    checkRow(row, this.maxRows);
+    checkCanonical(length, data, this.floatsPerToken);
     if (start + length > this.#kv.capacity) this.reserve(start + length);
     this.#kv.write(row, start, length, data);
     // Blocks arrive in order from slot 0: a write there starts the row anew.
@@ -165,23 +175,6 @@ export class EngineRunner implements ModelRunner {
       feeds[`value_cache.${l}`] = new this.#Tensor("float32", value, [count, kvh, m, d]);
     }
     return feeds;
-  }
-
-  #checkRow(row: number): void {
-    checkRow(row, this.maxRows);
-  }
-
-  #checkRange(row: number, start: number, length: number): void {
-    this.#checkRow(row);
-    if (start < 0 || length < 0 || start + length > this.#kv.capacity) {
-      throw new Error(`tokens [${start}, ${start + length}) are outside row capacity ${this.#kv.capacity}`);
-    }
-  }
-
-  #checkCanonical(length: number, data: Float32Array): void {
-    if (data.length < length * this.floatsPerToken) {
-      throw new Error(`${length} tokens need ${length * this.floatsPerToken} floats, got ${data.length}`);
-    }
   }
 
   #idle(what: string): void {

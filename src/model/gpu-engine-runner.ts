@@ -12,7 +12,17 @@ import { forkPrefix, GpuKvCopier, type KvRowsLayout } from "../../kernels/gpu-kv
 import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
 import { GpuSampler } from "../../kernels/gpu-sampler.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
-import { checkRow, checkStep, logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
+import {
+  checkCanonical,
+  checkRange,
+  checkRow,
+  checkStep,
+  logitPicks,
+  rowLogits,
+  type TensorClass,
+  tensorClass,
+  tokenFeeds,
+} from "./engine-feeds.ts";
 import type { EngineRunnerOptions } from "./engine-runner.ts";
 import type { OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
@@ -144,7 +154,7 @@ export class GpuEngineRunner implements ModelRunner {
 
   copyRow(from: number, to: number, length: number): void {
     this.#idle("copyRow");
-    this.#checkRange(from, 0, length);
+    checkRange(from, 0, length, this.maxRows, this.#capacity);
     checkRow(to, this.maxRows);
     if (from !== to && length > 0) {
       const encoder = this.#device.createCommandEncoder({ label: "kv row copy" });
@@ -155,8 +165,8 @@ export class GpuEngineRunner implements ModelRunner {
   }
 
   readKv(row: number, start: number, length: number, out: Float32Array): void {
-    this.#checkRange(row, start, length);
-    this.#checkCanonical(length, out);
+    checkRange(row, start, length, this.maxRows, this.#capacity);
+    checkCanonical(length, out, this.floatsPerToken);
     if (length === 0) return;
     const bytes = this.#numLayers * this.#kvh * length * this.#headDim * 4;
     const [key, value] = [this.#buffer(bytes, STORAGE | COPY_SRC), this.#buffer(bytes, STORAGE | COPY_SRC)];
@@ -198,7 +208,7 @@ export class GpuEngineRunner implements ModelRunner {
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
     this.#idle("writeKv");
     checkRow(row, this.maxRows);
-    this.#checkCanonical(length, data);
+    checkCanonical(length, data, this.floatsPerToken);
     if (start + length > this.#capacity) this.reserve(start + length);
     if (length > 0) {
       const b = this.#kvh * length * this.#headDim;
@@ -389,19 +399,6 @@ export class GpuEngineRunner implements ModelRunner {
   #destroyGathered(): void {
     for (const b of [...this.#gatherKeys, ...this.#gatherValues]) b.destroy();
     [this.#gatherKeys, this.#gatherValues] = [[], []];
-  }
-
-  #checkRange(row: number, start: number, length: number): void {
-    checkRow(row, this.maxRows);
-    if (start < 0 || length < 0 || start + length > this.#capacity) {
-      throw new Error(`tokens [${start}, ${start + length}) are outside row capacity ${this.#capacity}`);
-    }
-  }
-
-  #checkCanonical(length: number, data: Float32Array): void {
-    if (data.length < length * this.floatsPerToken) {
-      throw new Error(`${length} tokens need ${length * this.floatsPerToken} floats, got ${data.length}`);
-    }
   }
 
   #idle(what: string): void {
