@@ -97,7 +97,7 @@ async function benchEngine(hostCache: boolean) {
       const rows = Array.from({ length: batch }, (_, row) => ({ row, tokens: [1000 + row], start: context - 1 }));
       if (!label) report("engine", context, { cache_slots: runner.capacity, ...await timeSteps(() => runner.step(rows)) });
       const sampled = runner.stepAndSample
-        ? () => runner.stepAndSample!(rows, samplers.map((s) => s.deviceSampling([], arch.vocabSize)))
+        ? () => runner.stepAndSample!(rows, samplers.map((s) => s.next([], arch.vocabSize)))
         : async () => (await runner.step(rows)).map((logits, row) => samplers[row].sample(logits, []));
       report(`engine_sampled${label}`, context, { cache_slots: runner.capacity, ...await timeSteps(sampled) });
     }

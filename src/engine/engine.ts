@@ -320,7 +320,7 @@ export class Engine {
 
   /** How the runner draws `seq`'s next token on its device (one number from the sequence's stream). */
   #deviceSampling(seq: Sequence) {
-    return this.#samplers.get(seq)!.deviceSampling(seq.outputIds, this.runner.vocabSize);
+    return this.#samplers.get(seq)!.next(seq.outputIds, this.runner.vocabSize);
   }
 
   /** Waits for the KV the prefix cache read from a runner whose cache lives on another device. */

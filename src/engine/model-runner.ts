@@ -3,8 +3,7 @@
  * runner keeps in the layout its graph reads. The engine decides which sequence lives in which row.
  */
 
-import type { GpuSampleRow } from "../../kernels/gpu-sampler.ts";
-import type { SampledToken } from "./sampler.ts";
+import type { RowSampling, SampledToken } from "./sampler.ts";
 
 /** One row's work in a step: feed `tokens` at positions start.., attending to the row's cached [0, start). */
 export interface RowInput {
@@ -14,9 +13,6 @@ export interface RowInput {
   /** The row wants the logits of every token it feeds (prompt log-probabilities), not only of its last. */
   allLogits?: boolean;
 }
-
-/** How a row's next token is drawn where the logits are (the sampler's settings, resolved for this token). */
-export type DeviceSampling = Omit<GpuSampleRow, "logitsRow">;
 
 export interface ModelRunner {
   /** Vocabulary size of the logits rows returned by `step`. */
@@ -37,7 +33,7 @@ export interface ModelRunner {
    * drawn (null for rows that only fill their cache); only tokens and log-probabilities come back. No row may
    * ask for allLogits.
    */
-  stepAndSample?(inputs: RowInput[], sampling: readonly (DeviceSampling | null)[]): Promise<(SampledToken | null)[]>;
+  stepAndSample?(inputs: RowInput[], sampling: readonly (RowSampling | null)[]): Promise<(SampledToken | null)[]>;
   /** Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). */
   reserve(length: number): void;
   /** Tells the runner a row holds nothing any more (it may shrink its buffers). */

@@ -15,8 +15,7 @@ import {
   truncate,
   untruncated,
 } from "../../kernels/sampling.ts";
-import { logitEdits } from "../../kernels/gpu-sampler.ts";
-import type { DeviceSampling } from "./model-runner.ts";
+import { type GpuSampleRow, type LogitEdit, logitEdits } from "../../kernels/gpu-sampler.ts";
 import { type Rng, sequenceRng } from "./rng.ts";
 import { isGreedy, MAX_TOP_LOGPROBS, type SamplingParams } from "./sampling-params.ts";
 
@@ -30,6 +29,12 @@ export interface TokenLogprob {
 export interface SampledToken extends TokenLogprob {
   topLogprobs?: TokenLogprob[];
 }
+
+/**
+ * How one row's next token is drawn, resolved for that token: the same on the CPU (Sampler.sampleRow) and where
+ * the logits are (a runner's stepAndSample, GpuSampler).
+ */
+export type RowSampling = Omit<GpuSampleRow, "logitsRow">;
 
 /** What the sampler needs to know about a sequence to sample its next token. */
 export interface SamplerState {
@@ -50,16 +55,24 @@ export class Sampler {
   readonly #topIds = new Int32Array(MAX_TOP_LOGPROBS);
   readonly #topVals = new Float32Array(MAX_TOP_LOGPROBS);
 
-  /** Picks the next token of a sequence from its row of logits (left untouched). */
+  /** Picks the next token of a sequence from its row of logits (left untouched), drawing from its stream. */
   sample(logits: Float32Array, state: SamplerState): SampledToken {
+    return this.sampleRow(logits, rowSampling(state, logits.length));
+  }
+
+  /**
+   * Picks a token from a row of logits (left untouched) as `row` says: its processors' edits, cuts and the uniform
+   * number already drawn from its sequence's stream (GpuSampler's twin, on the CPU).
+   */
+  sampleRow(logits: Float32Array, row: RowSampling): SampledToken {
     const n = logits.length;
     if (n === 0) throw new RangeError("cannot sample from an empty row of logits");
     const s = this.#scratchFor(n);
-    const { params } = state;
-    // Drawn first and always, greedy included, so that the k-th token always uses the k-th number of the stream.
-    const u = state.rng.nextUniform();
     s.argmax = copyLogits(logits, s.logits);
-    if (processLogits(s, n, state)) s.argmax = argmax(s.logits, n);
+    if (row.edits && row.edits.length > 0) {
+      applyEdits(s.logits, row.edits);
+      s.argmax = argmax(s.logits, n);
+    }
     s.max = s.logits[s.argmax];
     let tokenId: number;
     let logZ: number;
@@ -68,20 +81,20 @@ export class Sampler {
       untruncated(s, n, 1);
       tokenId = s.argmax;
       logZ = Infinity;
-    } else if (isGreedy(params)) {
+    } else if (row.temperature === 0) {
       // vLLM's greedy log-probs: the processed logits at temperature 1, nothing truncated.
       untruncated(s, n, 1);
       tokenId = s.argmax;
       logZ = logSumExp(s.logits, n, s.max);
     } else {
-      const z = truncate(s, n, params.temperature, params.top_k, params.top_p, params.min_p);
-      tokenId = pickKept(s, n, u * z);
+      const z = truncate(s, n, row.temperature, row.topK, row.topP, row.minP);
+      tokenId = pickKept(s, n, row.uniform * z);
       logZ = Math.log(z);
     }
-    if (params.logprobs_mode === "raw") return this.#rawLogprobs(logits, tokenId, params.logprobs);
+    if (row.logprobsMode === "raw") return this.#rawLogprobs(logits, tokenId, row.topLogprobs);
     const result: SampledToken = { tokenId, logprob: keptLogprob(s, tokenId, logZ) };
-    if (params.logprobs !== null) {
-      const count = params.logprobs > 0 ? selectTop(s.logits, n, params.logprobs, this.#topIds, this.#topVals) : 0;
+    if (row.topLogprobs !== null) {
+      const count = row.topLogprobs > 0 ? selectTop(s.logits, n, row.topLogprobs, this.#topIds, this.#topVals) : 0;
       result.topLogprobs = [];
       for (let j = 0; j < count; j++) {
         const id = this.#topIds[j];
@@ -114,71 +127,46 @@ export class Sampler {
   }
 }
 
-// The logits processors that can change the argmax, in vLLM's order; each touches only the ids it names.
-// Returns whether any ran.
-function processLogits(s: SamplingScratch, n: number, state: SamplerState): boolean {
+// The logits processors' edits, in vLLM's order per token (bias, the min_tokens mask, repetition penalty, then
+// frequency and presence), stored to float32 after each as the GPU twin does.
+function applyEdits(logits: Float32Array, edits: readonly LogitEdit[]): void {
+  for (const e of edits) {
+    const id = e.tokenId;
+    if (e.bias !== 0) logits[id] += e.bias;
+    if (e.mask) logits[id] = -Infinity;
+    if (e.repetition !== 1) logits[id] = logits[id] > 0 ? logits[id] / e.repetition : logits[id] * e.repetition;
+    if (e.subtract !== 0) logits[id] -= e.subtract;
+  }
+}
+
+/**
+ * How a sequence's next token is drawn, resolved for that token: one number drawn from its stream now (greedy
+ * included, so that the k-th token always uses the k-th number), its processors as edits, its cuts.
+ */
+export function rowSampling(state: SamplerState, vocabSize: number): RowSampling {
   const { params, outputIds } = state;
-  const { logits } = s;
-  let changed = false;
-  if (params.logit_bias.length > 0) {
-    for (const [id, bias] of params.logit_bias) if (id < n) logits[id] += bias;
-    changed = true;
-  }
-  if (outputIds.length < params.min_tokens) {
-    for (const id of state.eosTokenIds ?? []) if (id < n) logits[id] = -Infinity;
-    for (const id of params.stop_token_ids) if (id < n) logits[id] = -Infinity;
-    changed = true;
-  }
-  if (params.repetition_penalty !== 1) {
-    repetitionPenalty(s, n, state.promptIds, outputIds, params.repetition_penalty);
-    changed = true;
-  }
-  if (params.frequency_penalty !== 0 || params.presence_penalty !== 0) {
-    occurrencePenalties(s, n, outputIds, params.frequency_penalty, params.presence_penalty);
-    changed = true;
-  }
-  return changed;
-}
-
-// HF/vLLM: every token seen in prompt or output, once: a positive logit is divided, a negative one multiplied.
-function repetitionPenalty(s: SamplingScratch, n: number, prompt: readonly number[], output: readonly number[], penalty: number): void {
-  penalizeUnseen(s, n, prompt, penalty);
-  penalizeUnseen(s, n, output, penalty);
-  clearCounts(s.counts, n, prompt);
-  clearCounts(s.counts, n, output);
-}
-
-// One loop per function (see kernels/sampling.ts): prompts are long enough for V8 to compile these mid-loop.
-function penalizeUnseen(s: SamplingScratch, n: number, ids: readonly number[], penalty: number): void {
-  const { logits, counts } = s;
-  for (const id of ids) {
-    if (id >= n || counts[id] !== 0) continue;
-    counts[id] = 1;
-    logits[id] = logits[id] > 0 ? logits[id] / penalty : logits[id] * penalty;
-  }
-}
-
-function clearCounts(counts: Uint32Array, n: number, ids: readonly number[]): void {
-  for (const id of ids) if (id < n) counts[id] = 0;
-}
-
-function countIds(counts: Uint32Array, n: number, ids: readonly number[]): void {
-  for (const id of ids) if (id < n) counts[id]++;
-}
-
-// OpenAI: minus frequency x (times generated) minus presence, for every token generated at least once.
-function occurrencePenalties(s: SamplingScratch, n: number, output: readonly number[], frequency: number, presence: number): void {
-  countIds(s.counts, n, output);
-  penalizeCounted(s, n, output, frequency, presence);
-}
-
-function penalizeCounted(s: SamplingScratch, n: number, output: readonly number[], frequency: number, presence: number): void {
-  const { logits, counts } = s;
-  for (const id of output) {
-    if (id >= n || counts[id] === 0) continue;
-    logits[id] -= frequency * counts[id] + presence;
-    counts[id] = 0;
-  }
+  const uniform = state.rng.nextUniform();
+  const masked = outputIds.length < params.min_tokens;
+  const edits = logitEdits({
+    logitBias: params.logit_bias,
+    maskedIds: masked ? [...state.eosTokenIds ?? [], ...params.stop_token_ids] : [],
+    repetitionPenalty: params.repetition_penalty,
+    promptIds: state.promptIds,
+    outputIds,
+    frequencyPenalty: params.frequency_penalty,
+    presencePenalty: params.presence_penalty,
+  }, vocabSize);
+  const greedy = isGreedy(params);
+  return {
+    temperature: greedy ? 0 : params.temperature,
+    topK: greedy ? 0 : params.top_k,
+    topP: greedy ? 1 : params.top_p,
+    minP: greedy ? 0 : params.min_p,
+    uniform,
+    topLogprobs: params.logprobs,
+    logprobsMode: params.logprobs_mode,
+    edits,
+  };
 }
 
 const shared = new Sampler();
@@ -212,33 +200,9 @@ export class SequenceSampler {
     return shared.sample(logits, { params, promptIds, outputIds, rng, eosTokenIds: this.#eosTokenIds });
   }
 
-  /**
-   * The settings that draw the sequence's next token where its logits are (GpuSampler): the same processors,
-   * cuts and uniform number as `sample` uses (one number drawn from the stream here, as there).
-   */
-  deviceSampling(outputIds: readonly number[], vocabSize: number): DeviceSampling {
-    const { params, promptIds } = this;
-    const uniform = this.rng.nextUniform();
-    const masked = outputIds.length < params.min_tokens;
-    const edits = logitEdits({
-      logitBias: params.logit_bias,
-      maskedIds: masked ? [...this.#eosTokenIds, ...params.stop_token_ids] : [],
-      repetitionPenalty: params.repetition_penalty,
-      promptIds,
-      outputIds,
-      frequencyPenalty: params.frequency_penalty,
-      presencePenalty: params.presence_penalty,
-    }, vocabSize);
-    const greedy = isGreedy(params);
-    return {
-      temperature: greedy ? 0 : params.temperature,
-      topK: greedy ? 0 : params.top_k,
-      topP: greedy ? 1 : params.top_p,
-      minP: greedy ? 0 : params.min_p,
-      uniform,
-      topLogprobs: params.logprobs,
-      logprobsMode: params.logprobs_mode,
-      edits,
-    };
+  /** How the sequence's next token is drawn (one number drawn from its stream now); see rowSampling. */
+  next(outputIds: readonly number[], vocabSize: number): RowSampling {
+    const { params, promptIds, rng } = this;
+    return rowSampling({ params, promptIds, outputIds, rng, eosTokenIds: this.#eosTokenIds }, vocabSize);
   }
 }

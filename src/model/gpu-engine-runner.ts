@@ -6,8 +6,8 @@
  * for callers that need them (prompt log-probabilities). Rows are laid out as EngineRunner's, one buffer per
  * layer for K and one for V.
  */
-import type { DeviceSampling, ModelRunner, RowInput } from "../engine/model-runner.ts";
-import type { SampledToken } from "../engine/sampler.ts";
+import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
+import type { RowSampling, SampledToken } from "../engine/sampler.ts";
 import { forkPrefix, GpuKvCopier, type KvRowsLayout } from "../../kernels/gpu-kv-copy.ts";
 import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
 import { GpuSampler } from "../../kernels/gpu-sampler.ts";
@@ -128,7 +128,7 @@ export class GpuEngineRunner implements ModelRunner {
     });
   }
 
-  async stepAndSample(inputs: RowInput[], sampling: readonly (DeviceSampling | null)[]): Promise<(SampledToken | null)[]> {
+  async stepAndSample(inputs: RowInput[], sampling: readonly (RowSampling | null)[]): Promise<(SampledToken | null)[]> {
     if (sampling.length !== inputs.length) throw new Error(`stepAndSample: ${inputs.length} rows, ${sampling.length} samplings`);
     if (inputs.some((r) => r.allLogits)) throw new Error("stepAndSample: a row asks for all logits (use step)");
     return await this.#run(inputs, async (out) => {

@@ -125,7 +125,7 @@ describe("GPU-resident engine runner", { skip }, () => {
       for (let step = 0; step < 5; step++) {
         const logits = await host.step(inputs);
         const expected = logits.map((l, i) => onHost[i].sample(l, outputs[i]));
-        const got = await gpu.stepAndSample(inputs, onGpu.map((s, i) => s.deviceSampling(outputs[i], arch.vocabSize)));
+        const got = await gpu.stepAndSample(inputs, onGpu.map((s, i) => s.next(outputs[i], arch.vocabSize)));
         got.forEach((pick, i) => {
           const want = expected[i];
           assert.equal(pick!.tokenId, want.tokenId, `row ${i} step ${step}: token`);
@@ -137,7 +137,7 @@ describe("GPU-resident engine runner", { skip }, () => {
         inputs = inputs.map((r, i) => ({ row: r.row, tokens: [outputs[i].at(-1)!], start: r.start + r.tokens.length }));
       }
       // A row given no sampling only fills its cache.
-      const filled = await gpu.stepAndSample(inputs.slice(0, 2), [null, onGpu[1].deviceSampling(outputs[1], arch.vocabSize)]);
+      const filled = await gpu.stepAndSample(inputs.slice(0, 2), [null, onGpu[1].next(outputs[1], arch.vocabSize)]);
       assert.equal(filled[0], null);
       assert.equal(typeof filled[1]?.tokenId, "number");
     } finally {
