@@ -12,6 +12,7 @@ import { formatRequestLine, RequestTracker, requestLogFields } from "./api/opera
 import { ChatTokenizer } from "./chat/template.ts";
 import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
+import { SamplerPool } from "./engine/sampler-pool.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
 import { setCpuThreads } from "./model/backends.ts";
@@ -80,6 +81,8 @@ export async function loadServedModel(
     eosTokenIds: loaded.config.eosTokenIds,
     // The runner's buckets, which depend on the context length only: the same for every runner a refit opens.
     rowCapacity: (n) => engineRowCapacity(Math.max(1, n), maxModelLen),
+    // The process's shared pool unless the count is set (servers in one process share its threads).
+    samplerPool: config.samplerThreads === undefined ? undefined : new SamplerPool(config.samplerThreads),
   });
   const control = new EngineControl(engine, {
     weightsSource: loaded.dir,

@@ -9,7 +9,8 @@ import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./sche
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { PromptScorer } from "./prompt-logprobs.ts";
-import { type SampledToken, SequenceSampler } from "./sampler.ts";
+import { type RowSampling, type SampledToken, SequenceSampler } from "./sampler.ts";
+import { type SamplerPool, sharedSamplerPool } from "./sampler-pool.ts";
 
 export interface EngineOptions {
   maxModelLen: number;
@@ -23,6 +24,8 @@ export interface EngineOptions {
   eosTokenIds: number[];
   /** Rounds a row length up to what the runner allocates. */
   rowCapacity?: (length: number) => number;
+  /** Threads that sample rows whose logits come back to the host (default: the process's shared pool). */
+  samplerPool?: SamplerPool;
 }
 
 /** A request the engine cannot take (the API answers 400). */
@@ -76,6 +79,7 @@ export class Engine {
   #preemptions = 0;
   #steps = 0;
   #scorer: PromptScorer | null = null;
+  readonly #pool: SamplerPool;
 
   constructor(runner: ModelRunner, readonly options: EngineOptions) {
     this.#runner = runner;
@@ -94,6 +98,7 @@ export class Engine {
     this.#rowCount = Math.min(runner.maxRows, maxNumSeqs + 1);
     this.#rows = new RowTable(runner, this.#rowCount);
     this.#eos = new Set(options.eosTokenIds);
+    this.#pool = options.samplerPool ?? sharedSamplerPool();
   }
 
   /** The model the engine runs (replaced by swapRunner). */
@@ -303,23 +308,18 @@ export class Engine {
   async #decode(seqs: Sequence[]): Promise<void> {
     const ordered = this.#rows.gather(seqs);
     const inputs = ordered.map((s) => ({ row: s.row!, tokens: [s.tokens[s.length - 1]], start: s.numComputed }));
-    if (this.runner.stepAndSample) {
-      const picks = await this.runner.stepAndSample(inputs, ordered.map((s) => this.#deviceSampling(s)));
-      ordered.forEach((seq, i) => {
-        seq.numComputed++;
-        this.#accept(seq, picks[i]!);
-      });
-      return;
-    }
-    const logits = await this.runner.step(inputs);
+    const sampling = ordered.map((s) => this.#rowSampling(s));
+    const picks = this.runner.stepAndSample
+      ? await this.runner.stepAndSample(inputs, sampling)
+      : await this.#pool.sample(await this.runner.step(inputs), sampling);
     ordered.forEach((seq, i) => {
       seq.numComputed++;
-      this.#sample(seq, logits[i]);
+      this.#accept(seq, picks[i]!);
     });
   }
 
-  /** How the runner draws `seq`'s next token on its device (one number from the sequence's stream). */
-  #deviceSampling(seq: Sequence) {
+  /** How `seq`'s next token is drawn (one number from the sequence's stream, drawn now). */
+  #rowSampling(seq: Sequence): RowSampling {
     return this.#samplers.get(seq)!.next(seq.outputIds, this.runner.vocabSize);
   }
 
@@ -335,7 +335,7 @@ export class Engine {
     }
   }
 
-  /** Feeds several sequences' prefill chunks in one model run. */
+  /** Feeds several sequences' prefill chunks in one model run; the chunks that complete a prompt sample. */
   async #prefill(run: PrefillChunk[]): Promise<void> {
     if (run.length === 0) return;
     // In row order: new sequences take adjacent rows, and a runner reads an ascending range of rows in place
@@ -345,26 +345,25 @@ export class Engine {
       const start = seq.numComputed;
       return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
     });
+    const sampling = chunks.map(({ seq, tokens }) => (seq.numPending - tokens > 1 ? null : this.#rowSampling(seq)));
+    let picks: (SampledToken | null)[];
     if (this.runner.stepAndSample && !chunks.some((c) => c.allLogits)) {
-      // Rows whose prompt this chunk completes sample; the others only fill their cache.
-      const sampling = chunks.map(({ seq, tokens }) => (seq.numPending - tokens > 1 ? null : this.#deviceSampling(seq)));
-      const picks = await this.runner.stepAndSample(inputs, sampling);
-      chunks.forEach(({ seq, tokens }, i) => {
-        seq.numComputed += tokens;
-        if (picks[i]) this.#accept(seq, picks[i]);
-        else this.#cacheFullBlocks(seq);
-      });
-      return;
-    }
-    const logits = await this.runner.step(inputs);
-    chunks.forEach(({ seq, tokens, allLogits }, i) => {
-      let last = logits[i];
-      if (allLogits) {
+      picks = await this.runner.stepAndSample(inputs, sampling);
+    } else {
+      const logits = await this.runner.step(inputs);
+      const vocab = this.runner.vocabSize;
+      // Rows that asked for every position's logits score their prompt and sample from their last position's.
+      const last = chunks.map(({ seq, tokens, allLogits }, i) => {
+        if (!allLogits) return logits[i];
         this.#scorePrompt(seq, seq.numComputed, tokens, logits[i]);
-        last = logits[i].subarray((tokens - 1) * this.runner.vocabSize);
-      }
+        return logits[i].subarray((tokens - 1) * vocab);
+      });
+      const sampled = await this.#pool.sample(last.filter((_, i) => sampling[i]), sampling.filter((s) => s !== null));
+      picks = sampling.map((s) => (s ? sampled.shift()! : null));
+    }
+    chunks.forEach(({ seq, tokens }, i) => {
       seq.numComputed += tokens;
-      if (!seq.isPrefilling) this.#sample(seq, last);
+      if (picks[i]) this.#accept(seq, picks[i]);
       else this.#cacheFullBlocks(seq);
     });
   }
@@ -377,11 +376,6 @@ export class Engine {
       const at = start + i + 1;
       seq.promptLogprobs![at] = this.#scorer.score(logits.subarray(i * vocab, (i + 1) * vocab), seq.tokens[at], seq.promptTopLogprobs!);
     }
-  }
-
-  #sample(seq: Sequence, logits: Float32Array): void {
-    if (seq.status !== "running") return;
-    this.#accept(seq, this.#samplers.get(seq)!.sample(logits, seq.outputIds));
   }
 
   /** Appends a sampled token to a running sequence, reports it and stops the sequence when it should. */

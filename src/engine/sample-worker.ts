@@ -1,0 +1,28 @@
+/**
+ * A thread of the SamplerPool: it samples the rows of logits it is sent (in a shared buffer, one row after another)
+ * with the settings the engine resolved for each, and answers their tokens.
+ */
+import { parentPort } from "node:worker_threads";
+import { type RowSampling, type SampledToken, Sampler } from "./sampler.ts";
+
+/** One batch of rows: `rows.length` rows of `vocabSize` floats from the start of `buffer`. */
+export interface SampleJob {
+  buffer: SharedArrayBuffer;
+  vocabSize: number;
+  rows: RowSampling[];
+}
+
+/** The answer to a job. */
+export type SampleReply = { tokens: SampledToken[] } | { error: string };
+
+const sampler = new Sampler();
+parentPort!.on("message", (job: SampleJob) => {
+  let reply: SampleReply;
+  try {
+    const { buffer, vocabSize, rows } = job;
+    reply = { tokens: rows.map((row, i) => sampler.sampleRow(new Float32Array(buffer, i * vocabSize * 4, vocabSize), row)) };
+  } catch (err) {
+    reply = { error: err instanceof Error ? err.message : String(err) };
+  }
+  parentPort!.postMessage(reply);
+});

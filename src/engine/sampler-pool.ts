@@ -1,0 +1,160 @@
+/**
+ * Sampling a step's rows on several threads. While the engine samples, the model is idle, so the cores it ran on
+ * are free: the rows are split between this thread and helper threads (node:worker_threads, on Node, Deno and
+ * Bun alike), each with its own Sampler. A row's token depends only on its logits and its resolved settings
+ * (RowSampling, its random number already drawn), so which thread samples it never changes the answer.
+ */
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { runtimeName } from "../runtime/detect.ts";
+import type { SampleJob, SampleReply } from "./sample-worker.ts";
+import { type RowSampling, type SampledToken, Sampler } from "./sampler.ts";
+
+/** Fewer rows than this are sampled on the calling thread alone: a message costs more than they do. */
+const MIN_ROWS_TO_SHARE = 4;
+
+/** Helper threads by default: every core but the calling thread's, at most 7. */
+export function defaultSamplerThreads(): number {
+  return Math.max(0, Math.min(7, availableParallelism() - 1));
+}
+
+/** Samples rows of logits on the calling thread and `threads` helpers. */
+export class SamplerPool {
+  readonly #sampler = new Sampler();
+  readonly #threads: number;
+  #helpers: Helper[] | null = null;
+
+  constructor(threads = defaultSamplerThreads()) {
+    if (!Number.isInteger(threads) || threads < 0) throw new RangeError(`sampler threads ${threads} is not a count`);
+    this.#threads = threads;
+  }
+
+  /** Helper threads running now (they start on the first batch large enough to share; 0 after one failed). */
+  get helpers(): number {
+    return this.#helpers?.length ?? 0;
+  }
+
+  /** Each row's token, sampled from its logits (left untouched) as its settings say. */
+  async sample(logits: readonly Float32Array[], rows: readonly RowSampling[]): Promise<SampledToken[]> {
+    if (logits.length !== rows.length) throw new Error(`${logits.length} rows of logits, ${rows.length} settings`);
+    const helpers = rows.length >= MIN_ROWS_TO_SHARE ? this.#started() : [];
+    const share = Math.ceil(rows.length / (helpers.length + 1));
+    const theirs = helpers.map((helper, h) => {
+      const [from, to] = [share * (h + 1), Math.min(rows.length, share * (h + 2))];
+      // A helper that fails leaves its rows to this thread.
+      return from >= to ? Promise.resolve([]) : helper.sample(logits.slice(from, to), rows.slice(from, to)).catch(() => {
+        this.#retire();
+        return logits.slice(from, to).map((row, i) => this.#sampler.sampleRow(row, rows[from + i]));
+      });
+    });
+    const mine = rows.slice(0, share).map((row, i) => this.#sampler.sampleRow(logits[i], row));
+    return [...mine, ...(await Promise.all(theirs)).flat()];
+  }
+
+  /** Stops the helper threads (a later batch starts them again). */
+  async close(): Promise<void> {
+    const helpers = this.#helpers ?? [];
+    this.#helpers = null;
+    await Promise.all(helpers.map((h) => h.close()));
+  }
+
+  #started(): Helper[] {
+    if (this.#helpers === null) {
+      try {
+        this.#helpers = Array.from({ length: this.#threads }, () => new Helper());
+      } catch {
+        this.#helpers = [];
+      }
+    }
+    return this.#helpers;
+  }
+
+  // After a helper fails, this pool samples on the calling thread only.
+  #retire(): void {
+    const helpers = this.#helpers ?? [];
+    this.#helpers = [];
+    for (const h of helpers) void h.close();
+  }
+}
+
+let shared: SamplerPool | null = null;
+
+/** The process's pool (engines share it: their steps take turns on one thread anyway). */
+export function sharedSamplerPool(): SamplerPool {
+  return shared ??= new SamplerPool();
+}
+
+/** One helper thread: jobs run one at a time; rows travel in a shared buffer it keeps. */
+class Helper {
+  readonly #worker: Worker;
+  #buffer = new SharedArrayBuffer(0);
+  #queue: Promise<unknown> = Promise.resolve();
+  #busy = false;
+  #reply: ((reply: SampleReply) => void) | null = null;
+  #failure: Error | null = null;
+
+  constructor() {
+    this.#worker = startWorker();
+    this.#worker.unref();
+    this.#worker.on("message", (reply: SampleReply) => this.#settle(reply));
+    this.#worker.on("error", (err) => this.#fail(err));
+    this.#worker.on("exit", (code) => this.#fail(new Error(`sampler thread exited (${code})`)));
+  }
+
+  /** Samples the rows; an idle helper is sent them at once, so that it works while the caller samples its own. */
+  sample(logits: readonly Float32Array[], rows: readonly RowSampling[]): Promise<SampledToken[]> {
+    const job = this.#busy ? this.#queue.then(() => this.#run(logits, rows)) : this.#run(logits, rows);
+    this.#busy = true;
+    const settled = job.then(() => {}, () => {});
+    this.#queue = settled;
+    void settled.then(() => {
+      if (this.#queue === settled) this.#busy = false;
+    });
+    return job;
+  }
+
+  async close(): Promise<void> {
+    this.#failure ??= new Error("sampler thread closed");
+    await this.#worker.terminate();
+  }
+
+  #run(logits: readonly Float32Array[], rows: readonly RowSampling[]): Promise<SampledToken[]> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const vocabSize = logits[0].length;
+    const bytes = rows.length * vocabSize * 4;
+    if (this.#buffer.byteLength < bytes) this.#buffer = new SharedArrayBuffer(bytes);
+    const view = new Float32Array(this.#buffer, 0, rows.length * vocabSize);
+    logits.forEach((row, i) => view.set(row, i * vocabSize));
+    return new Promise<SampledToken[]>((resolve, reject) => {
+      this.#reply = (reply) => ("error" in reply ? reject(new Error(reply.error)) : resolve(reply.tokens));
+      this.#worker.ref();
+      this.#worker.postMessage({ buffer: this.#buffer, vocabSize, rows: [...rows] } satisfies SampleJob);
+    });
+  }
+
+  #settle(reply: SampleReply): void {
+    this.#worker.unref();
+    const settle = this.#reply;
+    this.#reply = null;
+    settle?.(reply);
+  }
+
+  #fail(err: unknown): void {
+    this.#failure ??= err instanceof Error ? err : new Error(String(err));
+    this.#settle({ error: this.#failure.message });
+  }
+}
+
+/**
+ * The worker thread, from the module beside this one: .js in the package's build; .ts from source, which Deno and
+ * Bun run as it is and Node through tsx (its loader registered in the thread first: Node 20 threads do not inherit
+ * the --import hooks of the main thread).
+ */
+function startWorker(): Worker {
+  const fromSource = import.meta.url.endsWith(".ts");
+  const url = new URL(`./sample-worker${fromSource ? ".ts" : ".js"}`, import.meta.url);
+  if (!fromSource || runtimeName() !== "node") return new Worker(url);
+  const tsx = import.meta.resolve("tsx/esm/api");
+  const boot = `import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); });`;
+  return new Worker(boot, { eval: true });
+}
