@@ -26,8 +26,6 @@ export class EngineKv {
   #keys: Float32Array[] = [];
   #values: Float32Array[] = [];
   #capacity = 0;
-  /** Per layer, the scratch gatherRows copies into. */
-  #gathered: { key: Float32Array; value: Float32Array }[] = [];
 
   constructor(readonly shape: KvShape, readonly rows: number) {
     this.floatsPerToken = shape.numLayers * 2 * shape.numKvHeads * shape.headDim;
@@ -67,12 +65,12 @@ export class EngineKv {
       keys.push(k);
       values.push(v);
     }
-    [this.#keys, this.#values, this.#capacity, this.#gathered] = [keys, values, capacity, []];
+    [this.#keys, this.#values, this.#capacity] = [keys, values, capacity];
   }
 
   /** Frees the buffers. */
   clear(): void {
-    [this.#keys, this.#values, this.#capacity, this.#gathered] = [[], [], 0, []];
+    [this.#keys, this.#values, this.#capacity] = [[], [], 0];
   }
 
   /** Layer `layer`'s K and V of rows [first, first + count), as views (no copy). */
@@ -82,18 +80,11 @@ export class EngineKv {
     return { key: this.#keys[layer].subarray(from, to), value: this.#values[layer].subarray(from, to) };
   }
 
-  /**
-   * Layer `layer`'s K and V of the given rows, in that order, as copies (for rows that are not one range). The
-   * copies live in scratch buffers that the next gather of the layer overwrites.
-   */
+  /** Layer `layer`'s K and V of the given rows, in that order, as copies (for rows that are not one range). */
   gatherRows(layer: number, rows: readonly number[]): { key: Float32Array; value: Float32Array } {
     const stride = this.shape.numKvHeads * this.shape.headDim * this.#capacity;
-    const size = rows.length * stride;
-    if ((this.#gathered[layer]?.key.length ?? 0) < size) {
-      this.#gathered[layer] = { key: new Float32Array(size), value: new Float32Array(size) };
-    }
-    const key = this.#gathered[layer].key.subarray(0, size);
-    const value = this.#gathered[layer].value.subarray(0, size);
+    const key = new Float32Array(rows.length * stride);
+    const value = new Float32Array(rows.length * stride);
     rows.forEach((row, b) => {
       key.set(this.#keys[layer].subarray(row * stride, (row + 1) * stride), b * stride);
       value.set(this.#values[layer].subarray(row * stride, (row + 1) * stride), b * stride);
