@@ -29,7 +29,7 @@ export const ServerConfig = z.object({
   dtype: z.enum(DTYPES).default("fp32").describe("weight precision of the ONNX files to load"),
   threads: positiveInt.optional().describe("CPU threads one model run uses on the cpu and wasm devices (default: every core)"),
   samplerThreads: z.coerce.number().int().min(0).optional().describe(
-    "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1, at most 7; 0: none)",
+    "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1 up to 7 with 4 cores or more, else 0)",
   ),
   maxModelLen: positiveInt.optional().describe("context length in tokens (default: the model's)"),
   apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health"),
