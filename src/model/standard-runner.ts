@@ -8,6 +8,7 @@
  * [kvHeads, capacity, headDim], grown on demand and freed when the row is released.
  */
 import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
+import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
 import type { EngineRunnerOptions } from "./engine-runner.ts";
 import type { OrtSession, OrtTensor } from "./ort-types.ts";
@@ -146,14 +147,14 @@ export class StandardRunner implements ModelRunner {
   }
 
   releaseRow(row: number): void {
-    this.#checkRow(row);
+    checkRow(row, this.maxRows);
     this.#rows[row] = emptyRow();
   }
 
   copyRow(from: number, to: number, length: number): void {
     this.#idle("copyRow");
     this.#checkRange(from, 0, length);
-    this.#checkRow(to);
+    checkRow(to, this.maxRows);
     const [src, dst] = [this.#rows[from], this.#rows[to]];
     if (from !== to) {
       dst.length = 0; // nothing of its old contents is kept
@@ -171,14 +172,14 @@ export class StandardRunner implements ModelRunner {
 
   readKv(row: number, start: number, length: number, out: Float32Array): void {
     this.#checkRange(row, start, length);
-    this.#checkCanonical(length, out);
+    checkCanonical(length, out, this.floatsPerToken);
     this.#transfer(this.#rows[row], start, length, out, false);
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
     this.#idle("writeKv");
-    this.#checkRow(row);
-    this.#checkCanonical(length, data);
+    checkRow(row, this.maxRows);
+    checkCanonical(length, data, this.floatsPerToken);
     const r = this.#rows[row];
     if (!Number.isInteger(start) || start < 0 || start > r.length) {
       throw new Error(`writeKv at token ${start} would leave a gap: row ${row} holds ${r.length} tokens`);
@@ -266,38 +267,19 @@ export class StandardRunner implements ModelRunner {
   }
 
   #checkStep(inputs: RowInput[]): void {
-    if (inputs.length === 0) throw new Error("step: no rows");
-    const seen = new Set<number>();
+    checkStep(inputs, this.maxRows, this.maxLength);
     for (const r of inputs) {
-      this.#checkRow(r.row);
-      if (seen.has(r.row)) throw new Error(`step: row ${r.row} appears twice`);
-      seen.add(r.row);
-      if (r.tokens.length === 0) throw new Error(`step: row ${r.row} has no tokens`);
       const held = this.#rows[r.row].length;
-      if (!Number.isInteger(r.start) || r.start < 0 || r.start > held) {
-        throw new Error(`step: row ${r.row} starts at token ${r.start} but holds ${held} tokens`);
-      }
-    }
-  }
-
-  #checkRow(row: number): void {
-    if (!Number.isInteger(row) || row < 0 || row >= this.maxRows) {
-      throw new Error(`row ${row} is outside [0, ${this.maxRows})`);
+      if (r.start > held) throw new Error(`step: row ${r.row} starts at token ${r.start} but holds ${held} tokens`);
     }
   }
 
   /** Checks that `row` holds tokens [start, start + length). */
   #checkRange(row: number, start: number, length: number): void {
-    this.#checkRow(row);
+    checkRow(row, this.maxRows);
     const held = this.#rows[row].length;
     if (!Number.isInteger(start) || !Number.isInteger(length) || start < 0 || length < 0 || start + length > held) {
       throw new Error(`tokens [${start}, ${start + length}) are outside the ${held} tokens row ${row} holds`);
-    }
-  }
-
-  #checkCanonical(length: number, data: Float32Array): void {
-    if (data.length < length * this.floatsPerToken) {
-      throw new Error(`${length} tokens need ${length * this.floatsPerToken} floats, got ${data.length}`);
     }
   }
 

@@ -19,7 +19,7 @@ import { engineRowCapacity } from "../../src/model/engine-kv.ts";
 import { backendFor } from "../../src/model/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
 import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
-import { allLogits, canonicalKv, mixedChunks, type RunnerUnderTest } from "../support/runner-contract.ts";
+import { allLogits, canonicalKv, mixedChunks, refusesBadSteps, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-engine-runner-"));
@@ -148,13 +148,7 @@ describe("engine runner", () => {
   test("steps that name a row twice, a row outside the runner, or no tokens are refused", SLOW, async () => {
     const runner = await open();
     try {
-      await assert.rejects(
-        runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 0, tokens: [2], start: 1 }]),
-        /twice/,
-      );
-      await assert.rejects(runner.step([{ row: 1, tokens: [], start: 0 }]), /no tokens/);
-      await assert.rejects(runner.step([{ row: 4, tokens: [1], start: 0 }]), /outside/);
-      await assert.rejects(runner.step([]), /no rows/);
+      await refusesBadSteps(runner);
     } finally {
       await runner.dispose();
     }

@@ -19,7 +19,7 @@ import { PRESETS } from "../../src/model/builder/presets.ts";
 import { openEngineRunner } from "../../src/model/engine-runner.ts";
 import { GpuEngineRunner } from "../../src/model/gpu-engine-runner.ts";
 import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
-import { allLogits, canonicalKv, mixedChunks, type RunnerUnderTest } from "../support/runner-contract.ts";
+import { allLogits, canonicalKv, mixedChunks, refusesBadSteps, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun } from "../support/standard-graph.ts";
 
 if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
@@ -71,6 +71,15 @@ describe("GPU-resident engine runner", { skip }, () => {
   test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, canonicalKv(underTest));
   test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, mixedChunks(underTest));
   test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, allLogits(underTest));
+
+  test("steps that name a row twice, a row outside the runner, or no tokens are refused", SLOW, async () => {
+    const runner = await open();
+    try {
+      await refusesBadSteps(runner);
+    } finally {
+      await runner.dispose();
+    }
+  });
 
   test("growing the cache across a bucket boundary, then shrinking it, keeps every row's tokens", SLOW, async () => {
     const runner = await open() as GpuEngineRunner;

@@ -8,7 +8,7 @@ import { PRESETS } from "../../src/model/builder/presets.ts";
 import { StandardRunner } from "../../src/model/standard-runner.ts";
 import { backendFor } from "../../src/model/backends.ts";
 import { assertClose, tokens } from "../support/runner-checks.ts";
-import { allLogits, canonicalKv, mixedChunks, type RunnerUnderTest } from "../support/runner-contract.ts";
+import { allLogits, canonicalKv, mixedChunks, refusesBadSteps, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun as standardRunOf } from "../support/standard-graph.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-standard-runner-"));
@@ -70,13 +70,7 @@ describe("standard runner", () => {
   test("bad steps and bad ranges are refused; a release during a step is not", SLOW, async () => {
     const runner = await open();
     try {
-      await assert.rejects(
-        runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 0, tokens: [2], start: 1 }]),
-        /twice/,
-      );
-      await assert.rejects(runner.step([{ row: 1, tokens: [], start: 0 }]), /no tokens/);
-      await assert.rejects(runner.step([{ row: 4, tokens: [1], start: 0 }]), /outside/);
-      await assert.rejects(runner.step([]), /no rows/);
+      await refusesBadSteps(runner);
       await assert.rejects(runner.step([{ row: 0, tokens: [1], start: 3 }]), /holds 0 tokens/);
       await runner.step([{ row: 0, tokens: tokens(4, 1), start: 0 }]);
       const out = new Float32Array(8 * runner.floatsPerToken);

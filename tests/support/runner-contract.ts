@@ -95,6 +95,14 @@ export function canonicalKv({ open, reference, arch }: RunnerUnderTest) {
   };
 }
 
+/** Steps that name a row twice, a row outside the runner (of 4 rows), no tokens or no rows are refused. */
+export async function refusesBadSteps(runner: ModelRunner): Promise<void> {
+  await assert.rejects(runner.step([{ row: 0, tokens: [1], start: 0 }, { row: 0, tokens: [2], start: 1 }]), /twice/);
+  await assert.rejects(runner.step([{ row: 1, tokens: [], start: 0 }]), /no tokens/);
+  await assert.rejects(runner.step([{ row: 4, tokens: [1], start: 0 }]), /outside/);
+  await assert.rejects(runner.step([]), /no rows/);
+}
+
 /** A row that asks for all logits gets every fed position's, beside a row that wants only its last. */
 export function allLogits({ open, reference, arch }: RunnerUnderTest) {
   return async () => {
