@@ -15,7 +15,7 @@
  * The swap empties the prefix cache and bumps the policy version; then the held requests run on the new weights.
  */
 import type { FinishReason } from "./sequence.ts";
-import type { Engine, SubmittedRequest } from "./engine.ts";
+import { type Engine, EngineRequestError, type SubmittedRequest } from "./engine.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import type { SamplingParams } from "./sampling-params.ts";
 
@@ -114,16 +114,34 @@ export class EngineControl {
     return this.#engine.policyVersion;
   }
 
-  /** Queues a request, unless asleep, shutting down or the queue is full (EngineUnavailableError). */
+  /**
+   * Queues sample `sampleIndex` of a request's n, unless asleep, shutting down or the queue lacks room for it and
+   * the samples after it (EngineUnavailableError). n beyond the queue bound can never be admitted: an
+   * EngineRequestError.
+   */
   submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+    const bound = this.#maxQueue;
+    if (bound !== null && params.n > bound) {
+      throw new EngineRequestError(
+        `n=${params.n} can never be admitted: a request's samples all wait in the request queue, which holds at ` +
+          `most ${bound} (--max-queue); ask for n <= ${bound}`,
+        "n",
+      );
+    }
     if (this.#stopping) throw this.#unavailable("shutting_down", "the server is shutting down");
     if (this.#sleepLevel > 0) {
       throw this.#unavailable("sleeping", "the server is asleep (POST /wake_up resumes it); retry later");
     }
-    if (this.#maxQueue !== null) {
+    if (bound !== null) {
+      // A request's samples are submitted one after another at once: the first is admitted only with room for
+      // all, so a request never has some samples queued and the rest refused.
       const { waiting, held } = this.#engine.stats();
-      if (waiting + held >= this.#maxQueue) {
-        throw this.#unavailable("queue_full", `the request queue is full (${this.#maxQueue} waiting); retry later`);
+      const needed = Math.max(1, params.n - sampleIndex);
+      if (waiting + held + needed > bound) {
+        throw this.#unavailable(
+          "queue_full",
+          `the request queue is full (${waiting + held} of ${bound} waiting; this request needs ${needed}); retry later`,
+        );
       }
     }
     return this.#engine.submit(promptIds, params, sampleIndex);
