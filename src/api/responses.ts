@@ -51,7 +51,7 @@ export function inputMessages(request: ResponsesRequest): ChatMessage[] {
       carry(message, item);
     } else if (item.type === "message") {
       turn = null;
-      messages.push({ role: item.role === "developer" ? "system" : item.role, content: partsText(item.content) });
+      messages.push({ role: item.role, content: partsText(item.content) });
     } else if (item.type === "function_call") {
       const message = open();
       (message.tool_calls ??= []).push({ id: item.call_id, type: "function", function: { name: item.name, arguments: item.arguments } });

@@ -3,7 +3,7 @@
  * Requests accept and ignore unknown fields; `model` is optional everywhere (one model is served).
  */
 import { z } from "zod";
-import { TokenIds } from "../chat/messages.ts";
+import { roleField, TokenIds } from "../chat/messages.ts";
 import { ChatPromptFields } from "../chat/prompt.ts";
 
 /** The optional `model` field every request may carry. */
@@ -152,7 +152,7 @@ export const ResponseInputItem = z.preprocess(
   z.discriminatedUnion("type", [
     z.looseObject({
       type: z.literal("message"),
-      role: z.enum(["user", "assistant", "system", "developer"]),
+      role: roleField(["user", "assistant", "system", "developer"]),
       content: ItemText,
       ...ItemTokenFields,
     }),

@@ -18,9 +18,32 @@ const ToolCall = z.looseObject({
   }),
 });
 
-/** One chat message; unknown fields are dropped. The token fields carry what the model produced in earlier turns. */
+/** The roles OpenAI accepts; `developer` is its newer name for `system`, and renders as one. */
+export const CHAT_ROLES = ["system", "developer", "user", "assistant", "tool"] as const;
+
+// A role shown so that what makes it wrong is visible: "user\u200f", not a "user" that looks right.
+function shownRole(role: unknown): string {
+  return JSON.stringify(role).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/**
+ * A message's role, one of `roles`; the error shows the role refused and lists those accepted. Typed as a string:
+ * the template renders whatever role it is given, the API decides which it takes.
+ */
+export function roleField(roles: readonly string[]) {
+  const accepted = `one of ${roles.join(", ")}`;
+  const error = (issue: { input?: unknown }) =>
+    issue.input === undefined ? `a message needs a role, ${accepted}` : `unknown role ${shownRole(issue.input)}: a message's role is ${accepted}`;
+  return z.string({ error }).refine((role) => roles.includes(role), { error });
+}
+
+/**
+ * One chat message; unknown fields are dropped. The token fields carry what the model produced in earlier turns.
+ * An unknown role is refused: templates drop messages of roles they do not know, and the text would vanish. Only an
+ * assistant message may lack content (it may be tool calls alone).
+ */
 export const ChatMessage = z.object({
-  role: z.string(),
+  role: roleField(CHAT_ROLES),
   content: z.union([z.string(), z.array(ContentPart)]).nullish(),
   name: z.string().nullish(),
   tool_calls: z.array(ToolCall).nullish(),
@@ -29,6 +52,8 @@ export const ChatMessage = z.object({
   reasoning: z.string().nullish(),
   prompt_token_ids: TokenIds.nullish(),
   generation_token_ids: TokenIds.nullish(),
+}).superRefine(({ role, content }, ctx) => {
+  if (content == null && role !== "assistant") ctx.addIssue({ code: "custom", path: ["content"], message: `a ${role} message needs content` });
 });
 export type ChatMessage = z.infer<typeof ChatMessage>;
 
@@ -83,7 +108,8 @@ function toolCallArguments(args: unknown, param: string): unknown {
 /** The messages handed to the chat template: text content, parsed tool arguments, and no token fields. */
 export function templateMessages(messages: readonly ChatMessage[]): TemplateMessage[] {
   return messages.map((message, i) => {
-    const out: TemplateMessage = { role: message.role, content: contentText(message.content, `messages[${i}].content`) };
+    const role = message.role === "developer" ? "system" : message.role;
+    const out: TemplateMessage = { role, content: contentText(message.content, `messages[${i}].content`) };
     if (message.name != null) out.name = message.name;
     if (message.tool_call_id != null) out.tool_call_id = message.tool_call_id;
     const reasoning = message.reasoning_content ?? message.reasoning;
