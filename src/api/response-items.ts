@@ -3,6 +3,7 @@
  * events that add them one by one; the last item carries the RL token fields, as NeMo Gym reads them.
  */
 import type { AssistantDelta, AssistantText } from "../chat/tools/parser.ts";
+import type { ErrorBody } from "./errors.ts";
 import type { SampleResult } from "./generate.ts";
 import { floorLogprob, randomId, type TokenNames } from "./protocol.ts";
 import type { ResponsesRequest } from "./schemas.ts";
@@ -121,6 +122,13 @@ export class ResponseItems {
     yield* this.#closeOpen(status, result);
     const type = status === "incomplete" ? "response.incomplete" : "response.completed";
     yield this.#event(type, { response: this.#response(status, result) });
+  }
+
+  /** The event that ends a stream that failed: OpenAI's ResponseErrorEvent, numbered after the events before it. */
+  error(body: ErrorBody): string {
+    const { code, message, param, type } = body.error;
+    // `type` names the event: the error's own type ("server_error") is kept as its code when it has none.
+    return sseEvent("error", { type: "error", sequence_number: this.#sequence++, code: code ?? type, message, param });
   }
 
   *#openItem(item: OutputItem, part: Record<string, unknown> | null): Generator<string> {

@@ -17,7 +17,7 @@ import { engineOf, Generation, type SampleResult, samplingParams, textOptions } 
 import { assertServedModel } from "./models.ts";
 import { nowSeconds, randomId, TokenNames } from "./protocol.ts";
 import { type ResponseInputItem, ResponsesRequest } from "./schemas.ts";
-import { sseEvent, sseResponse } from "./sse.ts";
+import { sseResponse } from "./sse.ts";
 import { ResponseItems } from "./response-items.ts";
 
 function partsText(content: string | { type: string; text?: string }[]): string {
@@ -141,7 +141,7 @@ export function responseRoutes(deps: AppDeps): Hono {
     return sseResponse(streamResponse(generation, output, items), {
       onCancel: () => generation.abort(),
       signal: c.req.raw.signal,
-      formatError: (body) => sseEvent("error", { type: "error", ...(body as { error: object }).error }),
+      formatError: (body) => items.error(body),
     });
   });
 

@@ -3,7 +3,7 @@
  * (the stream is cancelled, or the request's signal aborts) calls `onCancel` at once, so the engine stops
  * generating for nobody. An error in the middle of a stream is sent as an OpenAI error event, then the stream ends.
  */
-import { errorPayload } from "./errors.ts";
+import { type ErrorBody, errorPayload } from "./errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -21,7 +21,7 @@ export function sseEvent(type: string, value: unknown): string {
 export const SSE_DONE = "data: [DONE]\n\n";
 
 /** How a stream ends when its producer throws. */
-export type StreamErrorFormat = (body: unknown) => string;
+export type StreamErrorFormat = (body: ErrorBody) => string;
 
 /** Streams `events` (each a whole serialized event) as text/event-stream. */
 export function sseResponse(
