@@ -139,6 +139,7 @@ try {
         hangMs,
         everyS: [10, 20],
         startVersion,
+        seededBudgetMs: 15_000,
       })
       : Promise.resolve({ records: [], version: startVersion, weights: served }),
   ]);
@@ -211,6 +212,7 @@ try {
     references: book.references.size,
     compared: book.compared,
     mismatches: book.mismatches,
+    skipped_checks: book.skipped,
     max_logprob_diff: book.maxLogprobDiff,
     fresh_server: fresh,
     ...tally.scenario("seeds").figures(),

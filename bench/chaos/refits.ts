@@ -90,23 +90,38 @@ export class SeedBook {
   readonly references = new Map<string, Fingerprint[]>();
   compared = 0;
   mismatches = 0;
+  /** Checks given up or cut short (over budget, a 503 to the end, an error counted elsewhere). */
+  skipped = 0;
   maxLogprobDiff = 0;
 
   /**
    * Sends the seeded requests together (each retrying 503s) and compares them with `weights`' first answers, or
-   * records them. The caller makes sure no refit runs meanwhile: tokens from two weights would differ rightly.
+   * records them. The caller makes sure no refit runs meanwhile: tokens from two weights would differ rightly. With
+   * `budgetMs`, a check that has not finished by then is given up (`skipped`), so that refits keep their pace under
+   * overload.
    */
-  async check(client: OpenAI, tally: Tally, weights: string, label: string, hangMs: number): Promise<void> {
+  async check(
+    client: OpenAI,
+    tally: Tally,
+    weights: string,
+    label: string,
+    hangMs: number,
+    budgetMs?: number,
+  ): Promise<void> {
+    const giveUp = budgetMs === undefined ? undefined : AbortSignal.timeout(budgetMs);
     const sent = await Promise.all(SEEDED.map(async (request) => {
-      let result: Sent = await send(client, request, { hangMs });
-      for (let retry = 0; result.outcome === "unavailable_503" && retry < 20; retry++) {
+      let result: Sent = await send(client, request, { hangMs, giveUp });
+      for (let retry = 0; result.outcome === "unavailable_503" && retry < 20 && !giveUp?.aborted; retry++) {
         await new Promise((r) => setTimeout(r, 1000));
-        result = await send(client, request, { hangMs });
+        result = await send(client, request, { hangMs, giveUp });
       }
       tally.record("seeds", result.outcome, `${label}: ${request.asked.route}: ${result.detail}`);
       return result;
     }));
-    if (sent.some((result) => result.outcome !== "ok")) return;
+    if (sent.some((result) => result.outcome !== "ok")) {
+      this.skipped++;
+      return;
+    }
     const answers = sent.map((result, r) => fingerprint(SEEDED[r].asked.route, result.body));
     const reference = this.references.get(weights);
     if (!reference) {
@@ -146,6 +161,8 @@ export interface RefitOptions {
   /** Seconds between refits: a random value in [min, max]. */
   everyS: [number, number];
   startVersion: number;
+  /** Longest the seeded check after a refit may take before it is given up. */
+  seededBudgetMs: number;
 }
 
 /** What one refit did. */
@@ -218,7 +235,8 @@ export async function runRefits(
     version = wanted;
     current = weights;
     tally.refitReturned(version, returnedAt);
-    await book.check(client, tally, weights, `after refit ${i + 1} (${mode}, version ${version})`, options.hangMs);
+    const label = `after refit ${i + 1} (${mode}, version ${version})`;
+    await book.check(client, tally, weights, label, options.hangMs, options.seededBudgetMs);
     record.seeded_check_ms = Math.round(performance.now() - returnedAt);
   }
   return { records, version, weights: current };

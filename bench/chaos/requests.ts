@@ -118,6 +118,8 @@ export interface SendOptions {
   hangUpAfter?: number | null;
   /** Wait this long before reading each next chunk: a slow reader. */
   chunkDelayMs?: number;
+  /** Hang up when this fires (we stopped waiting: `hung_up`, not a hang). */
+  giveUp?: AbortSignal;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -136,6 +138,12 @@ export async function send(client: OpenAI, request: WellFormed, options: SendOpt
     timedOut = true;
     control.abort();
   }, options.hangMs);
+  const onGiveUp = () => {
+    hungUp = true;
+    control.abort();
+  };
+  if (options.giveUp?.aborted) onGiveUp();
+  options.giveUp?.addEventListener("abort", onGiveUp);
   const startedAt = performance.now();
   const end = (outcome: Outcome, detail = "", body: Json = null, versions: number[] = []): Sent => ({
     outcome,
@@ -169,6 +177,7 @@ export async function send(client: OpenAI, request: WellFormed, options: SendOpt
       }
       if (options.chunkDelayMs) await new Promise((r) => setTimeout(r, options.chunkDelayMs));
     }
+    if (hungUp) return end("hung_up", "", null, check.versions);
     if (timedOut) return end("hang", `no end of stream within ${options.hangMs} ms`, null, check.versions);
     const { truncated, problem } = check.end();
     return end(truncated ? "truncated" : problem ? "bad_shape" : "ok", problem ?? "", null, check.versions);
@@ -176,6 +185,7 @@ export async function send(client: OpenAI, request: WellFormed, options: SendOpt
     return end(...classify(err, timedOut, hungUp, options.hangMs), null, check.versions);
   } finally {
     clearTimeout(timer);
+    options.giveUp?.removeEventListener("abort", onGiveUp);
   }
 }
 
