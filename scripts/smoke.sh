@@ -3,13 +3,18 @@
 # loopback port, answers GET /health, POST /tokenize and one chat completion, and is stopped (its whole process
 # group) whatever happens.
 #
-#   bash scripts/smoke.sh [pack] [binary] [deno]        default: pack binary
+#   bash scripts/smoke.sh [pack] [binary] [deno] [fresh]        default: pack binary
 #
 #   pack    `npm pack`, installed into an empty directory, run as `npx gym-edge` (Node) and `bunx --bun gym-edge` (Bun)
 #   binary  `deno compile --self-extracting` into dist/gym-edge, run as a program. deno compile downloads its
 #           runtime (denort); offline it needs DENORT_BIN or a copy in Deno's cache, else this serves
 #           the file tree the binary would carry (deno.json's "compile" excludes applied) with `deno run` instead
 #   deno    `deno run -A mod.ts` in this checkout
+#   fresh   README's first command on each runtime, each in its own fresh clone of this checkout's HEAD (nothing
+#           installed; the package caches of npm, Deno and Bun are used as they are, or emptied with
+#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `deno task serve`, `bun mod.ts`,
+#           `npm install && npm start`. Each clone must stay clean (`git status --porcelain`), and Deno must not
+#           print its box of ignored install scripts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,7 +45,7 @@ fail() {
 group_exes() {
   local stat line rest pgrp
   for stat in /proc/[0-9]*/stat; do
-    read -r line <"$stat" 2>/dev/null || continue
+    { read -r line <"$stat"; } 2>/dev/null || continue  # the process may be gone already
     rest=${line##*) }     # after "pid (comm) ": state ppid pgrp ...
     read -r _ _ pgrp _ <<<"$rest"
     if [ "$pgrp" = "$1" ]; then readlink "${stat%/stat}/exe" 2>/dev/null || true; fi
@@ -104,6 +109,7 @@ smoke() {
   local name=$1 want=$2 forbid=$3 cwd=$4 cache=$5
   shift 5
   local out="$WORK/server.$((${#groups[@]} + 1)).log" t0=$SECONDS t1 port="" pid i exes
+  SERVER_LOG=$out
   log "--- $name: $*"
   # setsid: the server and whatever launcher runs it (npx, bunx) share a new process group, stopped as one.
   (cd "$cwd" && GYM_EDGE_CACHE="$cache" exec setsid "$@" --host 127.0.0.1 --port 0 >"$out" 2>&1) &
@@ -197,14 +203,102 @@ smoke_binary() {
     cp -a mod.ts package.json deno.json src kernels node_modules "$layout/"
   for ((p = 1; p < ${#args[@]}; p += 2)); do rm -rf "${layout:?}/${args[p]}"; done
   log "serving the binary's file tree with deno run instead ($(du -sh "$layout" | cut -f1) after excludes)"
-  smoke "binary's tree, device auto" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" "$BIN/deno" run -A mod.ts
+  # manual: the tree is served as it is, as the binary would, without Deno installing what the excludes took out.
+  smoke "binary's tree, device auto" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" \
+    "$BIN/deno" run -A --node-modules-dir=manual mod.ts
   smoke "binary's tree, device wasm" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" \
-    "$BIN/deno" run -A mod.ts --device wasm
+    "$BIN/deno" run -A --node-modules-dir=manual mod.ts --device wasm
 }
 
 smoke_deno() {
   log "=== deno run"
   smoke "deno (deno run -A mod.ts)" '(^| )deno( |$)' '' "$ROOT" "$WORK/cache-deno" "$BIN/deno" run -A mod.ts
+}
+
+# A clone of HEAD with nothing installed, as a new user gets it.
+fresh_clone() {
+  local dir=$WORK/fresh-$1
+  git clone --quiet "$ROOT" "$dir"
+  [ ! -e "$dir/node_modules" ] || fail "the clone has a node_modules"
+  printf '%s\n' "$dir"
+}
+
+# What the first run printed besides the server's own log lines and the installers' progress lines.
+first_run_notes() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -avE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T|^(Download|Initialize|Task) |^> |^ *$' || true
+}
+
+# fresh_check NAME DIR: the clone stays clean, and the first run said nothing alarming of its own.
+fresh_check() {
+  local name=$1 dir=$2 dirty notes
+  dirty=$(git -C "$dir" status --porcelain)
+  if [ -n "$dirty" ]; then
+    log "  the clone is not clean after it:"
+    sed 's/^/    /' <<<"$dirty"
+    fresh_failed+=("$name: left the clone dirty")
+  else
+    log "  the clone is clean (git status --porcelain)"
+  fi
+  notes=$(first_run_notes "$SERVER_LOG")
+  if [ -n "$notes" ]; then
+    log "  printed besides the server's log:"
+    sed 's/^/    /' <<<"$notes" | head -20
+  fi
+  if grep -aq 'Ignored build scripts' "$SERVER_LOG"; then fresh_failed+=("$name: Deno warned of ignored install scripts"); fi
+}
+
+smoke_fresh() {
+  local head dir t0 d
+  head=$(git rev-parse --short HEAD)
+  fresh_failed=()
+  log "=== first commands in fresh clones of HEAD ($head; changes not committed are not in them)"
+  # Bun installs on the fly only where no node_modules is found in the directory or above it.
+  d=$WORK
+  while [ "$d" != / ]; do
+    [ ! -d "$d/node_modules" ] || fail "$d/node_modules is above the clones: bun would not install on the fly there"
+    d=$(dirname "$d")
+  done
+  if [ "${SMOKE_FRESH_CACHES:-}" = empty ]; then
+    export DENO_DIR=$WORK/deno-dir BUN_INSTALL_CACHE_DIR=$WORK/bun-cache npm_config_cache=$WORK/npm-cache
+    log "package caches: empty ($WORK)"
+  else
+    log "package caches: as they are (SMOKE_FRESH_CACHES=empty empties them)"
+  fi
+
+  dir=$(fresh_clone deno)
+  smoke "deno run -A mod.ts" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno" "$BIN/deno" run -A mod.ts
+  fresh_check "deno run -A mod.ts" "$dir"
+  rm -rf "$dir"
+
+  dir=$(fresh_clone deno-task)
+  smoke "deno task serve" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" "$BIN/deno" task serve
+  fresh_check "deno task serve" "$dir"
+  rm -rf "$dir"
+
+  dir=$(fresh_clone bun)
+  smoke "bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
+  [ ! -e "$dir/node_modules" ] && log "  bun installed on the fly into its own cache: no node_modules in the clone"
+  fresh_check "bun mod.ts" "$dir"
+  rm -rf "$dir"
+
+  dir=$(fresh_clone npm)
+  t0=$SECONDS
+  log "--- npm install (in the clone)"
+  (cd "$dir" && npm install --no-audit --no-fund --prefer-offline >"$WORK/npm-install.log" 2>&1) ||
+    { cat "$WORK/npm-install.log"; fail "npm install"; }
+  log "  installed in $((SECONDS - t0)) s ($(du -sh "$dir/node_modules" | cut -f1))"
+  if grep -aq 'warn' "$WORK/npm-install.log"; then
+    log "  npm install printed:"
+    grep -a 'warn' "$WORK/npm-install.log" | sed 's/^/    /' | head -12
+  fi
+  smoke "npm start" '(^| )node( |$)' '' "$dir" "$WORK/cache-fresh-npm" npm start --
+  fresh_check "npm install && npm start" "$dir"
+  rm -rf "$dir"
+
+  if [ ${#fresh_failed[@]} -gt 0 ]; then
+    printf '  %s\n' "${fresh_failed[@]}"
+    fail "fresh clones: ${#fresh_failed[@]} first command(s) served but fell short"
+  fi
 }
 
 targets=("$@")
@@ -214,7 +308,8 @@ for t in "${targets[@]}"; do
     pack) smoke_pack ;;
     binary) smoke_binary ;;
     deno) smoke_deno ;;
-    *) fail "unknown target $t (pack, binary, deno)" ;;
+    fresh) smoke_fresh ;;
+    *) fail "unknown target $t (pack, binary, deno, fresh)" ;;
   esac
 done
 log "smoke: all passed (${targets[*]}) in $SECONDS s"
