@@ -12,9 +12,9 @@
 #   deno    `deno run -A mod.ts` in this checkout
 #   fresh   README's first command on each runtime, each in its own fresh clone of this checkout's HEAD (nothing
 #           installed; the package caches of npm, Deno and Bun are used as they are, or emptied with
-#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `deno task serve`, `bun mod.ts`,
-#           `npm install && npm start`. Each clone must stay clean (`git status --porcelain`), and Deno must not
-#           print its box of ignored install scripts
+#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `bun mod.ts`, `npm install && npm start`, then
+#           `deno task serve` where `npm install` ran. Each clone must stay clean (`git status --porcelain`), and
+#           Deno must not print its box of ignored install scripts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -187,9 +187,9 @@ smoke_binary() {
   while read -r p; do args+=(--exclude "$p"); done < <(compile_excludes)
   if denort_available; then
     rm -rf dist/gym-edge dist/.gym-edge
-    # deno.json's `compile` task, plus this platform's excludes.
-    "$BIN/deno" compile -A --self-extracting --no-check "${args[@]}" -o dist/gym-edge mod.ts \
-      >"$WORK/compile.log" 2>&1 || { cat "$WORK/compile.log"; fail "deno compile"; }
+    # deno.json's `compile` task (node_modules as npm installed it), plus this platform's excludes.
+    "$BIN/deno" compile --node-modules-dir=manual -A --self-extracting --no-check "${args[@]}" \
+      -o dist/gym-edge mod.ts >"$WORK/compile.log" 2>&1 || { cat "$WORK/compile.log"; fail "deno compile"; }
     log "compiled dist/gym-edge ($(du -h dist/gym-edge | cut -f1)) in $((SECONDS - t0)) s"
     smoke "binary (dist/gym-edge)" '(^| )gym-edge( |$)' '' "$WORK" "$WORK/cache-binary" "$ROOT/dist/gym-edge"
     return
@@ -270,11 +270,6 @@ smoke_fresh() {
   fresh_check "deno run -A mod.ts" "$dir"
   rm -rf "$dir"
 
-  dir=$(fresh_clone deno-task)
-  smoke "deno task serve" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" "$BIN/deno" task serve
-  fresh_check "deno task serve" "$dir"
-  rm -rf "$dir"
-
   dir=$(fresh_clone bun)
   smoke "bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
   [ ! -e "$dir/node_modules" ] && log "  bun installed on the fly into its own cache: no node_modules in the clone"
@@ -293,6 +288,11 @@ smoke_fresh() {
   fi
   smoke "npm start" '(^| )node( |$)' '' "$dir" "$WORK/cache-fresh-npm" npm start --
   fresh_check "npm install && npm start" "$dir"
+  # deno.json's tasks run the Deno that npm installed: a `deno` in a task would be the npm package's launcher
+  # run from Deno's cache, which cannot find its binary there.
+  smoke "deno task serve (after npm install)" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" \
+    "$BIN/deno" task serve
+  fresh_check "deno task serve (after npm install)" "$dir"
   rm -rf "$dir"
 
   if [ ${#fresh_failed[@]} -gt 0 ]; then
