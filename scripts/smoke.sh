@@ -228,14 +228,17 @@ first_run_notes() {
   sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -avE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T|^(Download|Initialize|Task) |^> |^ *$' || true
 }
 
-# fresh_check NAME DIR: the clone stays clean, and the first run said nothing alarming of its own.
+# fresh_check NAME DIR [BEFORE]: the clone stays clean (or as BEFORE, an earlier `git status --porcelain`, left
+# it), and the first run said nothing alarming of its own.
 fresh_check() {
-  local name=$1 dir=$2 dirty notes
-  dirty=$(git -C "$dir" status --porcelain)
+  local name=$1 dir=$2 before=${3:-} dirty notes
+  dirty=$(git -C "$dir" status --porcelain | grep -vxF -e "$before" || true)
   if [ -n "$dirty" ]; then
     log "  the clone is not clean after it:"
     sed 's/^/    /' <<<"$dirty"
     fresh_failed+=("$name: left the clone dirty")
+  elif [ -n "$before" ]; then
+    log "  it changed nothing more in the clone (git status --porcelain)"
   else
     log "  the clone is clean (git status --porcelain)"
   fi
@@ -248,7 +251,7 @@ fresh_check() {
 }
 
 smoke_fresh() {
-  local head dir t0 d
+  local head dir t0 d before
   head=$(git rev-parse --short HEAD)
   fresh_failed=()
   log "=== first commands in fresh clones of HEAD ($head; changes not committed are not in them)"
@@ -290,9 +293,10 @@ smoke_fresh() {
   fresh_check "npm install && npm start" "$dir"
   # deno.json's tasks run the Deno that npm installed: a `deno` in a task would be the npm package's launcher
   # run from Deno's cache, which cannot find its binary there.
+  before=$(git -C "$dir" status --porcelain)
   smoke "deno task serve (after npm install)" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" \
     "$BIN/deno" task serve
-  fresh_check "deno task serve (after npm install)" "$dir"
+  fresh_check "deno task serve (after npm install)" "$dir" "$before"
   rm -rf "$dir"
 
   if [ ${#fresh_failed[@]} -gt 0 ]; then
