@@ -9,6 +9,7 @@ import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./sche
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { PromptScorer } from "./prompt-logprobs.ts";
+import { auditEngine } from "./audit.ts";
 import { type RowSampling, type SampledToken, SequenceSampler } from "./sampler.ts";
 import { type SamplerPool, sharedSamplerPool } from "./sampler-pool.ts";
 
@@ -26,7 +27,17 @@ export interface EngineOptions {
   rowCapacity?: (length: number) => number;
   /** Threads that sample rows whose logits come back to the host (default: the process's shared pool). */
   samplerPool?: SamplerPool;
+  /** Called after every step, between steps (tests audit the bookkeeping there). */
+  onStep?: () => void;
+  /**
+   * Called when a step failed: its sequences went back to the queue to be recomputed (`retried`), or ended with
+   * the error after failing too often (`failed`).
+   */
+  onStepError?: (error: unknown, retried: number, failed: number) => void;
 }
+
+/** Failed steps a sequence survives (put back in the queue); the next one ends it with the error. */
+const MAX_FAULTS = 2;
 
 /** A request the engine cannot take (the API answers 400). */
 export class EngineRequestError extends Error {
@@ -83,7 +94,8 @@ export class Engine {
 
   constructor(runner: ModelRunner, readonly options: EngineOptions) {
     this.#runner = runner;
-    const maxNumSeqs = options.maxNumSeqs ?? 32;
+    // One row stays free for moves (RowTable.gather).
+    const maxNumSeqs = Math.max(1, Math.min(options.maxNumSeqs ?? 32, runner.maxRows - 1));
     const blockSize = options.blockSize ?? 16;
     const bytesPerToken = runner.floatsPerToken * 4;
     const kvCacheBytes = options.kvCacheBytes ?? 512 * 1024 * 1024;
@@ -175,6 +187,22 @@ export class Engine {
     };
   }
 
+  /**
+   * Every invariant the bookkeeping breaks now (empty: sound): rows, queues, prefix-cache references. Meaningful
+   * between steps (onStep) or when idle.
+   */
+  audit(): string[] {
+    return auditEngine({
+      running: this.scheduler.running,
+      waiting: this.scheduler.waiting,
+      held: this.#held,
+      rows: this.#rows.occupants,
+      maxNumSeqs: this.scheduler.limits.maxNumSeqs,
+      cache: this.cache,
+      live: [...this.#byId.values()],
+    });
+  }
+
   /** Resolves when the loop stops: no request left to run (held ones aside), or frozen. */
   async idle(): Promise<void> {
     while (this.#loop) await this.#loop;
@@ -257,9 +285,12 @@ export class Engine {
           try {
             await this.#step();
           } catch (err) {
-            // A fault outside a model run (a bug, out of memory) must not leave requests hanging or stop the loop.
-            for (const seq of [...this.scheduler.running, ...this.scheduler.waiting]) this.#finish(seq, "abort", err);
+            // A fault in planning the step (a bug) must not leave requests hanging or stop the loop.
+            const all = [...this.scheduler.running, ...this.scheduler.waiting];
+            for (const seq of all) this.#finish(seq, "abort", err);
+            this.options.onStepError?.(err, 0, all.length);
           }
+          this.options.onStep?.();
         }
       } finally {
         this.#loop = null;
@@ -271,19 +302,46 @@ export class Engine {
     const plan = this.scheduler.schedule();
     this.#steps++;
     this.#applyPreemptions(plan.preempted);
-    this.#applyAdmissions(plan);
-    let longest = 0;
-    for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
-    for (const p of plan.prefill) longest = Math.max(longest, p.seq.numComputed + p.tokens);
-    this.runner.reserve(longest);
-    try {
-      if (plan.decode.length) await this.#decode(plan.decode);
-      for (const run of prefillRuns(plan.prefill)) await this.#prefill(run.filter((c) => c.seq.status === "running"));
-      await this.#flushBlocks();
-    } catch (err) {
-      // A failed model run fails the sequences of this step, not the server.
-      for (const seq of [...plan.decode, ...plan.prefill.map((p) => p.seq)]) this.#finish(seq, "abort", err);
+    // Where each sequence's random stream stood: a sequence whose step fails draws the same numbers again.
+    const stepSeqs = new Set([...plan.admitted.map((a) => a.seq), ...plan.decode, ...plan.prefill.map((p) => p.seq)]);
+    const draws = new Map([...stepSeqs].map((seq) => [seq, this.#samplers.get(seq)!.rng.state()]));
+    const guarded = async (seqs: Iterable<Sequence>, work: () => void | Promise<void>) => {
+      try {
+        await work();
+      } catch (err) {
+        this.#fault([...seqs], draws, err);
+      }
+    };
+    await guarded(stepSeqs, () => {
+      this.#applyAdmissions(plan);
+      let longest = 0;
+      for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
+      for (const p of plan.prefill) longest = Math.max(longest, p.seq.numComputed + p.tokens);
+      this.runner.reserve(longest);
+    });
+    const decode = plan.decode.filter((seq) => seq.status === "running");
+    if (decode.length) await guarded(decode, () => this.#decode(decode));
+    for (const run of prefillRuns(plan.prefill)) {
+      const chunks = run.filter((c) => c.seq.status === "running");
+      await guarded(chunks.map((c) => c.seq), () => this.#prefill(chunks));
     }
+    await this.#flushBlocks();
+    this.#rows.releaseFree();
+  }
+
+  /**
+   * A failed step (a model run that threw, a row move that could not be made) must not lose its sequences: each
+   * goes back to the head of the queue, its KV to be recomputed and its random stream rewound, and only one that
+   * keeps failing ends with the error.
+   */
+  #fault(seqs: readonly Sequence[], draws: ReadonlyMap<Sequence, Uint32Array>, err: unknown): void {
+    const running = seqs.filter((seq) => seq.status === "running");
+    const failing = running.filter((seq) => ++seq.faults > MAX_FAULTS);
+    for (const seq of failing) this.#finish(seq, "abort", err);
+    const retried = this.scheduler.preempt(running.filter((seq) => seq.status === "running"));
+    for (const seq of retried) this.#samplers.get(seq)!.rng.restore(draws.get(seq)!);
+    this.#applyPreemptions(retried);
+    this.options.onStepError?.(err, retried.length, failing.length);
   }
 
   #applyPreemptions(preempted: readonly Sequence[]): void {
@@ -329,9 +387,9 @@ export class Engine {
     try {
       await this.runner.flush();
     } catch (err) {
-      // Blocks inserted this step hold no KV: forget them all rather than ever reuse them.
+      // Blocks inserted this step hold no KV: forget them all rather than ever reuse them. The rows are intact.
       this.cache.reset(this.#policyVersion);
-      throw err;
+      this.options.onStepError?.(err, 0, 0);
     }
   }
 
@@ -345,7 +403,8 @@ export class Engine {
       const start = seq.numComputed;
       return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
     });
-    const sampling = chunks.map(({ seq, tokens }) => (seq.numPending - tokens > 1 ? null : this.#rowSampling(seq)));
+    // Only a chunk that completes the prompt samples (one that leaves just the last token has no logits for it).
+    const sampling = chunks.map(({ seq, tokens }) => (seq.numPending > tokens ? null : this.#rowSampling(seq)));
     let picks: (SampledToken | null)[];
     if (this.runner.stepAndSample && !chunks.some((c) => c.allLogits)) {
       picks = await this.runner.stepAndSample(inputs, sampling);

@@ -66,6 +66,11 @@ export class KvCache {
     return n;
   }
 
+  /** Each block's reference count, by id. */
+  referenceCounts(): Map<number, number> {
+    return new Map([...this.#blocks.values()].map((b) => [b.id, b.refs]));
+  }
+
   /** Changes the capacity, evicting unreferenced blocks to fit; returns whether it fits now. */
   resize(capacityBlocks: number): boolean {
     this.#capacity = Math.max(0, Math.floor(capacityBlocks));

@@ -57,6 +57,11 @@ export class Rng {
     return Uint32Array.of(this.#s0, this.#s1, this.#s2, this.#s3);
   }
 
+  /** Puts the generator back in a state taken with `state()` (a step that failed draws again). */
+  restore(words: ArrayLike<number>): void {
+    [this.#s0, this.#s1, this.#s2, this.#s3] = [words[0] | 0, words[1] | 0, words[2] | 0, words[3] | 0];
+  }
+
   /** A generator seeded from the platform's cryptographic randomness, for requests without a seed. */
   static unseeded(): Rng {
     const words = new Uint32Array(4);

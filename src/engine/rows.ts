@@ -13,6 +13,15 @@ export class RowTable {
     this.#rows = new Array(capacity).fill(null);
   }
 
+  get capacity(): number {
+    return this.#rows.length;
+  }
+
+  /** The sequence in each row (null: free). */
+  get occupants(): readonly (Sequence | null)[] {
+    return this.#rows;
+  }
+
   /** Places a new sequence in the highest free row (prefills live above the decoding rows). */
   assign(seq: Sequence): number {
     for (let r = this.#rows.length - 1; r >= 0; r--) {
@@ -25,7 +34,7 @@ export class RowTable {
     throw new Error("no free row: the scheduler admitted more sequences than rows");
   }
 
-  /** Frees a sequence's row and keeps the decoding rows contiguous. */
+  /** Frees a sequence's row. */
   release(seq: Sequence): void {
     if (seq.row === null) return;
     this.runner.releaseRow(seq.row);
@@ -34,21 +43,34 @@ export class RowTable {
   }
 
   /**
+   * Tells the runner again that every free row is empty: a run in flight when a row was released (an aborted
+   * request) wrote its tokens there afterwards.
+   */
+  releaseFree(): void {
+    this.#rows.forEach((seq, r) => seq === null && this.runner.releaseRow(r));
+  }
+
+  /**
    * Moves the given decoding sequences into rows [0, n) (in the order given) and returns them in row order.
    * Sequences already in place do not move.
+   *
+   * Movers take the free rows below n first. Only once none is left is a prefilling sequence pushed out of the
+   * way, and then a free row above n exists: with at most capacity - 1 rows taken, and every row below n taken, the
+   * free one is above.
    */
   gather(decoding: readonly Sequence[]): Sequence[] {
     const n = decoding.length;
     const inPlace = new Set(decoding.filter((s) => s.row !== null && s.row < n));
     const movers = decoding.filter((s) => !inPlace.has(s));
-    for (const seq of movers) {
-      let target = 0;
-      while (this.#rows[target] !== null && inPlace.has(this.#rows[target]!)) target++;
+    const targets: number[] = [];
+    for (let r = 0; r < n; r++) if (this.#rows[r] === null) targets.push(r);
+    for (let r = 0; r < n; r++) if (this.#rows[r] !== null && !inPlace.has(this.#rows[r]!)) targets.push(r);
+    movers.forEach((seq, i) => {
+      const target = targets[i];
       const occupant = this.#rows[target];
       if (occupant) this.#moveTo(occupant, this.#freeRowAbove(n));
       this.#moveTo(seq, target);
-      inPlace.add(seq);
-    }
+    });
     return this.#rows.slice(0, n) as Sequence[];
   }
 

@@ -88,7 +88,12 @@ export class Scheduler {
 
   /** Moves every running sequence, in order, back to the head of the queue to be recomputed; returns them. */
   preemptAll(): Sequence[] {
-    const victims = this.running.splice(0);
+    return this.preempt([...this.running]);
+  }
+
+  /** Moves these running sequences, in order, back to the head of the queue to be recomputed; returns them. */
+  preempt(seqs: readonly Sequence[]): Sequence[] {
+    const victims = seqs.filter((seq) => this.remove(seq));
     for (const seq of victims) {
       seq.status = "waiting";
       seq.numComputed = 0;

@@ -50,6 +50,8 @@ export class Sequence {
   blockIds: number[] = [];
   /** Times it was preempted (its KV dropped, to be recomputed). */
   preemptions = 0;
+  /** Steps of it that failed (it was put back in the queue, up to a bound). */
+  faults = 0;
   finishReason: FinishReason | null = null;
   readonly events = new EventQueue<TokenEvent>();
   readonly arrivedAt = performance.now();

@@ -113,6 +113,19 @@ describe("engine", () => {
     assert.equal(engine.cache.totalRefs, 0);
   });
 
+  test("a prefill chunk that leaves the prompt's last token for the next step does not sample before it", SLOW, async () => {
+    // Two decoding rows take 2 of the 64-token budget: a 63-token prompt's first chunk is 62, one token short.
+    const long = prompt(63, 7);
+    const alone = await collect(engine.submit(long, greedy(6)));
+    const decoding = [prompt(6, 8), prompt(7, 9)].map((p) => engine.submit(p, greedy(40)));
+    const first = await decoding[0].events[Symbol.asyncIterator]().next();
+    assert.equal(first.done, false);
+    const joined = await collect(engine.submit(long, greedy(6)));
+    for (const req of decoding) engine.abort(req.id);
+    await engine.idle();
+    assertSameGeneration(joined, alone, "the prompt chunked one token short");
+  });
+
   test("prompts prefilled together in one padded run give the tokens and logprobs they give alone", SLOW, async () => {
     // 20, 14 and 11 tokens: one run (none shorter than half the longest), the shorter rows padded on the right.
     const lengths = [20, 14, 11];
