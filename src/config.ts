@@ -62,6 +62,11 @@ export const ServerConfig = z.object({
     .describe("/update_weights loads only from inside this directory (real paths: no .. or symlink escapes)"),
   allowedOrigins: z.string().min(1).optional()
     .describe("CORS: comma-separated origins allowed to call from a browser, or * (default: CORS off)"),
+  // Longer than client pools keep an idle connection (NeMo Gym's 15 s, aiohttp's 15 s, a load balancer's 60 s), so the
+  // client, not the server, closes it: a server that closes first races the client's next request on that socket.
+  keepAliveTimeout: z.coerce.number().min(0).default(120).describe(
+    "seconds an idle keep-alive connection stays open; 0: until the client closes it (Node and Bun; Bun at most 255)",
+  ),
   shutdownTimeout: z.coerce.number().min(0).default(30)
     .describe("seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted"),
   logFormat: z.enum(["text", "json"]).default("text").describe("log lines as text or as one JSON object each"),

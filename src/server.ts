@@ -6,7 +6,7 @@ import { envRecord } from "./runtime/process.ts";
 import { createLogger, type Logger, type LogLevel } from "./log.ts";
 import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
-import { errorResponse, NotReadyError } from "./api/errors.ts";
+import { errorPayload, errorResponse, HttpParseError, NotReadyError } from "./api/errors.ts";
 import { meteredEngine } from "./api/metrics.ts";
 import { formatRequestLine, RequestTracker, requestLogFields } from "./api/operations.ts";
 import { ChatTokenizer } from "./chat/template.ts";
@@ -194,7 +194,12 @@ export interface StartedServer extends RunningServer {
  */
 export async function startServer(config: ServerConfig, log: Logger = serverLogger(config)): Promise<StartedServer> {
   let handler: FetchHandler = notReady;
-  const running = await serve((req) => handler(req), { hostname: config.host, port: config.port });
+  const running = await serve((req) => handler(req), {
+    hostname: config.host,
+    port: config.port,
+    keepAliveTimeout: config.keepAliveTimeout,
+    parseErrorBody: (status, message) => JSON.stringify(errorPayload(new HttpParseError(status, message)).body),
+  });
   log.info(`listening on http://${running.hostname}:${running.port}`);
   const servedModelName = config.servedModelName ?? config.model ?? "gym-edge/tiny";
   const tracker = new RequestTracker();
@@ -216,9 +221,10 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
       log.info(`shutting down: ${served.engine.stats().running + served.engine.stats().waiting} sequences in flight`);
       await served.control.shutdown(timeoutMs);
     }
-    // The engine is done; give the last responses a moment to reach their clients.
-    await tracker.settled(Math.max(1000, timeoutMs - (performance.now() - started)));
-    await running.close();
+    // The engine is done; give the last responses time to reach their clients before the connections close.
+    const left = () => Math.max(1000, timeoutMs - (performance.now() - started));
+    await tracker.settled(left());
+    await running.close(left());
   };
   return { ...running, ready, shutdown };
 }

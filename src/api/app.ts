@@ -1,6 +1,5 @@
 /** The HTTP app: middleware, the route families, and every error as OpenAI's JSON. Runs on any runtime's fetch. */
-import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
+import { Hono, type MiddlewareHandler } from "hono";
 import { cors } from "hono/cors";
 import type { EngineSnapshot, ServingMetrics } from "../metrics/serving.ts";
 import { requireApiKey } from "./auth.ts";
@@ -8,7 +7,13 @@ import { chatCompletionRoutes } from "./chat-completions.ts";
 import { completionRoutes } from "./completions.ts";
 import { CONTROL_PATHS, type ControlPlane, controlRoutes, versionRoutes } from "./control.ts";
 import type { AppDeps } from "./deps.ts";
-import { errorResponse, MethodNotAllowedError, PayloadTooLargeError, RouteNotFoundError } from "./errors.ts";
+import {
+  ClientClosedError,
+  errorResponse,
+  MethodNotAllowedError,
+  PayloadTooLargeError,
+  RouteNotFoundError,
+} from "./errors.ts";
 import { healthRoutes } from "./health.ts";
 import { metricsRoutes } from "./metrics.ts";
 import { modelRoutes } from "./models.ts";
@@ -36,6 +41,45 @@ export interface OperationsDeps {
 }
 
 const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Reads the request body before the routes do, so that an upload that breaks off (the client hung up) is told apart
+ * from a server error, and refuses one over `maxBytes` with 413. The rest of a body too large is read and dropped
+ * first, up to twice the limit in all: a client still sending when the answer comes would see a reset, not the 413.
+ */
+function readBody(maxBytes: number): MiddlewareHandler {
+  return async (c, next) => {
+    const body = c.req.raw.body;
+    if (!body) return await next();
+    const reader = body.getReader();
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    /** Reads until the end (true) or past `limit` bytes (false), keeping the chunks or not. */
+    const readUpTo = async (limit: number, keep: boolean) => {
+      while (size <= limit) {
+        const { value, done } = await reader.read();
+        if (done) return true;
+        size += value.length;
+        if (keep) chunks.push(value);
+      }
+      return false;
+    };
+    let whole: boolean;
+    try {
+      // The runtime holds a body to its declared length: one declared over the limit is refused without keeping it.
+      whole = Number(c.req.header("content-length") ?? 0) <= maxBytes && await readUpTo(maxBytes, true);
+      if (!whole) await readUpTo(2 * maxBytes, false);
+    } catch {
+      throw new ClientClosedError();
+    }
+    if (!whole) {
+      await reader.cancel().catch(() => {});
+      throw new PayloadTooLargeError(maxBytes);
+    }
+    c.req.raw = new Request(c.req.raw, { body: new Blob(chunks as BlobPart[]) });
+    await next();
+  };
+}
 
 // Route paths ("/v1/models/:model{.+}") as patterns, to tell an unknown path (404) from a wrong method (405).
 function pathPattern(path: string): RegExp {
@@ -72,8 +116,9 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   const app = new Hono({ strict: false });
   const maxBodyBytes = deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
 
-  app.onError((err) => {
-    const res = errorResponse(err);
+  app.onError((err, c) => {
+    // A body that could not be read because the client hung up is the client's doing, not a server error.
+    const res = errorResponse(c.req.raw.signal.aborted ? new ClientClosedError() : err);
     if (err instanceof ServiceUnavailableError) res.headers.set("retry-after", String(err.retryAfterSeconds));
     return res;
   });
@@ -93,7 +138,7 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   // With an admin key the control routes take that key instead of the API key.
   const adminKey = deps.control && deps.adminApiKey ? deps.adminApiKey : null;
   if (deps.apiKey) app.use("*", requireApiKey(deps.apiKey, adminKey ? CONTROL_PATHS : []));
-  app.use("*", bodyLimit({ maxSize: maxBodyBytes, onError: () => { throw new PayloadTooLargeError(maxBodyBytes); } }));
+  app.use("*", readBody(maxBodyBytes));
 
   app.route("/", healthRoutes(deps));
   app.route("/", modelRoutes(deps));

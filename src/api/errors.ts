@@ -73,6 +73,25 @@ export class UnauthorizedError extends Error {
   }
 }
 
+/** The client closed the connection before its request was read or answered: nobody gets the answer. */
+export class ClientClosedError extends Error {
+  constructor() {
+    super("the client closed the connection");
+    this.name = "ClientClosedError";
+  }
+}
+
+/** nginx's status for a client that went away first: logged and counted, never sent, and not a server error. */
+export const CLIENT_CLOSED_STATUS = 499;
+
+/** A request the HTTP parser refused (bad syntax, headers too large), answered before any route sees it. */
+export class HttpParseError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+    this.name = "HttpParseError";
+  }
+}
+
 /** The model is not loaded yet. */
 export class NotReadyError extends Error {
   constructor(message = "The model is not loaded yet; retry shortly.") {
@@ -127,6 +146,10 @@ function httpError(err: unknown): HttpError {
     return { ...invalid(405, err.message, null, "method_not_allowed"), headers: { allow: err.allowed.join(", ") } };
   }
   if (err instanceof PayloadTooLargeError) return invalid(413, err.message, null, "request_too_large");
+  if (err instanceof ClientClosedError) {
+    return invalid(CLIENT_CLOSED_STATUS, err.message, null, "client_closed_request");
+  }
+  if (err instanceof HttpParseError) return invalid(err.status, err.message, null, "malformed_request");
   if (err instanceof NotReadyError) {
     return { status: 503, type: "server_error", code: "model_not_ready", param: null, message: err.message, headers: { "Retry-After": "1" } };
   }

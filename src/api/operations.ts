@@ -8,7 +8,7 @@ import type { MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { ControlError, EngineUnavailableError } from "../engine/control.ts";
 import type { ServingMetrics } from "../metrics/serving.ts";
-import { InvalidRequestError } from "./errors.ts";
+import { CLIENT_CLOSED_STATUS, InvalidRequestError } from "./errors.ts";
 
 /** 503 with Retry-After: the server cannot take this request now (queue full, asleep, weights updating, stopping). */
 export class ServiceUnavailableError extends HTTPException {
@@ -33,6 +33,7 @@ export interface RequestRecord {
   id: string;
   method: string;
   route: string;
+  /** The status sent; 499 when the client hung up before its answer was sent (nginx's convention). */
   status: number;
   /** Prompt tokens (once per prompt) and generated tokens (all samples) of the engine requests it made. */
   promptTokens: number;
@@ -131,9 +132,11 @@ export function operations(options: OperationsOptions): MiddlewareHandler {
     tracker?.begin();
     options.metrics?.inFlight(tracker?.inFlight ?? 0);
     let ended = false;
-    const end = () => {
+    const end = (clientGone = false) => {
       if (ended) return;
       ended = true;
+      // Like nginx's 499: the client went away first, so no status reached it; not a server error.
+      if (clientGone) record.status = CLIENT_CLOSED_STATUS;
       record.durationMs = performance.now() - record.startedAt;
       tracker?.end();
       options.metrics?.inFlight(tracker?.inFlight ?? 0);
@@ -156,12 +159,12 @@ export function operations(options: OperationsOptions): MiddlewareHandler {
     const body = c.res.body;
     if (body && (c.res.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
       c.res = new Response(untilDone(body, end), c.res);
-    } else end();
+    } else end(c.req.raw.signal.aborted);
   };
 }
 
-/** The same stream, calling `done` once it ends, fails or is cancelled by the client. */
-function untilDone(body: ReadableStream<Uint8Array>, done: () => void): ReadableStream<Uint8Array> {
+/** The same stream, calling `done` once it ends or fails, or `done(true)` when the client cancels it. */
+function untilDone(body: ReadableStream<Uint8Array>, done: (clientGone?: boolean) => void): ReadableStream<Uint8Array> {
   const reader = body.getReader();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -177,7 +180,7 @@ function untilDone(body: ReadableStream<Uint8Array>, done: () => void): Readable
       }
     },
     async cancel(reason) {
-      done();
+      done(true);
       await reader.cancel(reason);
     },
   });

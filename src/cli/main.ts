@@ -31,6 +31,7 @@ ${renderFlagHelp(BuildModelFlags)}`;
 /** Runs the command line; resolves with the exit code (a server keeps running until a signal). */
 export async function main(argv: string[]): Promise<number> {
   const [first, ...rest] = argv;
+  let debug = false;
   try {
     if (first === "--help" || first === "-h" || first === "help") {
       console.log(USAGE);
@@ -53,6 +54,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     const config = parseFlags(ServerConfig, serveArgs, envRecord(), ENV_FLAGS);
+    debug = config.logLevel === "debug";
     const log = serverLogger(config);
     const server = await startServer(config, log);
     let stopping = false;
@@ -64,13 +66,20 @@ export async function main(argv: string[]): Promise<number> {
       await server.shutdown(config.shutdownTimeout * 1000);
       exitProcess(0);
     });
-    await server.ready.catch(() => exitProcess(1));
+    // startServer has logged why the model did not load.
+    await server.ready.catch((err) => {
+      if (debug) console.error(err);
+      exitProcess(1);
+    });
     return 0;
   } catch (err) {
     if (err instanceof UsageError) {
       console.error(`gym-edge: ${err.message}`);
       return 2;
     }
-    throw err;
+    // A start-up failure (the port in use, a bad address) is one line; its stack trace is for --log-level debug.
+    console.error(`gym-edge: ${err instanceof Error ? err.message : String(err)}`);
+    if (debug) console.error(err);
+    return 1;
   }
 }
