@@ -16,9 +16,10 @@ import { SamplerPool } from "./engine/sampler-pool.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
 import { setCpuThreads } from "./model/backends.ts";
-import { loadModel, type LoadedModel } from "./model/loader.ts";
+import { type ModelInfo, openModel } from "./model/loader.ts";
 import { defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/engine-kv.ts";
+import { startModelThread } from "./model/model-thread.ts";
 import { openModelRunner } from "./model/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 
@@ -27,7 +28,7 @@ const DEFAULT_KV_CACHE_BYTES = 2 ** 30;
 
 /** A loaded model with its tokenizer and a running engine. */
 export interface ServedModel {
-  loaded: LoadedModel;
+  loaded: ModelInfo;
   tokenizer: ChatTokenizer;
   engine: Engine;
   maxModelLen: number;
@@ -52,26 +53,38 @@ export async function loadServedModel(
 ): Promise<ServedModel> {
   const cacheDir = config.cacheDir ?? defaultCacheDir(envRecord());
   setCpuThreads(config.threads);
-  const loaded = await loadModel({ model: config.model, device: config.device, dtype: config.dtype, cacheDir, log });
+  // The engine runs its own graph: only its runner opens on the device, never the model's standard session.
+  const { model: loaded, opened } = await openModel(
+    { model: config.model, device: config.device, dtype: config.dtype, cacheDir, log },
+    async (backend, model) => {
+      const { maxPositionEmbeddings } = model.config;
+      const maxModelLen = Math.min(config.maxModelLen ?? maxPositionEmbeddings, maxPositionEmbeddings);
+      if (model.dtype !== "fp32" && model.dtype !== "q4") {
+        throw new Error(`the engine runs fp32 and q4 models; --dtype ${model.dtype} is not supported yet`);
+      }
+      const served: ServedWeights = {
+        dir: model.dir,
+        dtype: model.dtype,
+        backend,
+        maxRows: config.maxNumSeqs + 1,
+        maxLength: maxModelLen,
+        scratchDir: path.join(cacheDir, "refit"),
+        hostCache: options.hostCache,
+      };
+      // The chat tokenizer (tens of ms over the vocabulary) is made while the graph opens, not once it is open.
+      const chat = model.tokenizer.then((t) => new ChatTokenizer(t));
+      chat.catch(() => {}); // a tokenizer that failed is openModel's to report
+      return { ...await openModelRunner(served), served, maxModelLen, chat };
+    },
+  );
+  const { runner, layout, reason, served, maxModelLen } = opened;
+  const tokenizer = await opened.chat;
   log.info(`loaded ${loaded.id} on ${loaded.device} via ${loaded.backend.label} (${loaded.dtype})`);
-  const maxModelLen = Math.min(config.maxModelLen ?? loaded.config.maxPositionEmbeddings, loaded.config.maxPositionEmbeddings);
-  if (loaded.dtype !== "fp32" && loaded.dtype !== "q4") {
-    throw new Error(`the engine runs fp32 and q4 models; --dtype ${loaded.dtype} is not supported yet`);
-  }
-  const served: ServedWeights = {
-    dir: loaded.dir,
-    dtype: loaded.dtype,
-    backend: loaded.backend,
-    maxRows: config.maxNumSeqs + 1,
-    maxLength: maxModelLen,
-    scratchDir: path.join(cacheDir, "refit"),
-    hostCache: options.hostCache,
-  };
-  const { runner, layout, reason } = await openModelRunner(served);
   if (layout === "standard") log.warn(`serving through the model's standard graph, slower at long contexts: ${reason}`);
   if (runner.stepAndSample) log.info("KV cache, logits and sampling stay on the GPU; only token ids and log-probabilities come back");
-  // The engine runs its own graph; the standard session was only needed to load and check the model.
-  await loaded.dispose();
+  // What is left (the engine, the app) gets event loop turns of its own, so that a request arriving meanwhile (a
+  // readiness probe) waits for one stretch of work, not for all of them.
+  await nextTurn();
   const engine = new Engine(runner, {
     maxModelLen,
     maxNumSeqs: config.maxNumSeqs,
@@ -96,9 +109,19 @@ export async function loadServedModel(
     },
     loadWeights: (source) => openWeights(source, served).catch((err) => Promise.reject(asControlError(err))),
   });
-  const tokenizer = new ChatTokenizer(loaded.tokenizer);
   tokenizer.limitToContext(maxModelLen);
+  await nextTurn();
   return { loaded, tokenizer, engine, maxModelLen, control };
+}
+
+/**
+ * Resolves once the event loop has polled for I/O (requests) at least once. Through a timer then an immediate: on
+ * Node, a timer alone resumes in the timers phase, before the poll phase, and an immediate alone called from the
+ * poll phase resumes before the next one.
+ */
+async function nextTurn(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  await new Promise((resolve) => setImmediate(resolve));
 }
 
 /** The engine's live state for /metrics. */
@@ -194,6 +217,8 @@ export interface StartedServer extends RunningServer {
  */
 export async function startServer(config: ServerConfig, log: Logger = serverLogger(config)): Promise<StartedServer> {
   let handler: FetchHandler = notReady;
+  // The model loads on its own thread; starting that thread holds this one a moment, better before any request.
+  startModelThread();
   const running = await serve((req) => handler(req), {
     hostname: config.host,
     port: config.port,
@@ -205,9 +230,10 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
   const tracker = new RequestTracker();
   const metrics = new ServingMetrics(servedModelName);
   let model: ServedModel | null = null;
-  const ready = loadServedModel(config, log).then((served) => {
+  const ready = loadServedModel(config, log).then(async (served) => {
     model = served;
     const app = serverApp(config, served, { log, tracker, metrics });
+    await warmUp(config, served);
     handler = (req) => app.fetch(req);
     log.info("ready");
     return served;
@@ -227,6 +253,17 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     await running.close(left());
   };
   return { ...running, ready, shutdown };
+}
+
+/**
+ * An app's first request runs code that has not run yet (10-25 ms here): a twin of the app, which logs and counts
+ * nothing, takes that first request, so that no client's request waits for it behind the ones queued at the switch.
+ */
+async function warmUp(config: ServerConfig, served: ServedModel): Promise<void> {
+  const twin = serverApp({ ...config, logRequests: false }, served, { log: createLogger("error") });
+  await nextTurn();
+  await twin.fetch(new Request("http://localhost/health"));
+  await nextTurn();
 }
 
 /** What every route answers while the model loads: the API's own 503, so clients retry as they would after it. */

@@ -7,7 +7,6 @@
  * transformers.js picks its ONNX Runtime once, when it is first imported, and with an injected one it refuses
  * every device name; so web sessions are opened here from the model's bytes, not through from_pretrained.
  */
-import { AutoModelForCausalLM } from "@huggingface/transformers";
 import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import type { Logger } from "../log.ts";
@@ -26,6 +25,11 @@ let cpuThreads = availableParallelism();
  */
 export function setCpuThreads(threads?: number): void {
   cpuThreads = threads ?? availableParallelism();
+}
+
+/** The CPU threads sessions opened now ask for. */
+export function cpuThreadCount(): number {
+  return cpuThreads;
 }
 
 /** A place the model can run. */
@@ -61,6 +65,11 @@ export interface Backend {
   openFile(files: OnnxFiles, options?: OrtSessionOptions): Promise<OrtSession>;
   /** The queue a session's runs go through so that they never overlap. */
   runQueue(): RunQueue;
+  /**
+   * Whether the engine's runners open on the model thread (model-thread.ts) rather than on the calling thread:
+   * onnxruntime-node opens and runs sessions synchronously, holding whatever thread calls it.
+   */
+  offThread: boolean;
 }
 
 /** A backend with the session it opened. */
@@ -71,19 +80,32 @@ export interface OpenedSession {
 
 /** Opens `source` on the device asked for; "auto" tries each candidate in order and logs the one it took. */
 export async function openSession(choice: DeviceChoice, source: ModelSource, log: Logger): Promise<OpenedSession> {
+  const { backend, opened } = await openOnDevice(choice, (b) => b.open(source), log);
+  return { backend, session: opened };
+}
+
+/**
+ * Opens something of the model (`open`: its standard session, or the engine's runner) on the device asked for;
+ * "auto" tries each candidate in order, skipping those that turn out unavailable, and logs the one it took.
+ */
+export async function openOnDevice<T>(
+  choice: DeviceChoice,
+  open: (backend: Backend) => Promise<T>,
+  log: Logger,
+): Promise<{ backend: Backend; opened: T }> {
   if (choice !== "auto") {
     const backend = await backendFor(choice);
-    return { backend, session: await backend.open(source) };
+    return { backend, opened: await open(backend) };
   }
   const skipped: string[] = [];
   for (const candidate of await autoCandidates(skipped)) {
     try {
       const backend = await candidate();
-      const session = await backend.open(source);
+      const opened = await open(backend);
       log.info(
         `device auto: using ${backend.device} via ${backend.label}${skipped.length ? ` (${skipped.join("; ")})` : ""}`,
       );
-      return { backend, session };
+      return { backend, opened };
     } catch (err) {
       if (!(err instanceof DeviceUnavailableError)) throw err;
       skipped.push(`${err.device} skipped: ${err.reason}`);
@@ -96,12 +118,12 @@ export async function openSession(choice: DeviceChoice, source: ModelSource, log
 export async function backendFor(device: Device): Promise<Backend> {
   switch (device) {
     case "cpu":
-      return await nativeBackend("cpu");
+      return await nativeBackend("cpu", true);
     case "wasm":
       return webBackend("wasm", await loadRuntime("wasm", () => loadOrtWasm(cpuThreads)));
     case "webgpu": {
       const gpu = await gpuAdapter();
-      if (gpu === "no-navigator-gpu") return await nativeBackend("webgpu");
+      if (gpu === "no-navigator-gpu") return await nativeBackend("webgpu", true);
       if (gpu === "no-adapter") {
         throw new DeviceUnavailableError(
           "webgpu",
@@ -132,7 +154,7 @@ async function autoCandidates(skipped: string[]): Promise<Candidate[]> {
   const gpu = await gpuAdapter();
   if (gpu === "no-navigator-gpu") {
     // Only opening a session tells whether onnxruntime-node's WebGPU finds an adapter.
-    candidates.push(() => nativeBackend("webgpu"));
+    candidates.push(() => nativeBackend("webgpu", true));
   } else if (gpu === "no-adapter") {
     skipped.push("webgpu skipped: navigator.gpu found no adapter");
   } else if (gpu.fallback) {
@@ -145,7 +167,12 @@ async function autoCandidates(skipped: string[]): Promise<Candidate[]> {
   return candidates;
 }
 
-async function nativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
+/** onnxruntime-node on `device`, its sessions opened on the calling thread (the model thread opens its own this way). */
+export function localNativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
+  return nativeBackend(device, false);
+}
+
+async function nativeBackend(device: "cpu" | "webgpu", offThread: boolean): Promise<Backend> {
   const ort = await loadRuntime(device, () => import("onnxruntime-node") as unknown as Promise<OrtModule>);
   // Dawn's words when it finds no GPU; anything else is the model's fault.
   const failed = async (err: unknown, what: string): Promise<never> => {
@@ -163,8 +190,11 @@ async function nativeBackend(device: "cpu" | "webgpu"): Promise<Backend> {
     ort,
     Tensor: ort.Tensor,
     runQueue: () => new RunQueue(),
+    offThread,
     async open(source) {
       try {
+        // Imported here: the model thread opens its sessions from files and has no use for transformers.js.
+        const { AutoModelForCausalLM } = await import("@huggingface/transformers");
         const model = await AutoModelForCausalLM.from_pretrained(source.id, {
           device,
           dtype: source.dtype,
@@ -204,6 +234,7 @@ function webBackend(device: "wasm" | "webgpu", ort: OrtModule): Backend {
     ort,
     Tensor: ort.Tensor,
     runQueue: () => webQueues.get(ort)!,
+    offThread: false,
     async open(source) {
       return await backend.openFile(await source.files());
     },

@@ -14,9 +14,14 @@ export function defaultCacheDir(env: Record<string, string | undefined>): string
   return path.join(env.HOME || homedir(), ".cache", "gym-edge");
 }
 
+/** Where the built-in model is (or will be) under `cacheDir`. */
+export function builtinModelDir(cacheDir: string): string {
+  return path.join(path.resolve(cacheDir), "models", BUILTIN_MODEL.preset);
+}
+
 /** The built-in model's directory under `cacheDir`, building it first if no complete build is there. */
 export async function ensureBuiltinModel(cacheDir: string): Promise<string> {
-  const dir = path.join(path.resolve(cacheDir), "models", BUILTIN_MODEL.preset);
+  const dir = builtinModelDir(cacheDir);
   if (isBuiltModel(dir, BUILTIN_MODEL)) return dir;
   mkdirSync(path.dirname(dir), { recursive: true });
   // Build beside the target and rename into place, so a second process never sees half a model.

@@ -30,3 +30,14 @@ export class DeviceUnavailableError extends Error {
     this.available = available;
   }
 }
+
+/** Why weights cannot be used: no such path, a path outside the allowed directory, or not this model's weights. */
+export type WeightsProblem = "not_found" | "forbidden" | "mismatch";
+
+/** New weights (refit) that cannot be used, and why. */
+export class WeightsError extends Error {
+  constructor(readonly problem: WeightsProblem, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "WeightsError";
+  }
+}

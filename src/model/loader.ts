@@ -1,17 +1,21 @@
 /** Loads a model (local directory or hub id) and its tokenizer onto a device, and runs its decoder graph. */
 import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { createLogger, type Logger } from "../log.ts";
-import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSource, openSession } from "./backends.ts";
-import { ensureBuiltinModel } from "./builtin.ts";
+import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSource, openOnDevice } from "./backends.ts";
+import { isBuiltModel } from "./builder/build.ts";
+import { BUILTIN_MODEL, builtinModelDir, ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
 import { ensureConverted } from "./builder/convert.ts";
 import { checkModelDir, dtypesIn, type ModelDtype, onnxFileName, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
 import { hasCheckpoint } from "./safetensors.ts";
 import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
+import { offThread } from "./model-thread.ts";
 import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort-types.ts";
+import { tokenizerFromParts } from "./tokenizer-load.ts";
+import type { TokenizerParts } from "./tokenizer-parts.ts";
 
 /** Options of loadModel. */
 export interface LoadModelOptions {
@@ -29,8 +33,8 @@ export interface LoadModelOptions {
   log?: Logger;
 }
 
-/** A model ready to run: its config, tokenizer and one ONNX Runtime session. */
-export interface LoadedModel {
+/** A model found, checked and placed on a device: its config and tokenizer, and where it runs. */
+export interface ModelInfo {
   /** The directory or hub id that was asked for. */
   id: string;
   /** The directory the files were read from (for a hub id, its download cache). */
@@ -40,8 +44,22 @@ export interface LoadedModel {
   /** The device and dtype actually used. */
   device: Device;
   dtype: ModelDtype;
-  /** The ONNX Runtime build and execution provider the session runs on (to open more graphs on it). */
+  /** The ONNX Runtime build and execution provider the model runs on (to open more graphs on it). */
   backend: Backend;
+}
+
+/** What an `open` function of openModel gets: the model before it is on a device, its files on local disk. */
+export interface ModelToOpen {
+  dir: string;
+  config: ModelConfig;
+  dtype: ModelDtype;
+  source: ModelSource;
+  /** The tokenizer as it loads beside the graph, for work that needs it before the model is on the device. */
+  tokenizer: Promise<PreTrainedTokenizer>;
+}
+
+/** A model ready to run: its config, tokenizer and one ONNX Runtime session over its standard graph. */
+export interface LoadedModel extends ModelInfo {
   inputNames: readonly string[];
   outputNames: readonly string[];
   /** Element types and shapes of the graph's inputs and outputs (the KV cache's dtype, for one). */
@@ -57,50 +75,13 @@ export interface LoadedModel {
 
 /** Loads a model for the engine; a missing or malformed model is a ModelLoadError, a missing device a DeviceUnavailableError. */
 export async function loadModel(options: LoadModelOptions): Promise<LoadedModel> {
-  const log = options.log ?? createLogger();
-  const dtype = options.dtype ?? "fp32";
-  const asked = locateModel(options.model ?? await ensureBuiltinModel(options.cacheDir), options.cacheDir);
-  let location = asked;
-  if (!asked.local) {
-    await fetchHubConfig(asked, options.hubUrl);
-    // A hub model published as a safetensors checkpoint only: downloaded, then converted like a local one.
-    const checkpoint = await fetchHubCheckpoint(asked, `onnx/${onnxFileName(dtype)}`, options.hubUrl);
-    if (checkpoint) location = { ...asked, id: asked.dir, local: true };
-  }
-  if (location.local) location = await convertedIfCheckpoint(location, dtype, options.cacheDir, log);
-  if (location.local) checkModelDir(location.dir, dtype);
-  // A local config is checked before the graph loads; a hub model's generation_config.json comes with its graph.
-  const localConfig = location.local ? readModelConfig(location.dir) : undefined;
-  const source: ModelSource = {
-    id: location.id,
-    local: location.local,
-    dtype,
-    cacheDir: location.cacheDir,
-    files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype),
-  };
-  const [loadedTokenizer, opened] = await Promise.allSettled([
-    loadTokenizer(location),
-    openSession(options.device ?? "auto", source, log),
-  ]);
-  if (opened.status === "rejected") throw opened.reason;
-  const { backend, session } = opened.value;
-  if (loadedTokenizer.status === "rejected") {
-    await session.release();
-    throw loadedTokenizer.reason;
-  }
-  const tokenizer = loadedTokenizer.value;
-  const config = localConfig ?? readModelConfig(location.dir);
+  const { model, opened: session } = await openModel(options, (backend, m) => backend.open(m.source));
+  const { backend } = model;
   const queue = backend.runQueue();
   const Tensor = backend.Tensor as unknown as new (t: string, d: unknown, dims: readonly number[]) => OrtTensor;
   const own = (t: TensorLike): OrtTensor => t instanceof backend.Tensor ? t : new Tensor(t.type, t.data, t.dims);
   return {
-    id: asked.id,
-    dir: location.dir,
-    config,
-    tokenizer,
-    device: backend.device,
-    dtype,
-    backend,
+    ...model,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     inputMetadata: session.inputMetadata,
@@ -121,6 +102,71 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
 }
 
 /**
+ * Finds, checks and tokenizes a model as loadModel does, then places it on a device with `open`, which opens what
+ * the caller runs (the standard graph's session for loadModel; the server opens the engine's runner instead, and
+ * so never opens the standard graph it would not use). Returns the model and what `open` gave.
+ */
+export async function openModel<T>(
+  options: LoadModelOptions,
+  open: (backend: Backend, model: ModelToOpen) => Promise<T>,
+): Promise<{ model: ModelInfo; opened: T }> {
+  const log = options.log ?? createLogger();
+  const dtype = options.dtype ?? "fp32";
+  const asked = locateModel(options.model ?? await builtinModel(options.cacheDir), options.cacheDir);
+  let location = asked;
+  if (!asked.local) {
+    await fetchHubConfig(asked, options.hubUrl);
+    // A hub model published as a safetensors checkpoint only: downloaded, then converted like a local one.
+    const checkpoint = await fetchHubCheckpoint(asked, `onnx/${onnxFileName(dtype)}`, options.hubUrl);
+    if (checkpoint) location = { ...asked, id: asked.dir, local: true };
+  }
+  if (location.local) location = await convertedIfCheckpoint(location, dtype, options.cacheDir, log);
+  if (location.local) checkModelDir(location.dir, dtype);
+  // A local config is checked before the graph loads; a hub model's generation_config.json comes with its graph.
+  const localConfig = location.local ? readModelConfig(location.dir) : undefined;
+  const source: ModelSource = {
+    id: location.id,
+    local: location.local,
+    dtype,
+    cacheDir: location.cacheDir,
+    files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype),
+  };
+  // The tokenizer loads while the model opens; a tokenizer that fails after the model opened closes it again.
+  const tokenizing = loadTokenizer(location);
+  const [loadedTokenizer, placed] = await Promise.allSettled([
+    tokenizing,
+    (async () => {
+      // A hub model's ONNX files come with its graph (see downloadOnnx), and its config with them.
+      const files = location.local ? undefined : await source.files();
+      const config = localConfig ?? readModelConfig(location.dir);
+      const local = files ? { ...source, files: () => Promise.resolve(files) } : source;
+      const toOpen: ModelToOpen = { dir: location.dir, config, dtype, source: local, tokenizer: tokenizing };
+      return { ...await openOnDevice(options.device ?? "auto", (backend) => open(backend, toOpen), log), config };
+    })(),
+  ]);
+  if (placed.status === "rejected") throw placed.reason;
+  const { backend, config, opened } = placed.value;
+  if (loadedTokenizer.status === "rejected") {
+    await closeOpened(opened);
+    throw loadedTokenizer.reason;
+  }
+  const tokenizer = loadedTokenizer.value;
+  return { model: { id: asked.id, dir: location.dir, config, tokenizer, device: backend.device, dtype, backend }, opened };
+}
+
+/** Closes what an `open` of openModel gave, if it is a session or a runner. */
+async function closeOpened(opened: unknown): Promise<void> {
+  const closable = opened as { release?: () => Promise<void>; runner?: { dispose(): Promise<void> } } | undefined;
+  await (closable?.release?.() ?? closable?.runner?.dispose());
+}
+
+/** The built-in model's directory, built on the model thread on first use. */
+function builtinModel(cacheDir: string): Promise<string> {
+  if (isBuiltModel(builtinModelDir(cacheDir), BUILTIN_MODEL)) return Promise.resolve(builtinModelDir(cacheDir));
+  return offThread("builtin.ensure", { cacheDir }, () => ensureBuiltinModel(cacheDir));
+}
+
+/**
  * A local Hugging Face checkpoint (safetensors, no ONNX graph of this dtype) is served from its conversion into the
  * builder's layout, kept in the cache directory; any other location is served as it is.
  */
@@ -137,7 +183,8 @@ async function convertedIfCheckpoint(
   const started = performance.now();
   let dir: string;
   try {
-    dir = await ensureConverted(location.dir, cacheDir, dtype);
+    const args = { src: location.dir, cacheDir, dtype };
+    dir = await offThread("checkpoint.convert", args, () => ensureConverted(location.dir, cacheDir, dtype));
   } catch (err) {
     throw new ModelLoadError(location.dir, (err as Error).message, { cause: err });
   }
@@ -167,8 +214,19 @@ function readJson(file: string, required: boolean): unknown {
   }
 }
 
+/**
+ * The model's tokenizer. From local files (a directory, or a hub model's downloaded ones), a BPE tokenizer is parsed
+ * on the model thread and built in slices (tokenizer-load.ts); others, and hub models not yet downloaded, are
+ * loaded by transformers.js.
+ */
 async function loadTokenizer(location: ModelLocation): Promise<PreTrainedTokenizer> {
   try {
+    const file = path.join(location.dir, "tokenizer.json");
+    if (existsSync(file) && existsSync(path.join(location.dir, "tokenizer_config.json"))) {
+      const parts = await offThread<TokenizerParts | null>("tokenizer.parts", { file }, () => Promise.resolve(null));
+      const tokenizer = await tokenizerFromParts(location.dir, parts);
+      if (tokenizer) return tokenizer;
+    }
     return await AutoTokenizer.from_pretrained(location.id, {
       local_files_only: location.local,
       cache_dir: location.cacheDir,

@@ -10,10 +10,12 @@ import type { ModelRunner } from "../engine/model-runner.ts";
 import { unsupportedFeatures } from "./builder/convert.ts";
 import { EngineLayoutError } from "./builder/engine-decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
+import { cpuThreadCount } from "./backends.ts";
 import { type OpenEngineRunnerOptions, openEngineRunner } from "./engine-runner.ts";
 import { onnxFilesIn, type OnnxFiles } from "./model-files.ts";
 import type { OrtSession } from "./ort-types.ts";
 import { StandardRunner } from "./standard-runner.ts";
+import { openOffThread } from "./threaded-runner.ts";
 
 /** The graph a runner runs: the engine's own, or the model's standard one. */
 export type RunnerLayout = "engine" | "standard";
@@ -25,8 +27,18 @@ export interface OpenedRunner {
   reason?: string;
 }
 
-/** Opens the fastest runner the folder allows, on the given backend. */
+/**
+ * Opens the fastest runner the folder allows, on the given backend: for onnxruntime-node, on the model thread
+ * (model-thread.ts), so that opening and running it never holds the calling thread.
+ */
 export async function openModelRunner(options: OpenEngineRunnerOptions): Promise<OpenedRunner> {
+  const { backend, ...rest } = options;
+  if (backend.offThread) {
+    const args = { device: backend.device, threads: cpuThreadCount(), options: rest };
+    const here = () => openModelRunner({ ...options, backend: { ...backend, offThread: false } });
+    const { runner, layout = "engine", reason } = await openOffThread<Omit<OpenedRunner, "runner">>("open.model", args, here);
+    return { runner, layout, reason };
+  }
   const config = readConfig(options.dir);
   const unsupported = unsupportedFeatures(config);
   let reason = `the engine layout does not cover ${unsupported.join(", ")}`;

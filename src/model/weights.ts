@@ -12,21 +12,15 @@ import { ONNX_FILES } from "./builder/build.ts";
 import { convertCheckpoint } from "./builder/convert.ts";
 import { EngineLayoutError, writeEngineGraph } from "./builder/engine-decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
-import type { Backend } from "./backends.ts";
+import { type Backend, cpuThreadCount } from "./backends.ts";
 import type { ModelRunner } from "../engine/model-runner.ts";
 import { EngineRunner } from "./engine-runner.ts";
 import { openModelRunner, openStandardRunner } from "./open-runner.ts";
+import { openOffThread } from "./threaded-runner.ts";
 import { hasCheckpoint } from "./safetensors.ts";
+import { WeightsError } from "./errors.ts";
 
-/** Why weights cannot be used: no such path, a path outside the allowed directory, or not this model's weights. */
-export type WeightsProblem = "not_found" | "forbidden" | "mismatch";
-
-export class WeightsError extends Error {
-  constructor(readonly problem: WeightsProblem, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "WeightsError";
-  }
-}
+export { WeightsError, type WeightsProblem } from "./errors.ts";
 
 function isInside(root: string, candidate: string): boolean {
   const rel = path.relative(root, candidate);
@@ -121,8 +115,17 @@ function checkSameArch(served: DecoderArch, candidate: DecoderArch, where: strin
   }
 }
 
-/** Opens an engine runner over the weights at `real` (a path from resolveWeightsPath). */
+/**
+ * Opens an engine runner over the weights at `real` (a path from resolveWeightsPath): for onnxruntime-node, on the
+ * model thread (model-thread.ts), converting and opening there while the server keeps serving.
+ */
 export async function openWeights(real: string, served: ServedWeights): Promise<ModelRunner> {
+  const { backend, ...rest } = served;
+  if (backend.offThread) {
+    const args = { device: backend.device, threads: cpuThreadCount(), real, served: rest };
+    const here = async () => ({ runner: await openWeights(real, { ...served, backend: { ...backend, offThread: false } }) });
+    return (await openOffThread("open.weights", args, here)).runner;
+  }
   const servedArch = readArch(path.join(served.dir, "config.json"));
   const stat = fs.statSync(real);
   if (stat.isDirectory()) return await openDirectory(real, servedArch, served);

@@ -1,0 +1,145 @@
+/**
+ * The model thread's side (see model-thread.ts): it opens onnxruntime-node runners here and runs the calls the
+ * calling thread's ThreadedRunner sends, one runner per handle; it also parses tokenizer.json and builds or
+ * converts models, the load's other long stretches of work.
+ */
+import { parentPort } from "node:worker_threads";
+import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
+import { localNativeBackend, setCpuThreads } from "./backends.ts";
+import { ensureBuiltinModel } from "./builtin.ts";
+import type { WeightDtype } from "./builder/layers.ts";
+import { ensureConverted } from "./builder/convert.ts";
+import type { OpenEngineRunnerOptions } from "./engine-runner.ts";
+import { serializeError, type ThreadReply, type ThreadRequest } from "./model-thread.ts";
+import { openModelRunner } from "./open-runner.ts";
+import type { StepReply, ThreadedRunnerInfo } from "./threaded-runner.ts";
+import { tokenizerParts } from "./tokenizer-parts.ts";
+import { openWeights, type ServedWeights } from "./weights.ts";
+
+/** Where a runner opens: the device of the calling thread's backend, with its thread count. */
+interface OnDevice {
+  device: "cpu" | "webgpu";
+  threads: number;
+}
+
+/** What a call returns, and the buffers its answer moves. */
+type Answer = { value: unknown; transfer?: ArrayBuffer[] };
+
+const runners = new Map<number, ModelRunner>();
+let nextHandle = 1;
+
+function runner(handle: number): ModelRunner {
+  const found = runners.get(handle);
+  if (!found) throw new Error(`no runner ${handle} on the model thread (disposed?)`);
+  return found;
+}
+
+function opened(r: ModelRunner): ThreadedRunnerInfo {
+  const handle = nextHandle++;
+  runners.set(handle, r);
+  const { vocabSize, floatsPerToken, maxRows } = r;
+  return {
+    handle,
+    vocabSize,
+    floatsPerToken,
+    maxRows,
+    maxLength: (r as { maxLength?: number }).maxLength ?? Infinity,
+    bytes: r.workingBytes(),
+  };
+}
+
+async function backendOn(at: OnDevice) {
+  setCpuThreads(at.threads);
+  return await localNativeBackend(at.device);
+}
+
+/** The logits of a step with the buffers they view, to be moved rather than copied. */
+function stepReply(logits: Float32Array[], bytes: number): Answer {
+  const buffers = [...new Set(logits.map((l) => l.buffer as ArrayBuffer))];
+  const rows = logits.map((
+    l,
+  ): [number, number, number] => [buffers.indexOf(l.buffer as ArrayBuffer), l.byteOffset, l.length]);
+  return { value: { buffers, rows, bytes } satisfies StepReply, transfer: buffers };
+}
+
+type Handler = (args: any) => Promise<Answer> | Answer;
+
+const handlers: Record<string, Handler> = {
+  async "open.model"(args: OnDevice & { options: Omit<OpenEngineRunnerOptions, "backend"> }) {
+    const { runner: r, layout, reason } = await openModelRunner({ ...args.options, backend: await backendOn(args) });
+    return { value: { ...opened(r), layout, reason } };
+  },
+  async "open.weights"(args: OnDevice & { real: string; served: Omit<ServedWeights, "backend"> }) {
+    const r = await openWeights(args.real, { ...args.served, backend: await backendOn(args) });
+    return { value: opened(r) };
+  },
+  async "runner.step"({ handle, inputs }: { handle: number; inputs: RowInput[] }) {
+    const r = runner(handle);
+    return stepReply(await r.step(inputs), r.workingBytes());
+  },
+  "runner.reserve"({ handle, length }: { handle: number; length: number }) {
+    const r = runner(handle);
+    r.reserve(length);
+    return { value: r.workingBytes() };
+  },
+  "runner.releaseRow"({ handle, row }: { handle: number; row: number }) {
+    const r = runner(handle);
+    r.releaseRow(row);
+    return { value: r.workingBytes() };
+  },
+  "runner.copyRow"({ handle, from, to, length }: { handle: number; from: number; to: number; length: number }) {
+    const r = runner(handle);
+    r.copyRow(from, to, length);
+    return { value: r.workingBytes() };
+  },
+  async "runner.readKv"(
+    { handle, row, start, length }: { handle: number; row: number; start: number; length: number },
+  ) {
+    const r = runner(handle);
+    const out = new Float32Array(length * r.floatsPerToken);
+    r.readKv(row, start, length, out);
+    await r.flush?.();
+    return { value: out, transfer: [out.buffer] };
+  },
+  "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: Float32Array }) {
+    const r = runner(args.handle);
+    r.writeKv(args.row, args.start, args.length, args.data);
+    return { value: r.workingBytes() };
+  },
+  async "runner.dispose"({ handle }: { handle: number }) {
+    const r = runners.get(handle);
+    runners.delete(handle);
+    await r?.dispose();
+    return { value: null };
+  },
+  "tokenizer.parts"({ file }: { file: string }) {
+    const parts = tokenizerParts(file);
+    const transfer = parts ? [parts.vocab.ends.buffer, parts.vocab.ids.buffer, parts.merges.ends.buffer] : [];
+    return { value: parts, transfer: transfer as ArrayBuffer[] };
+  },
+  async "builtin.ensure"({ cacheDir }: { cacheDir: string }) {
+    return { value: await ensureBuiltinModel(cacheDir) };
+  },
+  async "checkpoint.convert"({ src, cacheDir, dtype }: { src: string; cacheDir: string; dtype: WeightDtype }) {
+    return { value: await ensureConverted(src, cacheDir, dtype) };
+  },
+};
+
+function reply(message: ThreadReply, transfer: ArrayBuffer[] = []): void {
+  try {
+    parentPort!.postMessage(message, transfer);
+  } catch (err) {
+    parentPort!.postMessage({ id: message.id, error: serializeError(err) } satisfies ThreadReply);
+  }
+}
+
+parentPort!.on("message", async ({ id, op, args }: ThreadRequest) => {
+  try {
+    const handler = handlers[op];
+    if (!handler) throw new Error(`the model thread has no operation ${op}`);
+    const { value, transfer } = await handler(args);
+    reply({ id, value }, transfer);
+  } catch (err) {
+    reply({ id, error: serializeError(err) });
+  }
+});
