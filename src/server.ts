@@ -219,6 +219,8 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
   let handler: FetchHandler = notReady;
   // The model loads on its own thread; starting that thread holds this one a moment, better before any request.
   startModelThread();
+  // So does the first Request and Response a runtime makes (Node loads its fetch implementation then: ~35 ms).
+  notReady(new Request("http://localhost/health"));
   const running = await serve((req) => handler(req), {
     hostname: config.host,
     port: config.port,
