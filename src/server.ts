@@ -96,6 +96,10 @@ export async function loadServedModel(
     rowCapacity: (n) => engineRowCapacity(Math.max(1, n), maxModelLen),
     // The process's shared pool unless the count is set (servers in one process share its threads).
     samplerPool: config.samplerThreads === undefined ? undefined : new SamplerPool(config.samplerThreads),
+    onStepError: (err, retried, failed) => {
+      const why = err instanceof Error ? err.message : String(err);
+      log.warn(`an engine step failed (${why}): ${retried} sequences requeued to recompute, ${failed} ended with the error`);
+    },
   });
   const control = new EngineControl(engine, {
     weightsSource: loaded.dir,

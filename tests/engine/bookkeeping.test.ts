@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Engine, type SubmittedRequest } from "../../src/engine/engine.ts";
+import { Engine, type EngineOptions, type SubmittedRequest } from "../../src/engine/engine.ts";
 import { EngineControl, EngineUnavailableError, type RefitMode } from "../../src/engine/control.ts";
 import type { ModelRunner } from "../../src/engine/model-runner.ts";
 import { Rng } from "../../src/engine/rng.ts";
@@ -62,7 +62,7 @@ describe("engine bookkeeping under random interleavings", () => {
   });
   after(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
-  const newEngine = (runner: ModelRunner, maxNumSeqs: number, onStep?: () => void, onStepError?: (err: unknown) => void) =>
+  const newEngine = (runner: ModelRunner, maxNumSeqs: number, onStep?: () => void, onStepError?: EngineOptions["onStepError"]) =>
     new Engine(runner, {
       maxModelLen: MAX_LEN,
       maxNumSeqs,
@@ -74,6 +74,38 @@ describe("engine bookkeeping under random interleavings", () => {
       onStep,
       onStepError,
     });
+
+  // A fault this test cannot cause for real: the runner's step is wrapped to throw (the model itself stays real).
+  test("a step that throws puts its sequences back in the queue: they finish with the tokens they give without it", SLOW, async () => {
+    const runner = await openWeights(dirs[0], served);
+    const params = SamplingParams.parse({ temperature: 0, max_tokens: 12, ignore_eos: true, logprobs: 1 });
+    const prompts = [5, 40, 90].map((n, k) => Array.from({ length: n }, (_, i) => 2500 + k * 300 + i));
+    const run = async (engine: Engine) =>
+      await Promise.all(prompts.map(async (p) => {
+        const ids: number[] = [];
+        for await (const e of engine.submit(p, params).events) ids.push(e.tokenId);
+        return ids;
+      }));
+    const clean = await run(newEngine(runner, MAX_SEQS));
+    const errors: [string, number, number][] = [];
+    const step = runner.step.bind(runner);
+    let calls = 0;
+    runner.step = (inputs) => (++calls === 4 || calls === 9 ? Promise.reject(new Error("injected fault")) : step(inputs));
+    const faulty = newEngine(runner, MAX_SEQS, undefined, (err, retried, failed) => errors.push([String(err), retried, failed]));
+    assert.deepEqual(await run(faulty), clean);
+    assert.equal(errors.length, 2);
+    assert.ok(errors.every(([what, retried, failed]) => what.includes("injected fault") && retried > 0 && failed === 0));
+    assert.deepEqual(faulty.audit(), []);
+
+    // A step that keeps failing ends its sequences with the error after three tries, and the engine goes on.
+    runner.step = () => Promise.reject(new Error("always failing"));
+    const failing = newEngine(runner, MAX_SEQS);
+    await assert.rejects(run(failing), /always failing/);
+    runner.step = step;
+    assert.deepEqual(await run(failing), clean);
+    assert.deepEqual(failing.audit(), []);
+    await runner.dispose();
+  });
 
   for (const seed of SEEDS) {
     test(`seed ${seed}: ${ACTIONS} random actions keep every invariant and lose no request`, SLOW, async () => {
