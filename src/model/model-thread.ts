@@ -72,11 +72,12 @@ export class ModelThread {
 
   constructor() {
     this.#worker = startWorker();
-    // Idle, the thread does not keep the process alive; a request waiting for an answer does.
-    this.#worker.unref();
     this.#worker.on("message", (reply: ThreadReply) => this.#settle(reply));
     this.#worker.on("error", (err) => this.#fail(err));
     this.#worker.on("exit", (code) => this.#fail(new ModelThreadError(`the model thread exited (${code})`)));
+    // Idle, the thread does not keep the process alive; a request waiting for an answer does. After the listeners:
+    // on Node, listening for messages refs the worker's port again.
+    this.#worker.unref();
   }
 
   /** Sends `op` with `args` (moving the buffers in `transfer`) and resolves with its answer. */
