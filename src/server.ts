@@ -20,7 +20,7 @@ import { type ModelInfo, openModel } from "./model/loader.ts";
 import { defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/engine-kv.ts";
 import { startModelThread } from "./model/model-thread.ts";
-import { openModelRunner } from "./model/open-runner.ts";
+import { openModelRunner, type RunnerLayout } from "./model/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
@@ -32,6 +32,8 @@ export interface ServedModel {
   tokenizer: ChatTokenizer;
   engine: Engine;
   maxModelLen: number;
+  /** Which graph the engine runs: its own ("engine"), or the model's standard past/present graph. */
+  layout: RunnerLayout;
   /** The engine behind the control plane (refit, sleep, the queue bound): what the API submits to. */
   control: EngineControl;
 }
@@ -115,7 +117,7 @@ export async function loadServedModel(
   });
   tokenizer.limitToContext(maxModelLen);
   await nextTurn();
-  return { loaded, tokenizer, engine, maxModelLen, control };
+  return { loaded, tokenizer, engine, maxModelLen, layout, control };
 }
 
 /**
