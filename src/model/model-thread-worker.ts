@@ -26,12 +26,37 @@ interface OnDevice {
 type Answer = { value: unknown; transfer?: ArrayBuffer[] };
 
 const runners = new Map<number, ModelRunner>();
+/** The failure of a call nobody waits on (reserve, releaseRow, copyRow, writeKv), until a step or readKv reports it. */
+const failures = new Map<number, unknown>();
 let nextHandle = 1;
 
 function runner(handle: number): ModelRunner {
   const found = runners.get(handle);
   if (!found) throw new Error(`no runner ${handle} on the model thread (disposed?)`);
   return found;
+}
+
+/** The runner of a step or readKv: one whose rows a failed call left as they should not be fails this call, once. */
+function runnerToRead(handle: number): ModelRunner {
+  const found = runner(handle);
+  if (failures.has(handle)) {
+    const failure = failures.get(handle);
+    failures.delete(handle);
+    throw failure;
+  }
+  return found;
+}
+
+/** Runs a call nobody waits on, keeping its failure for the runner's next step or readKv. */
+function unanswered(handle: number, call: (r: ModelRunner) => void): Answer {
+  const r = runner(handle);
+  try {
+    call(r);
+  } catch (err) {
+    failures.set(handle, err);
+    throw err;
+  }
+  return { value: r.workingBytes() };
 }
 
 function opened(r: ModelRunner): ThreadedRunnerInfo {
@@ -74,41 +99,34 @@ const handlers: Record<string, Handler> = {
     return { value: opened(r) };
   },
   async "runner.step"({ handle, inputs }: { handle: number; inputs: RowInput[] }) {
-    const r = runner(handle);
+    const r = runnerToRead(handle);
     return stepReply(await r.step(inputs), r.workingBytes());
   },
   "runner.reserve"({ handle, length }: { handle: number; length: number }) {
-    const r = runner(handle);
-    r.reserve(length);
-    return { value: r.workingBytes() };
+    return unanswered(handle, (r) => r.reserve(length));
   },
   "runner.releaseRow"({ handle, row }: { handle: number; row: number }) {
-    const r = runner(handle);
-    r.releaseRow(row);
-    return { value: r.workingBytes() };
+    return unanswered(handle, (r) => r.releaseRow(row));
   },
   "runner.copyRow"({ handle, from, to, length }: { handle: number; from: number; to: number; length: number }) {
-    const r = runner(handle);
-    r.copyRow(from, to, length);
-    return { value: r.workingBytes() };
+    return unanswered(handle, (r) => r.copyRow(from, to, length));
   },
   async "runner.readKv"(
     { handle, row, start, length }: { handle: number; row: number; start: number; length: number },
   ) {
-    const r = runner(handle);
+    const r = runnerToRead(handle);
     const out = new Float32Array(length * r.floatsPerToken);
     r.readKv(row, start, length, out);
     await r.flush?.();
     return { value: out, transfer: [out.buffer] };
   },
   "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: Float32Array }) {
-    const r = runner(args.handle);
-    r.writeKv(args.row, args.start, args.length, args.data);
-    return { value: r.workingBytes() };
+    return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, args.data));
   },
   async "runner.dispose"({ handle }: { handle: number }) {
     const r = runners.get(handle);
     runners.delete(handle);
+    failures.delete(handle);
     await r?.dispose();
     return { value: null };
   },

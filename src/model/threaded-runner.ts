@@ -3,7 +3,8 @@
  * request, answered in the order it was made. Steps, and KV read back for the prefix cache, travel as moved buffers,
  * not copies; like a cache on another device, readKv fills `out` by the time flush resolves. Calls that answer
  * nothing (reserve, releaseRow, copyRow, writeKv) are checked here as far as they can be without the rows; one that
- * fails on the thread all the same fails the next step or flush.
+ * fails on the thread all the same fails the runner's next step or readKv there, once, rather than let it run on
+ * rows left as they should not be (the engine then recomputes the rows of that step).
  */
 import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
 import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
@@ -38,7 +39,7 @@ export class ThreadedRunner implements ModelRunner {
   #bytes: number;
   #stepping = 0;
   #reads: Promise<void>[] = [];
-  #failure: Error | null = null;
+  #readFailure: Error | null = null;
 
   constructor(info: ThreadedRunnerInfo, thread: ModelThread = modelThread()) {
     this.#thread = thread;
@@ -52,7 +53,6 @@ export class ThreadedRunner implements ModelRunner {
 
   async step(inputs: RowInput[]): Promise<Float32Array[]> {
     checkStep(inputs, this.maxRows, this.maxLength);
-    this.#throwFailure();
     this.#stepping++;
     try {
       const reply = await this.#thread.call<StepReply>("runner.step", { handle: this.#handle, inputs });
@@ -87,7 +87,7 @@ export class ThreadedRunner implements ModelRunner {
     const read = this.#thread.call<Float32Array>("runner.readKv", { handle: this.#handle, row, start, length })
       .then((data) => out.set(data));
     this.#reads.push(read.catch((err) => {
-      this.#failure ??= err;
+      this.#readFailure ??= err;
     }));
   }
 
@@ -95,7 +95,9 @@ export class ThreadedRunner implements ModelRunner {
     const reads = this.#reads;
     this.#reads = [];
     await Promise.all(reads);
-    this.#throwFailure();
+    const failure = this.#readFailure;
+    this.#readFailure = null;
+    if (failure) throw failure;
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
@@ -115,16 +117,12 @@ export class ThreadedRunner implements ModelRunner {
     await this.#thread.call("runner.dispose", { handle: this.#handle });
   }
 
-  /** Sends a call that answers nothing but the runner's bytes; its failure is kept for the next step or flush. */
+  /** Sends a call that answers nothing but the runner's bytes; the thread reports its failure (see above). */
   #send(what: string, args: Record<string, unknown>, transfer: ArrayBuffer[] = []): void {
     this.#thread.call<number>(`runner.${what}`, { handle: this.#handle, ...args }, transfer).then(
       (bytes) => this.#bytes = bytes,
-      (err) => this.#failure ??= err,
+      () => {},
     );
-  }
-
-  #throwFailure(): void {
-    if (this.#failure) throw this.#failure;
   }
 
   #idle(what: string): void {
