@@ -12,7 +12,7 @@
 #   deno    `deno run -A mod.ts` in this checkout
 #   fresh   README's first command on each runtime, each in its own fresh clone of this checkout's HEAD (nothing
 #           installed; the package caches of npm, Deno and Bun are used as they are, or emptied with
-#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `bun mod.ts`, `npm install && npm start`, then
+#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `bun install --no-save && bun mod.ts`, `npm install && npm start`, then
 #           `deno task serve` where `npm install` ran. Each clone must stay clean (`git status --porcelain`), and
 #           Deno must not print its box of ignored install scripts
 set -euo pipefail
@@ -274,9 +274,11 @@ smoke_fresh() {
   rm -rf "$dir"
 
   dir=$(fresh_clone bun)
-  smoke "bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
-  [ ! -e "$dir/node_modules" ] && log "  bun installed on the fly into its own cache: no node_modules in the clone"
-  fresh_check "bun mod.ts" "$dir"
+  # Bun's install on the fly does not reach the model thread (a worker), so Bun installs first; --no-save keeps
+  # package-lock.json the one lockfile and the clone clean.
+  (cd "$dir" && "$BIN/bun" install --no-save >"$WORK/bun-install.log" 2>&1) || { log "bun install failed"; cat "$WORK/bun-install.log"; exit 1; }
+  smoke "bun install --no-save && bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
+  fresh_check "bun install --no-save && bun mod.ts" "$dir"
   rm -rf "$dir"
 
   dir=$(fresh_clone npm)
