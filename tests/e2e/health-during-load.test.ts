@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { ensureModel } from "../../src/model/builder/build.ts";
 import { getPreset, type Preset } from "../../src/model/builder/presets.ts";
 import { runtimeName } from "../../src/runtime/detect.ts";
+import { programCommand } from "../support/child-server.ts";
 import { testCacheDir } from "../support/served.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -39,18 +40,6 @@ const LOAD_TEST: Preset = {
     intermediateSize: 1024,
   },
 };
-
-/** The command that runs mod.ts on this runtime. */
-function serverCommand(): [string, string[]] {
-  switch (runtimeName()) {
-    case "deno":
-      return [process.execPath, ["run", "-A", "mod.ts"]];
-    case "bun":
-      return [process.execPath, ["mod.ts"]];
-    default:
-      return [process.execPath, ["--import", "tsx", "mod.ts"]];
-  }
-}
 
 interface Probe {
   /** When it was sent, ms after the server said it listens. */
@@ -97,7 +86,7 @@ function listening(child: ChildProcess, log: () => string): Promise<number> {
 test("/health answers 503 within 300 ms at any time while a model loads, then 200", { timeout: 180_000 }, async () => {
   const dir = path.join(testCacheDir(), "models", LOAD_TEST.name);
   await ensureModel({ preset: LOAD_TEST, out: dir });
-  const [cmd, pre] = serverCommand();
+  const [cmd, pre] = programCommand();
   const child = spawn(cmd, [...pre, "--model", dir, "--device", "cpu", "--port", "0", "--no-log-requests"], {
     cwd: ROOT,
     env: { ...process.env, GYM_EDGE_CACHE: testCacheDir(), NO_COLOR: "1" },

@@ -7,7 +7,7 @@ import { testCacheDir } from "./served.ts";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 /** The command that runs mod.ts on this runtime. */
-function programCommand(): [string, string[]] {
+export function programCommand(): [string, string[]] {
   switch (runtimeName()) {
     case "deno":
       return [process.execPath, ["run", "-A", "mod.ts"]];
