@@ -3,6 +3,7 @@ import { z } from "zod";
 import { ENV_FLAGS, ServerConfig } from "../config.ts";
 import { parseFlags, renderFlagHelp, UsageError } from "./flags.ts";
 import { envRecord, exitProcess, onShutdownSignal } from "../runtime/process.ts";
+import { installForModelThread, runAgain } from "../runtime/bun-install.ts";
 import { serverLogger, startServer } from "../server.ts";
 import { buildModel } from "../model/builder/build.ts";
 import { PRESETS } from "../model/builder/presets.ts";
@@ -56,6 +57,11 @@ export async function main(argv: string[]): Promise<number> {
     const config = parseFlags(ServerConfig, serveArgs, envRecord(), ENV_FLAGS);
     debug = config.logLevel === "debug";
     const log = serverLogger(config);
+    const installed = installForModelThread(log.info);
+    if (installed !== null) {
+      log.info(installed);
+      return await runAgain();
+    }
     const server = await startServer(config, log);
     let stopping = false;
     onShutdownSignal(async (signal) => {

@@ -1,0 +1,82 @@
+/**
+ * Bun in a checkout with nothing installed. Where no node_modules directory is found at or above the program, Bun
+ * installs packages on the fly, but only for the main thread: the model thread (a worker) resolves packages the
+ * Node way and finds none. So before serving, a checkout without node_modules gets them from `bun install`, the way
+ * `deno run` fetches what a program needs on its first run. `--no-save` leaves package-lock.json the one lockfile
+ * and the checkout clean; `--production` skips the tools only development needs. A process that started without
+ * node_modules keeps resolving its worker's packages as if there were none (tokenizer files are not found), so the
+ * program then runs again as a child, with the same arguments, and this process only passes signals on to it.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { runtimeName } from "./detect.ts";
+
+/** The checkout this module lives in (the directory with gym-edge's package.json), or null in a compiled binary. */
+function packageRoot(): string | null {
+  if (!import.meta.url.startsWith("file:")) return null;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "mod.ts"))) return dir;
+    dir = dirname(dir);
+  }
+  return null;
+}
+
+/** True when Bun would find a node_modules directory from `dir`: in it or in a directory above it. */
+function hasNodeModules(dir: string): boolean {
+  for (let d = dir;; d = dirname(d)) {
+    if (existsSync(join(d, "node_modules"))) return true;
+    if (dirname(d) === d) return false;
+  }
+}
+
+/** Why installing failed, in one line, for a start-up error. */
+export class InstallError extends Error {
+  override name = "InstallError";
+}
+
+/**
+ * On Bun, in a checkout where Bun installs on the fly, installs the dependencies into node_modules first; resolves
+ * with what it did (null when nothing was needed). Elsewhere (Node, Deno, an installed package, a compiled binary)
+ * it does nothing.
+ */
+export function installForModelThread(info: (msg: string) => void): string | null {
+  if (runtimeName() !== "bun") return null;
+  const root = packageRoot();
+  if (root === null || hasNodeModules(root)) return null;
+  info(`no node_modules in ${root}: installing the dependencies (bun install --no-save --production) for the model thread`);
+  const started = performance.now();
+  const r = spawnSync(process.execPath, ["install", "--no-save", "--production"], {
+    cwd: root,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  if (r.status !== 0) {
+    const said = `${r.stderr ?? ""}\n${r.stdout ?? ""}`.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    const why = r.error?.message ?? said.find((l) => /error/i.test(l)) ?? said.at(-1) ?? `exit code ${r.status}`;
+    throw new InstallError(`bun install failed in ${root} (${why}); run \`bun install\` there and start again`);
+  }
+  const count = /(\d+) packages? installed/.exec(r.stdout ?? "")?.[1];
+  return `installed ${count ?? "the"} packages in ${Math.round(performance.now() - started)} ms; starting again with them`;
+}
+
+/**
+ * Runs this program again as a child with the same arguments and stdio; resolves with its exit code. The child has
+ * its own process group, so a signal sent to this one's group (Ctrl-C) reaches it once, passed on from here.
+ */
+export function runAgain(): Promise<number> {
+  const child = spawn(process.execPath, process.argv.slice(1), { stdio: "inherit", detached: true });
+  const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, pass(s)] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+  return new Promise((resolve) => {
+    child.on("error", () => resolve(1));
+    child.on("exit", (code, signal) => {
+      for (const [s, h] of handlers) process.off(s, h);
+      resolve(code ?? (signal === null ? 1 : 128 + (signal === "SIGINT" ? 2 : 15)));
+    });
+  });
+}
