@@ -12,8 +12,8 @@
 #   deno    `deno run -A mod.ts` in this checkout
 #   fresh   README's first command on each runtime, each in its own fresh clone of this checkout's HEAD (nothing
 #           installed; the package caches of npm, Deno and Bun are used as they are, or emptied with
-#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `bun install --no-save && bun mod.ts`, `npm install && npm start`, then
-#           `deno task serve` where `npm install` ran. Each clone must stay clean (`git status --porcelain`), and
+#           SMOKE_FRESH_CACHES=empty): `deno run -A mod.ts`, `deno task serve`, `bun mod.ts`, `npm install && npm start`,
+#           then `deno task serve` where `npm install` ran. Each clone must stay clean (`git status --porcelain`), and
 #           Deno must not print its box of ignored install scripts
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -271,14 +271,17 @@ smoke_fresh() {
   dir=$(fresh_clone deno)
   smoke "deno run -A mod.ts" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno" "$BIN/deno" run -A mod.ts
   fresh_check "deno run -A mod.ts" "$dir"
+  smoke "deno task serve" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" "$BIN/deno" task serve
+  fresh_check "deno task serve" "$dir"
   rm -rf "$dir"
 
   dir=$(fresh_clone bun)
-  # Bun's install on the fly does not reach the model thread (a worker), so Bun installs first; --no-save keeps
-  # package-lock.json the one lockfile and the clone clean.
-  (cd "$dir" && "$BIN/bun" install --no-save >"$WORK/bun-install.log" 2>&1) || { log "bun install failed"; cat "$WORK/bun-install.log"; exit 1; }
-  smoke "bun install --no-save && bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
-  fresh_check "bun install --no-save && bun mod.ts" "$dir"
+  # The server installs node_modules itself on its first run (Bun's install on the fly does not reach the model
+  # thread) and says so; the clone must stay clean all the same.
+  smoke "bun mod.ts" '(^| )bun(\.exe)?( |$)' '(^| )node( |$)' "$dir" "$WORK/cache-fresh-bun" "$BIN/bun" mod.ts
+  grep -aq 'installing the dependencies' "$SERVER_LOG" || fresh_failed+=("bun mod.ts: did not install node_modules on its first run")
+  [ -d "$dir/node_modules/onnxruntime-node" ] || fresh_failed+=("bun mod.ts: left no node_modules/onnxruntime-node")
+  fresh_check "bun mod.ts" "$dir"
   rm -rf "$dir"
 
   dir=$(fresh_clone npm)
@@ -293,8 +296,7 @@ smoke_fresh() {
   fi
   smoke "npm start" '(^| )node( |$)' '' "$dir" "$WORK/cache-fresh-npm" npm start --
   fresh_check "npm install && npm start" "$dir"
-  # deno.json's tasks run the Deno that npm installed: a `deno` in a task would be the npm package's launcher
-  # run from Deno's cache, which cannot find its binary there.
+  # After npm install, node_modules/.bin is on a task's PATH: `deno task serve` must still serve.
   before=$(git -C "$dir" status --porcelain)
   smoke "deno task serve (after npm install)" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" \
     "$BIN/deno" task serve
