@@ -1,5 +1,7 @@
 /** Every server flag, its type and default, as one zod schema; the CLI parser and --help are derived from it. */
 import { z } from "zod";
+import { REASONING_PARSERS } from "./chat/reasoning.ts";
+import { TOOL_CALL_PARSERS } from "./chat/tools/names.ts";
 
 export const DEVICES = ["auto", "cpu", "wasm", "webgpu"] as const;
 export const DTYPES = ["fp32", "fp16", "q8", "q4"] as const;
@@ -42,8 +44,8 @@ export const ServerConfig = z.object({
   kvCacheMemory: bytes.optional().describe("bytes for the KV cache: running sequences and prefix cache (default 1GiB)"),
   prefixCaching: z.boolean().default(true).describe("reuse cached KV of shared prompt prefixes"),
   // Generation
-  toolCallParser: z.enum(["hermes", "llama3_json"]).default("hermes").describe("how tool calls are read from output"),
-  reasoningParser: z.enum(["qwen3", "deepseek_r1"]).optional().describe("move <think> text to reasoning_content"),
+  toolCallParser: z.enum(TOOL_CALL_PARSERS).default("hermes").describe("how tool calls are read from output"),
+  reasoningParser: z.enum(REASONING_PARSERS).optional().describe("move <think> text to reasoning_content"),
   logprobsMode: z.enum(["processed", "raw"]).default("processed")
     .describe("default distribution of reported logprobs: the one sampled from, or the model's raw one"),
   returnTokensAsTokenIds: z.boolean().default(false).describe("logprob tokens as 'token_id:<id>' for every request"),

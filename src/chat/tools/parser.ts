@@ -6,6 +6,7 @@
 import { type ReasoningParserName, ReasoningStream, splitReasoning } from "../reasoning.ts";
 import { HermesToolParser } from "./hermes.ts";
 import { Llama3JsonToolParser } from "./llama3-json.ts";
+import { TOOL_CALL_PARSERS } from "./names.ts";
 
 /** One call as the model wrote it: the function's name and its arguments as a JSON string. */
 export interface ParsedToolCall {
@@ -40,10 +41,6 @@ export interface ToolCallParser {
   /** A parser for one streamed generation. */
   stream(): ToolCallStream;
 }
-
-/** The names `--tool-call-parser` accepts. */
-export const TOOL_CALL_PARSERS = ["hermes", "llama3_json"] as const;
-export type ToolCallParserName = (typeof TOOL_CALL_PARSERS)[number];
 
 /** An unknown parser name. */
 export class UnknownToolCallParserError extends Error {
