@@ -17,7 +17,7 @@ import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
 import { setCpuThreads } from "./model/backends.ts";
 import { type ModelInfo, openModel } from "./model/loader.ts";
-import { defaultCacheDir } from "./model/builtin.ts";
+import { BUILTIN_MODEL_NAME, defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/engine-kv.ts";
 import { startModelThread } from "./model/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/open-runner.ts";
@@ -175,10 +175,15 @@ export interface ServerAppOptions {
   metrics?: ServingMetrics;
 }
 
+/** The model name clients send and see: --served-model-name, else the model path, else the built-in model's. */
+function servedModelNameOf(config: ServerConfig): string {
+  return config.servedModelName ?? config.model ?? BUILTIN_MODEL_NAME;
+}
+
 /** The HTTP app over a served model, with everything the config asks for (control plane, metrics, request log). */
 export function serverApp(config: ServerConfig, served: ServedModel, options: ServerAppOptions = {}): Hono {
   const log = options.log ?? serverLogger(config);
-  const servedModelName = config.servedModelName ?? config.model ?? "gym-edge/tiny";
+  const servedModelName = servedModelNameOf(config);
   const metrics = options.metrics ?? new ServingMetrics(servedModelName);
   return createApp({
     servedModelName,
@@ -234,7 +239,7 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     parseErrorBody: (status, message) => JSON.stringify(errorPayload(new HttpParseError(status, message)).body),
   });
   log.info(`listening on http://${running.hostname}:${running.port}`);
-  const servedModelName = config.servedModelName ?? config.model ?? "gym-edge/tiny";
+  const servedModelName = servedModelNameOf(config);
   const tracker = new RequestTracker();
   const metrics = new ServingMetrics(servedModelName);
   let model: ServedModel | null = null;

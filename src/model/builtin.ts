@@ -6,6 +6,8 @@ import { buildModel, isBuiltModel } from "./builder/build.ts";
 
 /** The preset and seed of the built-in model. */
 export const BUILTIN_MODEL = { preset: "tiny", seed: 0 } as const;
+/** The name the built-in model is served as (when no --served-model-name says otherwise). */
+export const BUILTIN_MODEL_NAME = "gym-edge/tiny";
 
 /** The cache directory: $GYM_EDGE_CACHE, else $XDG_CACHE_HOME/gym-edge, else ~/.cache/gym-edge. */
 export function defaultCacheDir(env: Record<string, string | undefined>): string {
