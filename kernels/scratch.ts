@@ -3,7 +3,7 @@
  * nothing) and a fast exp for the weights.
  */
 
-/** Log-probabilities are never reported below this (masked tokens are -inf), and never NaN. */
+/** Log-probabilities are never reported below this (vLLM's floor; masked tokens are -inf), and never NaN. */
 export const LOGPROB_FLOOR = -9999;
 /** Top-k at or below this selects with a heap; above it, with the histogram. */
 export const HEAP_LIMIT = 1024;

@@ -7,6 +7,10 @@ import { z } from "zod";
 import type { TokenTexts } from "../chat/detokenize.ts";
 import { TokenIds } from "../chat/messages.ts";
 import type { PromptLogprob, TokenEvent } from "../engine/sequence.ts";
+import { floorLogprob } from "../../kernels/sampling.ts";
+
+// Log-probabilities as reported (floored at vLLM's -9999, never NaN or -Infinity): the sampler's own floor.
+export { floorLogprob };
 
 const nullableInts = TokenIds.nullable();
 
@@ -196,11 +200,6 @@ export function usageOf(promptTokens: number, completionTokens: number): Usage {
     completion_tokens: completionTokens,
     prompt_tokens_details: null,
   };
-}
-
-/** Log-probabilities as reported: floored at -9999.0 (vLLM's floor), never NaN or -Infinity. */
-export function floorLogprob(logprob: number): number {
-  return Number.isNaN(logprob) ? -9999 : Math.max(-9999, logprob);
 }
 
 /** How tokens are named in logprobs: their text, or "token_id:<id>" (return_tokens_as_token_ids). */
