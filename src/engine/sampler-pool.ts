@@ -5,8 +5,8 @@
  * (RowSampling, its random number already drawn), so which thread samples it never changes the answer.
  */
 import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
-import { runtimeName } from "../runtime/detect.ts";
+import type { Worker } from "node:worker_threads";
+import { startWorker } from "../runtime/worker.ts";
 import type { SampleJob, SampleReply } from "./sample-worker.ts";
 import { type RowSampling, type SampledToken, Sampler } from "./sampler.ts";
 
@@ -98,7 +98,7 @@ class Helper {
   #failure: Error | null = null;
 
   constructor() {
-    this.#worker = startWorker();
+    this.#worker = startWorker(import.meta.url, "sample-worker");
     this.#worker.unref();
     this.#worker.on("message", (reply: SampleReply) => this.#settle(reply));
     this.#worker.on("error", (err) => this.#fail(err));
@@ -147,18 +147,4 @@ class Helper {
     this.#failure ??= err instanceof Error ? err : new Error(String(err));
     this.#settle({ error: this.#failure.message });
   }
-}
-
-/**
- * The worker thread, from the module beside this one: .js in the package's build; .ts from source, which Deno and
- * Bun run as it is and Node through tsx (its loader registered in the thread first: Node 20 threads do not inherit
- * the --import hooks of the main thread).
- */
-function startWorker(): Worker {
-  const fromSource = import.meta.url.endsWith(".ts");
-  const url = new URL(`./sample-worker${fromSource ? ".ts" : ".js"}`, import.meta.url);
-  if (!fromSource || runtimeName() !== "node") return new Worker(url);
-  const tsx = import.meta.resolve("tsx/esm/api");
-  const boot = `import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); });`;
-  return new Worker(boot, { eval: true });
 }
