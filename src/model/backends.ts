@@ -15,6 +15,7 @@ import type { ModelDtype, OnnxFiles } from "./model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
+import { gpuAdapter } from "../runtime/webgpu.ts";
 
 /** CPU threads one model run uses (cpu and wasm devices): every core unless setCpuThreads says otherwise. */
 let cpuThreads = availableParallelism();
@@ -287,29 +288,4 @@ async function loads(load: () => Promise<unknown>): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-type GpuProbe = "no-navigator-gpu" | "no-adapter" | { adapter: unknown; fallback: boolean };
-type NavigatorGpu = { requestAdapter(options?: unknown): Promise<unknown> };
-const gpuProbes = new WeakMap<NavigatorGpu, Promise<GpuProbe>>();
-
-/** The runtime's WebGPU adapter, asked for once per navigator.gpu. */
-function gpuAdapter(): Promise<GpuProbe> {
-  // Deno's WebGPU may open OpenGL beside Vulkan on Linux, and the two corrupt the heap at exit now and then; it
-  // reads this variable when navigator.gpu is first touched (other runtimes ignore it).
-  if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
-  const gpu = (globalThis as { navigator?: { gpu?: NavigatorGpu } }).navigator?.gpu;
-  if (!gpu) return Promise.resolve("no-navigator-gpu");
-  let probe = gpuProbes.get(gpu);
-  if (!probe) {
-    probe = (async (): Promise<GpuProbe> => {
-      const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null) as
-        | { info?: { isFallbackAdapter?: boolean }; isFallbackAdapter?: boolean }
-        | null;
-      if (!adapter) return "no-adapter";
-      return { adapter, fallback: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter ?? false };
-    })();
-    gpuProbes.set(gpu, probe);
-  }
-  return probe;
 }
