@@ -22,9 +22,14 @@ export class RowTable {
     return this.#rows;
   }
 
-  /** Places a new sequence in the highest free row (prefills live above the decoding rows). */
+  /**
+   * Places a new sequence in the highest free row among the first k, k being the count of sequences with this one
+   * (one of those is free): above the decoding rows, so a prefill that becomes a decoder often needs no move, and
+   * never higher than the count of sequences calls for, so that the rows in use (the runner's memory) follow it.
+   */
   assign(seq: Sequence): number {
-    for (let r = this.#rows.length - 1; r >= 0; r--) {
+    const taken = this.#rows.reduce((n, s) => n + (s === null ? 0 : 1), 0);
+    for (let r = Math.min(this.#rows.length, taken + 1) - 1; r >= 0; r--) {
       if (this.#rows[r] === null) {
         this.#rows[r] = seq;
         seq.row = r;

@@ -19,16 +19,23 @@ export function engineRowCapacity(length: number, maxLength: number): number {
   return Math.min(bucket, maxLength);
 }
 
-/** Per-layer K/V row buffers in the engine graph's layout. */
+/**
+ * Per-layer K/V row buffers in the engine graph's layout. Rows [0, rows) are held: the row count and the slots per
+ * row both change by re-laying out the buffers, so that memory follows the rows in use rather than the most there
+ * may ever be.
+ */
 export class EngineKv {
   /** Floats one token takes across layers, K and V. */
   readonly floatsPerToken: number;
   #keys: Float32Array[] = [];
   #values: Float32Array[] = [];
   #capacity = 0;
+  #rows = 0;
 
-  constructor(readonly shape: KvShape, readonly rows: number) {
+  /** `rows`: rows the first resize lays out, unless it says otherwise. */
+  constructor(readonly shape: KvShape, rows = 0) {
     this.floatsPerToken = shape.numLayers * 2 * shape.numKvHeads * shape.headDim;
+    this.#rows = rows;
   }
 
   /** Token slots per row. */
@@ -36,41 +43,57 @@ export class EngineKv {
     return this.#capacity;
   }
 
-  /** Bytes held. */
-  get bytes(): number {
-    return this.rows * this.#capacity * this.floatsPerToken * 4;
+  /** Rows held (rows at or above this hold nothing). */
+  get rows(): number {
+    return this.#rows;
   }
 
-  /** Re-lays out every row for `capacity` slots, keeping each row's first min(old, new) tokens. */
-  resize(capacity: number): void {
-    if (capacity === this.#capacity) return;
+  /** Bytes held. */
+  get bytes(): number {
+    return this.#rows * this.#capacity * this.floatsPerToken * 4;
+  }
+
+  /**
+   * Re-lays out the buffers for `rows` rows of `capacity` slots, keeping the first min(old, new) tokens of each of
+   * the first min(old, new) rows.
+   */
+  resize(capacity: number, rows = this.#rows): void {
+    if (capacity === this.#capacity && rows === this.#rows) return;
     const { numLayers, numKvHeads: kvh, headDim: d } = this.shape;
     const old = this.#capacity;
     const keep = Math.min(old, capacity);
-    const size = this.rows * kvh * d * capacity;
-    const keys: Float32Array[] = [];
-    const values: Float32Array[] = [];
+    const kept = Math.min(this.#rows, rows);
+    const size = rows * kvh * d * capacity;
+    // Layer by layer, each old buffer is dropped as its successor is filled: the peak is one layer over the larger
+    // layout, not both layouts whole.
+    const [keys, values] = [this.#keys, this.#values];
     for (let l = 0; l < numLayers; l++) {
       const k = new Float32Array(size);
       const v = new Float32Array(size);
-      if (keep > 0) {
-        const [oldK, oldV] = [this.#keys[l], this.#values[l]];
-        for (let run = 0; run < this.rows * kvh * d; run++) {
-          k.set(oldK.subarray(run * old, run * old + keep), run * capacity);
-        }
-        for (let run = 0; run < this.rows * kvh; run++) {
-          v.set(oldV.subarray(run * old * d, (run * old + keep) * d), run * capacity * d);
+      if (keep > 0 && kept > 0) {
+        const [oldK, oldV] = [keys[l], values[l]];
+        if (old === capacity) {
+          // Same slots per row: the kept rows are one prefix of each buffer.
+          k.set(oldK.subarray(0, kept * kvh * d * old));
+          v.set(oldV.subarray(0, kept * kvh * d * old));
+        } else {
+          for (let run = 0; run < kept * kvh * d; run++) {
+            k.set(oldK.subarray(run * old, run * old + keep), run * capacity);
+          }
+          for (let run = 0; run < kept * kvh; run++) {
+            v.set(oldV.subarray(run * old * d, (run * old + keep) * d), run * capacity * d);
+          }
         }
       }
-      keys.push(k);
-      values.push(v);
+      keys[l] = k;
+      values[l] = v;
     }
-    [this.#keys, this.#values, this.#capacity] = [keys, values, capacity];
+    [this.#capacity, this.#rows] = [capacity, rows];
   }
 
   /** Frees the buffers. */
   clear(): void {
-    [this.#keys, this.#values, this.#capacity] = [[], [], 0];
+    [this.#keys, this.#values, this.#capacity, this.#rows] = [[], [], 0, 0];
   }
 
   /** Layer `layer`'s K and V of rows [first, first + count), as views (no copy). */

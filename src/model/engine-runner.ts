@@ -65,7 +65,7 @@ export class EngineRunner implements ModelRunner {
     const { arch } = options;
     this.#session = options.session;
     this.#Tensor = tensorClass(options.Tensor);
-    this.#kv = new EngineKv(arch, options.maxRows);
+    this.#kv = new EngineKv(arch);
     this.#queue = options.queue ?? new RunQueue();
     this.#copyInputs = options.copyInputs ?? false;
     this.#numLayers = arch.numLayers;
@@ -90,6 +90,7 @@ export class EngineRunner implements ModelRunner {
     const seq = checkStep(inputs, this.maxRows, this.maxLength);
     const end = Math.max(...inputs.map((r) => r.start + r.tokens.length));
     if (end > this.#kv.capacity) this.reserve(end);
+    this.#holdRow(Math.max(...inputs.map((r) => r.row)));
     this.#stepping = true;
     try {
       return await this.#queue.run(async () => {
@@ -110,12 +111,23 @@ export class EngineRunner implements ModelRunner {
     }
   }
 
-  /** Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more. */
+  /**
+   * Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more, and
+   * drops the rows above the last one holding tokens once they are at least half of those held.
+   */
   reserve(length: number): void {
     this.#idle("reserve");
     const longest = Math.max(length, ...this.#lengths);
     const target = this.rowCapacity(longest);
-    if (target > this.#kv.capacity || target * 4 <= this.#kv.capacity) this.#kv.resize(target);
+    const capacity = target > this.#kv.capacity || target * 4 <= this.#kv.capacity ? target : this.#kv.capacity;
+    const used = this.#lengths.findLastIndex((n) => n > 0) + 1;
+    const rows = used * 2 <= this.#kv.rows ? heldRows(used, this.maxRows) : this.#kv.rows;
+    this.#kv.resize(capacity, rows);
+  }
+
+  /** Makes rows [0, row] exist: memory follows the highest row in use rather than the most rows there may be. */
+  #holdRow(row: number): void {
+    if (row >= this.#kv.rows) this.#kv.resize(this.#kv.capacity, heldRows(row + 1, this.maxRows));
   }
 
   /** Marks `row` empty, so its tokens no longer keep the capacity from shrinking. */
@@ -128,6 +140,7 @@ export class EngineRunner implements ModelRunner {
     this.#idle("copyRow");
     checkRange(from, 0, length, this.maxRows, this.#kv.capacity);
     checkRow(to, this.maxRows);
+    this.#holdRow(to);
     if (from !== to) this.#kv.copyRow(from, to, length);
     this.#lengths[to] = length;
   }
@@ -143,6 +156,7 @@ export class EngineRunner implements ModelRunner {
     checkRow(row, this.maxRows);
     checkCanonical(length, data, this.floatsPerToken);
     if (start + length > this.#kv.capacity) this.reserve(start + length);
+    this.#holdRow(row);
     this.#kv.write(row, start, length, data);
     // Blocks arrive in order from slot 0: a write there starts the row anew.
     this.#lengths[row] = start === 0 ? length : Math.max(this.#lengths[row], start + length);
@@ -181,6 +195,11 @@ export class EngineRunner implements ModelRunner {
     // A native run may still be reading the row buffers.
     if (this.#stepping) throw new Error(`${what} while a step is running`);
   }
+}
+
+/** Rows to hold for rows [0, used) in use: a multiple of 4 with at least one spare (moves need a free row). */
+function heldRows(used: number, maxRows: number): number {
+  return used === 0 ? 0 : Math.min(maxRows, Math.ceil((used + 1) / 4) * 4);
 }
 
 /** Options of openEngineRunner. */

@@ -38,10 +38,11 @@ describe("row table", () => {
   test("gather moves decoders into free low rows before pushing a prefilling sequence out of the way", SLOW, async () => {
     // Capacity 4 for at most 3 running. Rows: [prefilling P, free (a finished request's), decoder A, decoder B].
     const table = new RowTable(runner, 4);
-    const a = await seated(runner, table, 5, 1); // row 3
-    const b = await seated(runner, table, 7, 2); // row 2
-    const gone = await seated(runner, table, 3, 3); // row 1
     const p = await seated(runner, table, 9, 4); // row 0
+    const gone = await seated(runner, table, 3, 3); // row 1
+    const a = await seated(runner, table, 5, 1); // row 2
+    const b = await seated(runner, table, 7, 2); // row 3
+    assert.deepEqual([p, gone, a, b].map((s) => s.row), [0, 1, 2, 3]);
     table.release(gone);
     const before = new Map([a, b, p].map((seq) => [seq, kvOf(runner, seq)]));
     // This layout made the old gather push P out first, with no free row above the decoders left for it.
@@ -62,10 +63,11 @@ describe("row table", () => {
       layouts++;
       const table = new RowTable(runner, 4);
       const placed: { seq: Sequence; decoding: boolean }[] = [];
-      // Fill all rows, then free the ones meant to be free: assign always takes the highest free row.
+      // Fill all rows, then free the ones meant to be free: into an empty table, the r-th sequence lands in row r.
       const fillers: Sequence[] = [];
-      for (let r = 3; r >= 0; r--) {
+      for (let r = 0; r < 4; r++) {
         const seq = await seated(runner, table, 2 + r, r + 10 * layouts);
+        assert.equal(seq.row, r);
         if (kinds[r] === 0) fillers.push(seq);
         else placed.push({ seq, decoding: kinds[r] === 1 });
       }
@@ -78,5 +80,18 @@ describe("row table", () => {
       for (const [seq, kv] of before) assert.deepEqual(kvOf(runner, seq), kv, `layout ${kinds}: KV of sequence ${seq.id}`);
     }
     assert.ok(layouts > 50, `${layouts} layouts`);
+  });
+
+  test("a new sequence takes a row no higher than the count of sequences, so the rows in use follow that count", SLOW, async () => {
+    const table = new RowTable(runner, 4);
+    const a = await seated(runner, table, 3, 1);
+    const b = await seated(runner, table, 3, 2);
+    assert.deepEqual([a.row, b.row], [0, 1]);
+    table.release(a);
+    // One sequence runs: the newcomer takes row 0 (the highest free of the first two), not row 3.
+    const c = await seated(runner, table, 3, 3);
+    assert.equal(c.row, 0);
+    const d = await seated(runner, table, 3, 4);
+    assert.equal(d.row, 2, "with two running, the third goes just above them");
   });
 });

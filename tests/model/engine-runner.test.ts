@@ -140,6 +140,34 @@ describe("engine runner", () => {
     }
   });
 
+  test("the row buffers follow the highest row in use, not the most rows, and rows keep their KV as they change", SLOW, async () => {
+    const runner = await open(16);
+    try {
+      const perRow = (rows: number) => rows * runner.capacity * runner.floatsPerToken * 4;
+      const prompt = tokens(20, 11);
+      await prefill(runner, 0, prompt, 20);
+      assert.equal(runner.workingBytes(), perRow(4), "one row in use holds 4 rows");
+      const kv = () => {
+        const out = new Float32Array(prompt.length * runner.floatsPerToken);
+        runner.readKv(0, 0, prompt.length, out);
+        return out;
+      };
+      const before = kv();
+      await runner.step([{ row: 10, tokens: [5], start: 0 }]);
+      assert.equal(runner.workingBytes(), perRow(12), "row 10 in use: 12 rows held");
+      assert.deepEqual(kv(), before, "row 0 kept its KV as rows were added");
+      runner.releaseRow(10);
+      runner.reserve(1);
+      assert.equal(runner.workingBytes(), perRow(4), "row 10 released: back to 4 rows");
+      assert.deepEqual(kv(), before, "row 0 kept its KV as rows were dropped");
+      runner.releaseRow(0);
+      runner.reserve(1);
+      assert.equal(runner.workingBytes(), 0, "no row in use holds nothing");
+    } finally {
+      await runner.dispose();
+    }
+  });
+
   const underTest: RunnerUnderTest = { open: () => open(), reference: (ids) => standardRun(ids), arch };
   test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, canonicalKv(underTest));
   test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, mixedChunks(underTest));
