@@ -1,6 +1,16 @@
 /** What the HTTP app needs from the rest of the server. An interface, so later layers (the engine) can join it. */
 import type { ChatTokenizer } from "../chat/template.ts";
-import type { GenerationEngine } from "./generate.ts";
+import type { SubmittedRequest } from "../engine/engine.ts";
+import type { SamplingParams } from "../engine/sampling-params.ts";
+import type { FinishReason } from "../engine/sequence.ts";
+
+/** The engine as the API uses it. */
+export interface GenerationEngine {
+  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex?: number): SubmittedRequest;
+  /** Ends a request; `reason` (default "abort") is what it finished for. */
+  abort(id: number, reason?: FinishReason): void;
+  readonly policyVersion: number;
+}
 
 /** The served model, its tokenizer, readiness and the server's request limits. */
 export interface AppDeps {

@@ -9,19 +9,10 @@ import type { ChatTokenizer } from "../chat/template.ts";
 import type { SubmittedRequest } from "../engine/engine.ts";
 import { SamplingParams, type SamplingParamsInput } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
-import type { AppDeps } from "./deps.ts";
+import type { AppDeps, GenerationEngine } from "./deps.ts";
 import { InvalidRequestError, NotReadyError } from "./errors.ts";
-import type { FinishReason as SequenceFinish } from "../engine/sequence.ts";
 import type { FinishReason, StopReason } from "./protocol.ts";
 import type { SamplingRequestFields } from "./schemas.ts";
-
-/** The engine as the API uses it. */
-export interface GenerationEngine {
-  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex?: number): SubmittedRequest;
-  /** Ends a request; `reason` (default "abort") is what it finished for. */
-  abort(id: number, reason?: SequenceFinish): void;
-  readonly policyVersion: number;
-}
 
 /** The engine of a ready server. */
 export function engineOf(deps: AppDeps): GenerationEngine {
