@@ -1,8 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import type { ToolCallDelta } from "../../src/chat/tools/format.ts";
 import {
   AssistantOutput,
-  type ToolCallDelta,
   toolCallParser,
   toolCalling,
   ToolChoiceError,

@@ -4,7 +4,7 @@
  * stopped) still counts; if any call is not valid JSON the whole text stays content.
  */
 import { partialTagLength } from "../stop.ts";
-import type { ParsedToolCall, ToolCallDelta, ToolCallExtraction, ToolCallParser, ToolCallStream } from "./parser.ts";
+import type { ParsedToolCall, ToolCallDelta, ToolCallExtraction, ToolCallParser, ToolCallStream } from "./format.ts";
 
 const OPEN = "<tool_call>";
 const CLOSE = "</tool_call>";

@@ -5,7 +5,7 @@
  * parse stays content too.
  */
 import { callFromJson } from "./hermes.ts";
-import type { ParsedToolCall, ToolCallDelta, ToolCallExtraction, ToolCallParser, ToolCallStream } from "./parser.ts";
+import type { ParsedToolCall, ToolCallDelta, ToolCallExtraction, ToolCallParser, ToolCallStream } from "./format.ts";
 
 const PYTHON_TAG = "<|python_tag|>";
 

@@ -4,43 +4,10 @@
  * AssistantOutput puts the reasoning parser and the tool-call parser together over one generation's text.
  */
 import { type ReasoningParserName, ReasoningStream, splitReasoning } from "../reasoning.ts";
+import type { ParsedToolCall, ToolCallParser, ToolCallStream } from "./format.ts";
 import { HermesToolParser } from "./hermes.ts";
 import { Llama3JsonToolParser } from "./llama3-json.ts";
 import { TOOL_CALL_PARSERS } from "./names.ts";
-
-/** One call as the model wrote it: the function's name and its arguments as a JSON string. */
-export interface ParsedToolCall {
-  name: string;
-  arguments: string;
-}
-
-/** A whole text split into content (null when none is left) and calls. */
-export interface ToolCallExtraction {
-  content: string | null;
-  calls: ParsedToolCall[];
-}
-
-/** What one streamed piece of text gives: content to show now, and the calls it completed. */
-export interface ToolCallDelta {
-  content: string;
-  calls: ParsedToolCall[];
-}
-
-/** Parses one generation's text as it streams. */
-export interface ToolCallStream {
-  push(text: string): ToolCallDelta;
-  /** What is held back when generation ends. */
-  flush(): ToolCallDelta;
-}
-
-/** A tool-call format. */
-export interface ToolCallParser {
-  readonly name: string;
-  /** Splits a whole generated text. */
-  extract(text: string): ToolCallExtraction;
-  /** A parser for one streamed generation. */
-  stream(): ToolCallStream;
-}
 
 /** An unknown parser name. */
 export class UnknownToolCallParserError extends Error {
