@@ -6,11 +6,12 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
+import { archFromConfig } from "./builder/arch.ts";
 import { ensureEngineGraph, ONNX_FILES } from "./builder/build.ts";
 import { EngineKv, engineRowCapacity } from "./engine-kv.ts";
 import type { Backend } from "./backends.ts";
-import type { OrtModule, OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
+import type { EngineRunnerOptions } from "./engine-runner-options.ts";
+import type { OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
 import {
@@ -24,26 +25,6 @@ import {
   tensorClass,
   tokenFeeds,
 } from "./engine-feeds.ts";
-
-/** What an EngineRunner runs on. */
-export interface EngineRunnerOptions {
-  /** A session over an engine graph (onnx/engine*.onnx). */
-  session: OrtSession;
-  /** The Tensor class of the session's ONNX Runtime. */
-  Tensor: OrtModule["Tensor"];
-  arch: Pick<DecoderArch, "numLayers" | "numKvHeads" | "headDim" | "vocabSize">;
-  /** Rows held at once (the engine's sequences plus one for moves). */
-  maxRows: number;
-  /** Most tokens a row may hold (the model's context length). */
-  maxLength: number;
-  /**
-   * Feed each cache slice as its own copy. onnxruntime-web copies every input into its heap anyway, and feeding
-   * views that share one buffer gave wrong results there; onnxruntime-node reads views in place.
-   */
-  copyInputs?: boolean;
-  /** The queue runs go through (share the backend's where sessions must not overlap). */
-  queue?: RunQueue;
-}
 
 /** Runs the engine graph over KV rows it owns. */
 export class EngineRunner implements ModelRunner {

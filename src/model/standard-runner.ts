@@ -10,7 +10,7 @@
 import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
 import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
-import type { EngineRunnerOptions } from "./engine-runner.ts";
+import type { EngineRunnerOptions } from "./engine-runner-options.ts";
 import type { OrtSession, OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 

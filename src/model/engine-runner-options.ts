@@ -1,0 +1,27 @@
+/**
+ * What a runner over an ONNX session runs on: the session, the model's shape and the rows it holds. EngineRunner
+ * takes these; GpuEngineRunner and StandardRunner take them too, less copyInputs.
+ */
+import type { DecoderArch } from "./builder/arch.ts";
+import type { OrtModule, OrtSession } from "./ort-types.ts";
+import type { RunQueue } from "./run-queue.ts";
+
+/** What an EngineRunner runs on. */
+export interface EngineRunnerOptions {
+  /** A session over an engine graph (onnx/engine*.onnx). */
+  session: OrtSession;
+  /** The Tensor class of the session's ONNX Runtime. */
+  Tensor: OrtModule["Tensor"];
+  arch: Pick<DecoderArch, "numLayers" | "numKvHeads" | "headDim" | "vocabSize">;
+  /** Rows held at once (the engine's sequences plus one for moves). */
+  maxRows: number;
+  /** Most tokens a row may hold (the model's context length). */
+  maxLength: number;
+  /**
+   * Feed each cache slice as its own copy. onnxruntime-web copies every input into its heap anyway, and feeding
+   * views that share one buffer gave wrong results there; onnxruntime-node reads views in place.
+   */
+  copyInputs?: boolean;
+  /** The queue runs go through (share the backend's where sessions must not overlap). */
+  queue?: RunQueue;
+}
