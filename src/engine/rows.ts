@@ -79,8 +79,9 @@ export class RowTable {
     return this.#rows.slice(0, n) as Sequence[];
   }
 
+  /** The lowest free row at or above n: rows in use stay as few as they can. */
   #freeRowAbove(n: number): number {
-    for (let r = this.#rows.length - 1; r >= n; r--) if (this.#rows[r] === null) return r;
+    for (let r = n; r < this.#rows.length; r++) if (this.#rows[r] === null) return r;
     throw new Error("no free row to move a sequence into");
   }
 

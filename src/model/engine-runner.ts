@@ -40,6 +40,8 @@ export class EngineRunner implements ModelRunner {
   readonly #numLayers: number;
   /** Tokens known to be in each row: what capacity must keep when it shrinks. */
   readonly #lengths: Int32Array;
+  /** Reserves in a row that found half the held rows or fewer in use (rows are dropped after SHRINK_AFTER). */
+  #fewerRows = 0;
   #stepping = false;
 
   constructor(options: EngineRunnerOptions) {
@@ -94,7 +96,8 @@ export class EngineRunner implements ModelRunner {
 
   /**
    * Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more, and
-   * drops the rows above the last one holding tokens once they are at least half of those held.
+   * drops the rows above the last one holding tokens once they have been at least half of those held for
+   * SHRINK_AFTER calls in a row (a re-layout copies every row: requests coming and going must not cause one a step).
    */
   reserve(length: number): void {
     this.#idle("reserve");
@@ -102,7 +105,8 @@ export class EngineRunner implements ModelRunner {
     const target = this.rowCapacity(longest);
     const capacity = target > this.#kv.capacity || target * 4 <= this.#kv.capacity ? target : this.#kv.capacity;
     const used = this.#lengths.findLastIndex((n) => n > 0) + 1;
-    const rows = used * 2 <= this.#kv.rows ? heldRows(used, this.maxRows) : this.#kv.rows;
+    this.#fewerRows = used * 2 <= this.#kv.rows ? this.#fewerRows + 1 : 0;
+    const rows = this.#fewerRows >= SHRINK_AFTER || used === 0 ? heldRows(used, this.maxRows) : this.#kv.rows;
     this.#kv.resize(capacity, rows);
   }
 
@@ -177,6 +181,9 @@ export class EngineRunner implements ModelRunner {
     if (this.#stepping) throw new Error(`${what} while a step is running`);
   }
 }
+
+/** Calls to reserve (about one a step) that must find few rows in use before rows are dropped. */
+const SHRINK_AFTER = 64;
 
 /** Rows to hold for rows [0, used) in use: a multiple of 4 with at least one spare (moves need a free row). */
 function heldRows(used: number, maxRows: number): number {

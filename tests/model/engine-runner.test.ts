@@ -158,7 +158,9 @@ describe("engine runner", () => {
       assert.deepEqual(kv(), before, "row 0 kept its KV as rows were added");
       runner.releaseRow(10);
       runner.reserve(1);
-      assert.equal(runner.workingBytes(), perRow(4), "row 10 released: back to 4 rows");
+      assert.equal(runner.workingBytes(), perRow(12), "rows are not dropped at the first step that could");
+      for (let i = 0; i < 63; i++) runner.reserve(1);
+      assert.equal(runner.workingBytes(), perRow(4), "row 10 released 64 steps ago: back to 4 rows");
       assert.deepEqual(kv(), before, "row 0 kept its KV as rows were dropped");
       runner.releaseRow(0);
       runner.reserve(1);
