@@ -8,7 +8,9 @@
  * a real GPU, and every line says so.
  */
 import process from "node:process";
-import { type GpuSampleRow, GpuSampler, logitEdits, openGpuDevice } from "../kernels/gpu-sampler.ts";
+import { type GpuSampleRow, GpuSampler } from "../kernels/gpu-sampler.ts";
+import { logitEdits } from "../kernels/row-sampling.ts";
+import { openGpuDevice } from "../kernels/webgpu.ts";
 import { Rng } from "../src/engine/rng.ts";
 import { modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";

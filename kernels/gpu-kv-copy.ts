@@ -5,7 +5,7 @@
  * capacity] ("dim-slot", the engine graph's K) or [rows, kvHeads, capacity, headDim] ("slot-dim", its V), with
  * 32-bit elements. The two agree exactly: both only move words.
  */
-import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./gpu-sampler.ts";
+import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./webgpu.ts";
 
 /** The order of a row's last two axes: tokens then dims ("slot-dim") or dims then tokens ("dim-slot"). */
 export type KvAxisOrder = "slot-dim" | "dim-slot";

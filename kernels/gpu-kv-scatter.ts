@@ -6,7 +6,7 @@
  * headDim]. Its CPU twin is EngineKv (src/model/engine-kv.ts: storeNew, read, write); both only move words.
  */
 import { type KvLayerBuffers, type KvRowsLayout, uploadWords } from "./gpu-kv-copy.ts";
-import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./gpu-sampler.ts";
+import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./webgpu.ts";
 
 /** Tokens [start, start + length) of `row` and a packed block [kvHeads][stride][headDim] at word offsets. */
 export interface KvBlockMove {

@@ -4,134 +4,32 @@
  * gives. One step is one submission: the logits processors' edits (logit-edits.wgsl, in place), then one
  * workgroup per row (sample-rows.wgsl) for max, top-k, top-p, min-p, the draw and the top-N; a raw-mode row also
  * gets a pass over its logits before the edits. Only OUT_WORDS words per row come back; the host computes
- * (l - max) / T - ln Z in float64 from them, as the CPU twin does.
+ * (l - max) / T - ln Z in float64 from them, as the CPU twin does (sample-record.ts).
  *
  * Agreement with the CPU twin: the same ranking, cuts and ties (integer keys, lowest id first), the same token for
  * the same uniform number unless u * Z falls within float32 rounding (~1e-7 relative) of a token's boundary, and
  * log-probabilities within ~1e-6. Weights below 2^-40 of the top token's (exp(x) under ~1e-12) count as 0 on the
  * GPU, where the CPU keeps them down to e^-104: their tokens can be drawn there with probability below 1e-7.
  */
-import { floorLogprob, LOGPROB_FLOOR } from "./sampling.ts";
+import type { RowSampling, SampledToken } from "./row-sampling.ts";
+import { OUT_WORDS, readRecord } from "./sample-record.ts";
+import { COPY_DST, COPY_SRC, kernelPipeline, MAP_MODE_READ, MAP_READ, STORAGE, UNIFORM } from "./webgpu.ts";
 
 /** The most top log-probabilities a row may ask for (the kernel's record has room for these). */
 export const GPU_MAX_TOP = 20;
-/** Words of a row's record (sample-rows.wgsl's OUT_WORDS). */
-const OUT_WORDS = 52;
 const ROW_WORDS = 12;
+/** Words of one logit edit (edit-record.wgsl's Edit). */
 const EDIT_WORDS = 8;
 const WORKGROUP = 256;
 const MAX_GROUPS = 65_535;
 /** Token ids are radix-selected on 24 bits. */
 const MAX_VOCAB = 1 << 24;
 const TWO_POW_32 = 4294967296;
-/** Fixed-point unit of the kernel's weights. */
-const TWO_POW_40 = 1099511627776;
 
-// WebGPU's flag values, spelled out: the globals exist only where navigator.gpu does.
-export const STORAGE = 0x80;
-export const UNIFORM = 0x40;
-export const COPY_DST = 0x08;
-const COPY_SRC = 0x04;
-const MAP_READ = 0x01;
-const MAP_MODE_READ = 0x01;
-
-/** One token's edit by the logits processors; the GPU applies bias, mask, repetition, subtract in that order. */
-export interface LogitEdit {
-  tokenId: number;
-  /** Added first (logit_bias). */
-  bias: number;
-  /** Then set to -inf (min_tokens masks EOS and stop ids). */
-  mask: boolean;
-  /** Then divided (positive logit) or multiplied (negative) by this, when not 1 (repetition penalty). */
-  repetition: number;
-  /** Then subtracted (frequency x count + presence). */
-  subtract: number;
-}
-
-/** The logits processors of one row, as vLLM applies them. */
-export interface LogitProcessors {
-  logitBias?: ReadonlyArray<readonly [number, number]>;
-  /** Ids set to -inf (EOS and stop ids until min_tokens). */
-  maskedIds?: readonly number[];
-  repetitionPenalty?: number;
-  /** Tokens of the prompt (repetition penalty only). */
-  promptIds?: readonly number[];
-  /** Tokens generated so far (repetition, frequency and presence penalties). */
-  outputIds?: readonly number[];
-  frequencyPenalty?: number;
-  presencePenalty?: number;
-}
-
-/** The edits that apply `processors` to a row of `vocabSize` logits: one per token touched. */
-export function logitEdits(processors: LogitProcessors, vocabSize: number): LogitEdit[] {
-  const edits = new Map<number, LogitEdit>();
-  const edit = (id: number): LogitEdit | undefined => {
-    if (!(id >= 0 && id < vocabSize)) return undefined;
-    let e = edits.get(id);
-    if (!e) edits.set(id, e = { tokenId: id, bias: 0, mask: false, repetition: 1, subtract: 0 });
-    return e;
-  };
-  for (const [id, bias] of processors.logitBias ?? []) {
-    const e = edit(id);
-    if (e) e.bias += bias;
-  }
-  for (const id of processors.maskedIds ?? []) {
-    const e = edit(id);
-    if (e) e.mask = true;
-  }
-  const penalty = processors.repetitionPenalty ?? 1;
-  if (penalty !== 1) {
-    for (const ids of [processors.promptIds ?? [], processors.outputIds ?? []]) {
-      for (const id of ids) {
-        const e = edit(id);
-        if (e) e.repetition = penalty;
-      }
-    }
-  }
-  const frequency = processors.frequencyPenalty ?? 0;
-  const presence = processors.presencePenalty ?? 0;
-  if (frequency !== 0 || presence !== 0) {
-    const counts = new Map<number, number>();
-    for (const id of processors.outputIds ?? []) counts.set(id, (counts.get(id) ?? 0) + 1);
-    for (const [id, count] of counts) {
-      const e = edit(id);
-      if (e) e.subtract = frequency * count + presence;
-    }
-  }
-  return [...edits.values()];
-}
-
-/** How one row is sampled. */
-export interface GpuSampleRow {
+/** How one row is sampled: a RowSampling, and which row of the logits buffer it reads. */
+export interface GpuSampleRow extends RowSampling {
   /** Row of the logits buffer to read (default: the row's index in the call). */
   logitsRow?: number;
-  /** 0 is greedy: the argmax, log-probabilities of the processed logits at temperature 1, untruncated. */
-  temperature: number;
-  /** 0: off. */
-  topK: number;
-  /** 1: off. */
-  topP: number;
-  /** 0: off. */
-  minP: number;
-  /** The row's uniform number in (0, 1), drawn from its sequence's stream as the CPU sampler draws it. */
-  uniform: number;
-  /** How many top log-probabilities to report (0..20); null: none. */
-  topLogprobs: number | null;
-  /** processed: of the distribution sampled from; raw: the model's log-softmax. */
-  logprobsMode: "processed" | "raw";
-  /** The logits processors' edits (logitEdits); they are applied to the logits buffer in place. */
-  edits?: readonly LogitEdit[];
-}
-
-/** One token and its log-probability. */
-export interface GpuTokenLogprob {
-  tokenId: number;
-  logprob: number;
-}
-
-/** The sampled token, its log-probability and the top ones (when asked for). */
-export interface GpuSampledToken extends GpuTokenLogprob {
-  topLogprobs?: GpuTokenLogprob[];
 }
 
 /** Options of a GpuSampler. */
@@ -139,59 +37,6 @@ export interface GpuSamplerOptions {
   vocabSize: number;
   /** Most rows one call samples (default 256). */
   maxRows?: number;
-}
-
-/** The text of a WGSL kernel shipped next to this module (kernels/ in the package, also from a build in dist/). */
-export async function readKernelSource(file: string): Promise<string> {
-  const candidates = [new URL(`./${file}`, import.meta.url), new URL(`../../kernels/${file}`, import.meta.url)];
-  for (const url of candidates) {
-    try {
-      if (url.protocol === "file:") {
-        const fs = await import("node:fs/promises");
-        return await fs.readFile(url, "utf8");
-      }
-      const response = await fetch(url);
-      if (response.ok) return await response.text();
-    } catch {
-      // Try the next place.
-    }
-  }
-  throw new Error(`WGSL kernel ${file} not found next to ${import.meta.url}`);
-}
-
-const pipelines = new WeakMap<GPUDevice, Map<string, Promise<GPUComputePipeline>>>();
-
-/** The compute pipeline of a WGSL file's `main` on `device`, compiled once per device; compile errors throw. */
-export function kernelPipeline(device: GPUDevice, file: string, label: string): Promise<GPUComputePipeline> {
-  let byFile = pipelines.get(device);
-  if (!byFile) pipelines.set(device, byFile = new Map());
-  let pipeline = byFile.get(file);
-  if (!pipeline) {
-    pipeline = compile(device, file, label);
-    byFile.set(file, pipeline);
-    pipeline.catch(() => byFile.delete(file));
-  }
-  return pipeline;
-}
-
-async function compile(device: GPUDevice, file: string, label: string): Promise<GPUComputePipeline> {
-  const module = device.createShaderModule({ label, code: await readKernelSource(file) });
-  const info = await module.getCompilationInfo?.();
-  const errors = (info?.messages ?? []).filter((m) => m.type === "error");
-  if (errors.length > 0) {
-    throw new Error(`${file}: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ")}`);
-  }
-  return await device.createComputePipelineAsync({ label, layout: "auto", compute: { module, entryPoint: "main" } });
-}
-
-/** The runtime's WebGPU device (with its adapter's largest buffer limits), or why there is none. */
-export async function openGpuDevice(): Promise<{ device: GPUDevice } | { reason: string }> {
-  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
-  if (!gpu) return { reason: "this runtime has no navigator.gpu" };
-  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null);
-  if (!adapter) return { reason: "navigator.gpu found no adapter" };
-  const { maxStorageBufferBindingSize, maxBufferSize } = adapter.limits;
-  return { device: await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize, maxBufferSize } }) };
 }
 
 /** Samples rows of logits on a GPUDevice; calls run one at a time. */
@@ -244,8 +89,8 @@ export class GpuSampler {
       throw new RangeError(`maxRows ${maxRows} is not in 1..${MAX_GROUPS}`);
     }
     const [sample, edit] = await Promise.all([
-      kernelPipeline(device, "sample-rows.wgsl", "sample rows"),
-      kernelPipeline(device, "logit-edits.wgsl", "logit edits"),
+      kernelPipeline(device, ["edit-record.wgsl", "sample-rows.wgsl"], "sample rows"),
+      kernelPipeline(device, ["edit-record.wgsl", "logit-edits.wgsl"], "logit edits"),
     ]);
     return new GpuSampler(device, sample, edit, options);
   }
@@ -254,14 +99,14 @@ export class GpuSampler {
    * Samples one token per entry of `rows` from `logits` (a STORAGE buffer of float32 [rows, vocabSize]); the
    * rows that have edits are modified in place.
    */
-  sample(logits: GPUBuffer, rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+  sample(logits: GPUBuffer, rows: readonly GpuSampleRow[]): Promise<SampledToken[]> {
     const run = this.#queue.then(() => this.#run(logits, logits.size, rows));
     this.#queue = run.catch(() => {});
     return run;
   }
 
   /** Uploads rows of logits (each vocabSize long, or one array of them back to back) and samples them. */
-  sampleArrays(logits: Float32Array | readonly Float32Array[], rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+  sampleArrays(logits: Float32Array | readonly Float32Array[], rows: readonly GpuSampleRow[]): Promise<SampledToken[]> {
     const parts = logits instanceof Float32Array ? [logits] : logits;
     const floats = parts.reduce((sum, p) => sum + p.length, 0);
     if (floats % this.vocabSize !== 0) throw new RangeError(`${floats} logits are not whole rows of ${this.vocabSize}`);
@@ -287,7 +132,7 @@ export class GpuSampler {
   }
 
   // `bytes`: how much of `logits` holds rows.
-  async #run(logits: GPUBuffer, bytes: number, rows: readonly GpuSampleRow[]): Promise<GpuSampledToken[]> {
+  async #run(logits: GPUBuffer, bytes: number, rows: readonly GpuSampleRow[]): Promise<SampledToken[]> {
     const count = rows.length;
     if (count === 0) return [];
     if (count > this.maxRows) throw new RangeError(`${count} rows is more than this sampler's ${this.maxRows}`);
@@ -446,53 +291,4 @@ function checkRow(row: GpuSampleRow, logitsRow: number, n: number): void {
   for (const edit of row.edits ?? []) {
     if (!Number.isInteger(edit.tokenId) || edit.tokenId < 0 || edit.tokenId >= n) fail(`edit of token ${edit.tokenId}`);
   }
-}
-
-const bitsView = new Uint32Array(1);
-const floatView = new Float32Array(bitsView.buffer);
-
-function floatOf(bits: number): number {
-  bitsView[0] = bits;
-  return floatView[0];
-}
-
-// ln of a 64-bit fixed-point weight with 40 fractional bits.
-function logFixed(lo: number, hi: number): number {
-  return Math.log((hi * TWO_POW_32 + lo) / TWO_POW_40);
-}
-
-// A row's answer from its records: the sampling pass's at `r`, the raw pass's `count` records further.
-function readRecord(row: GpuSampleRow, words: Uint32Array, r: number, count: number): GpuSampledToken {
-  const o = r * OUT_WORDS;
-  const tokenId = words[o];
-  if (row.logprobsMode === "raw") {
-    const raw = (r + count) * OUT_WORDS;
-    const max = floatOf(words[raw + 3]);
-    const logZ = max === -Infinity ? Infinity : logFixed(words[raw + 4], words[raw + 5]);
-    const logprob = (l: number) => floorLogprob(l - max - logZ);
-    const result: GpuSampledToken = { tokenId, logprob: logprob(floatOf(words[o + 6])) };
-    if (row.topLogprobs !== null) {
-      result.topLogprobs = [];
-      for (let j = 0; j < words[raw + 7]; j++) {
-        const at = raw + 12 + 2 * j;
-        result.topLogprobs.push({ tokenId: words[at] & 0x7fffffff, logprob: logprob(floatOf(words[at + 1])) });
-      }
-    }
-    return result;
-  }
-  const allMasked = (words[o + 2] & 1) !== 0;
-  const max = floatOf(words[o + 3]);
-  const invT = row.temperature === 0 ? 1 : 1 / row.temperature;
-  const logZ = logFixed(words[o + 4], words[o + 5]);
-  const logprob = (l: number, kept: boolean) => (kept && !allMasked ? floorLogprob((l - max) * invT - logZ) : LOGPROB_FLOOR);
-  const result: GpuSampledToken = { tokenId, logprob: logprob(floatOf(words[o + 1]), true) };
-  if (row.topLogprobs !== null) {
-    result.topLogprobs = [];
-    for (let j = 0; j < words[o + 7]; j++) {
-      const at = o + 12 + 2 * j;
-      const id = words[at];
-      result.topLogprobs.push({ tokenId: id & 0x7fffffff, logprob: logprob(floatOf(words[at + 1]), (id & 0x80000000) !== 0) });
-    }
-  }
-  return result;
 }

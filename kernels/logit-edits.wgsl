@@ -2,6 +2,7 @@
 // min_tokens mask, the repetition penalty, then frequency and presence penalties (folded by the host into one
 // amount per token). One invocation per edit; a (row, token) has at most one edit, so none of them race.
 // Each edit keeps the token's original (sanitized) logit, for raw log-probabilities.
+// The Edit struct is edit-record.wgsl's, put before this file by the loader.
 
 const NEG_INF_BITS: u32 = 0xff800000u;
 const MASK: u32 = 1u;
@@ -12,18 +13,6 @@ struct Count {
   pad0: u32,
   pad1: u32,
   pad2: u32,
-}
-
-struct Edit {
-  // Index into the logits buffer: row * vocab + token.
-  index: u32,
-  flags: u32,
-  bias: f32,
-  repetition: f32,
-  subtract: f32,
-  orig: u32,
-  pad0: u32,
-  pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> count: Count;

@@ -11,6 +11,8 @@
 // - top-k, top-p and the top-N logprobs are radix selections over the key (8-bit digits, top first), then over
 //   the id among tokens with the cut's key (lowest id first): the cut is one (key, id), as on the CPU;
 // - the sample is the first kept token, in id order, at which the running weight exceeds u * Z.
+//
+// The Edit struct is edit-record.wgsl's, put before this file by the loader.
 
 const WG: u32 = 256u;
 const MAX_TOP: u32 = 20u;
@@ -52,17 +54,6 @@ struct Row {
   editStart: u32,
   editEnd: u32,
   pad: u32,
-}
-
-struct Edit {
-  index: u32,
-  flags: u32,
-  bias: f32,
-  repetition: f32,
-  subtract: f32,
-  orig: u32,
-  pad0: u32,
-  pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> shape: Shape;

@@ -15,26 +15,12 @@ import {
   truncate,
   untruncated,
 } from "../../kernels/sampling.ts";
-import { type GpuSampleRow, type LogitEdit, logitEdits } from "../../kernels/gpu-sampler.ts";
+import { type LogitEdit, logitEdits, type RowSampling, type SampledToken } from "../../kernels/row-sampling.ts";
 import { type Rng, sequenceRng } from "./rng.ts";
 import { isGreedy, MAX_TOP_LOGPROBS, type SamplingParams } from "./sampling-params.ts";
 
-/** One token and its log-probability. */
-export interface TokenLogprob {
-  tokenId: number;
-  logprob: number;
-}
-
-/** What the sampler chose, with its log-probability (and the top ones when the request asked for them). */
-export interface SampledToken extends TokenLogprob {
-  topLogprobs?: TokenLogprob[];
-}
-
-/**
- * How one row's next token is drawn, resolved for that token: the same on the CPU (Sampler.sampleRow) and where
- * the logits are (a runner's stepAndSample, GpuSampler).
- */
-export type RowSampling = Omit<GpuSampleRow, "logitsRow">;
+// What a row's sampling takes and gives, shared with the GPU sampler; the engine imports them from here.
+export type { RowSampling, SampledToken, TokenLogprob } from "../../kernels/row-sampling.ts";
 
 /** What the sampler needs to know about a sequence to sample its next token. */
 export interface SamplerState {

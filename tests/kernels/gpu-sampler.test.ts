@@ -1,12 +1,7 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  GPU_MAX_TOP,
-  type GpuSampledToken,
-  type GpuSampleRow,
-  GpuSampler,
-  logitEdits,
-} from "../../kernels/gpu-sampler.ts";
+import { GPU_MAX_TOP, type GpuSampleRow, GpuSampler } from "../../kernels/gpu-sampler.ts";
+import { logitEdits, type SampledToken as GpuSampledToken } from "../../kernels/row-sampling.ts";
 import { LOGPROB_FLOOR } from "../../kernels/sampling.ts";
 import { Rng } from "../../src/engine/rng.ts";
 import { type SampledToken, Sampler, type SamplerState } from "../../src/engine/sampler.ts";

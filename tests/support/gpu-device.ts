@@ -1,14 +1,14 @@
 /** What the WebGPU kernel tests share: the device (or why there is none), and moving words to and from it. */
-import process from "node:process";
-import { openGpuDevice } from "../../kernels/gpu-sampler.ts";
+import { COPY_DST, COPY_SRC, MAP_READ, openGpuDevice, STORAGE } from "../../kernels/webgpu.ts";
+import { preferVulkanWebGpu } from "../../src/runtime/webgpu.ts";
 
-export const [MAP_READ, COPY_SRC, COPY_DST, STORAGE] = [0x01, 0x04, 0x08, 0x80];
+export { COPY_DST, COPY_SRC, MAP_READ, STORAGE };
 
 /** A test file's WebGPU device; `noGpu` is the skip reason where there is none (Node and Bun: no navigator.gpu). */
 export async function testDevice(): Promise<{ device: GPUDevice | null; noGpu: string | false; release(): Promise<void> }> {
   // Deno's WebGPU opens OpenGL (EGL) next to Vulkan; on Linux with Mesa, that stack's teardown sometimes corrupts
   // the heap as the process exits (about 1 run in 20 here, after every test passed). Vulkan alone does not.
-  if (process.platform === "linux") process.env.DENO_WEBGPU_BACKEND ??= "vulkan";
+  preferVulkanWebGpu();
   const gpu = await openGpuDevice();
   const device = "device" in gpu ? gpu.device : null;
   return {
