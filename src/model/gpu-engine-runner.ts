@@ -11,6 +11,7 @@ import type { RowSampling, SampledToken } from "../engine/sampler.ts";
 import { forkPrefix, GpuKvCopier, type KvRowsLayout } from "../../kernels/gpu-kv-copy.ts";
 import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
 import { GpuSampler } from "../../kernels/gpu-sampler.ts";
+import { COPY_DST, COPY_SRC, MAP_MODE_READ, MAP_READ, STORAGE } from "../../kernels/webgpu.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
 import {
   checkCanonical,
@@ -27,12 +28,6 @@ import type { EngineRunnerOptions } from "./engine-runner-options.ts";
 import type { OrtTensor } from "./ort-types.ts";
 import { RunQueue } from "./run-queue.ts";
 
-// WebGPU's flag values (the globals exist only where navigator.gpu does).
-const MAP_READ = 0x01;
-const COPY_SRC = 0x04;
-const COPY_DST = 0x08;
-const STORAGE = 0x80;
-const MAP_MODE_READ = 0x01;
 const KV_USAGE = STORAGE | COPY_SRC | COPY_DST;
 
 /** What a GpuEngineRunner runs on: a session whose outputs stay on the GPU, and that session's device. */
