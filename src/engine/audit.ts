@@ -14,7 +14,7 @@ export interface EngineState {
   rows: readonly (Sequence | null)[];
   maxNumSeqs: number;
   cache: KvCache;
-  /** Sequences the engine can still find by id (abort) and sample for. */
+  /** Sequences the engine can still find by id (abort): every one not finished. */
   live: readonly Sequence[];
 }
 

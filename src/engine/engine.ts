@@ -10,7 +10,7 @@ import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { PromptScorer } from "./prompt-logprobs.ts";
 import { auditEngine } from "./audit.ts";
-import { type RowSampling, type SampledToken, SequenceSampler } from "./sampler.ts";
+import type { RowSampling, SampledToken } from "./sampler.ts";
 import { type SamplerPool, sharedSamplerPool } from "./sampler-pool.ts";
 
 export interface EngineOptions {
@@ -82,9 +82,8 @@ export class Engine {
   readonly #held: Sequence[] = [];
   #holding = false;
   #frozen = false;
-  readonly #samplers = new Map<Sequence, SequenceSampler>();
+  /** Every sequence not finished yet, by id (abort). */
   readonly #byId = new Map<number, Sequence>();
-  readonly #eos: Set<number>;
   #policyVersion = 0;
   #loop: Promise<void> | null = null;
   #preemptions = 0;
@@ -109,7 +108,6 @@ export class Engine {
     }, this.cache, options.prefixCaching ?? true);
     this.#rowCount = Math.min(runner.maxRows, maxNumSeqs + 1);
     this.#rows = new RowTable(runner, this.#rowCount);
-    this.#eos = new Set(options.eosTokenIds);
     this.#pool = options.samplerPool ?? sharedSamplerPool();
   }
 
@@ -128,7 +126,7 @@ export class Engine {
    * request's n samples this is (a seeded request seeds sample i from seed and i).
    */
   submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
-    const { maxModelLen } = this.options;
+    const { maxModelLen, eosTokenIds } = this.options;
     if (promptIds.length === 0) throw new EngineRequestError("the prompt is empty", "prompt");
     if (promptIds.length >= maxModelLen) {
       throw new EngineRequestError(
@@ -142,8 +140,7 @@ export class Engine {
       }
     }
     checkAgainstVocab(params, this.runner.vocabSize);
-    const seq = new Sequence(promptIds, params.prompt_logprobs);
-    this.#samplers.set(seq, new SequenceSampler(params, promptIds, { eosTokenIds: this.options.eosTokenIds, index: sampleIndex }));
+    const seq = new Sequence(promptIds, params, { sampleIndex, eosTokenIds, maxModelLen });
     this.#byId.set(seq.id, seq);
     if (this.#holding) this.#held.push(seq);
     else {
@@ -162,7 +159,7 @@ export class Engine {
         return seq.scheduledAt;
       },
       get cachedPromptTokens() {
-        return seq.numCachedPrompt;
+        return seq.cachedPromptTokens;
       },
     };
   }
@@ -304,7 +301,7 @@ export class Engine {
     this.#applyPreemptions(plan.preempted);
     // Where each sequence's random stream stood: a sequence whose step fails draws the same numbers again.
     const stepSeqs = new Set([...plan.admitted.map((a) => a.seq), ...plan.decode, ...plan.prefill.map((p) => p.seq)]);
-    const draws = new Map([...stepSeqs].map((seq) => [seq, this.#samplers.get(seq)!.rng.state()]));
+    const draws = new Map([...stepSeqs].map((seq) => [seq, seq.sampler.rng.state()]));
     const guarded = async (seqs: Iterable<Sequence>, work: () => void | Promise<void>) => {
       try {
         await work();
@@ -339,7 +336,7 @@ export class Engine {
     const failing = running.filter((seq) => ++seq.faults > MAX_FAULTS);
     for (const seq of failing) this.#finish(seq, "abort", err);
     const retried = this.scheduler.preempt(running.filter((seq) => seq.status === "running"));
-    for (const seq of retried) this.#samplers.get(seq)!.rng.restore(draws.get(seq)!);
+    for (const seq of retried) seq.sampler.rng.restore(draws.get(seq)!);
     this.#applyPreemptions(retried);
     this.options.onStepError?.(err, retried.length, failing.length);
   }
@@ -378,7 +375,7 @@ export class Engine {
 
   /** How `seq`'s next token is drawn (one number from the sequence's stream, drawn now). */
   #rowSampling(seq: Sequence): RowSampling {
-    return this.#samplers.get(seq)!.next(seq.outputIds, this.runner.vocabSize);
+    return seq.sampler.next(seq.outputIds, this.runner.vocabSize);
   }
 
   /** Waits for the KV the prefix cache read from a runner whose cache lives on another device. */
@@ -440,7 +437,6 @@ export class Engine {
   /** Appends a sampled token to a running sequence, reports it and stops the sequence when it should. */
   #accept(seq: Sequence, pick: SampledToken): void {
     if (seq.status !== "running") return;
-    const sampler = this.#samplers.get(seq)!;
     seq.tokens.push(pick.tokenId);
     seq.firstTokenAt ??= performance.now();
     this.#cacheFullBlocks(seq);
@@ -452,21 +448,10 @@ export class Engine {
       policyVersion: this.#policyVersion,
     };
     if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
-    const reason = this.#stopReason(seq, sampler.params, pick.tokenId);
+    const reason = seq.stopReason(pick.tokenId);
     if (reason) event.finishReason = reason;
     seq.events.push(event);
     if (reason) this.#finish(seq, reason);
-  }
-
-  #stopReason(seq: Sequence, params: SamplingParams, tokenId: number): FinishReason | null {
-    const generated = seq.numGenerated;
-    if (generated >= params.min_tokens) {
-      if (!params.ignore_eos && this.#eos.has(tokenId)) return "stop";
-      if (params.stop_token_ids.includes(tokenId)) return "stop";
-    }
-    if (params.max_tokens !== null && generated >= params.max_tokens) return "length";
-    if (seq.length >= this.options.maxModelLen) return "length";
-    return null;
   }
 
   /** Copies the sequence's newly completed blocks into the prefix cache (when it has room). */
@@ -492,7 +477,6 @@ export class Engine {
     seq.blockIds = [];
     seq.status = "finished";
     seq.finishReason = reason;
-    this.#samplers.delete(seq);
     this.#byId.delete(seq.id);
     seq.events.close(error);
   }

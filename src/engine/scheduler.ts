@@ -182,7 +182,7 @@ export class Scheduler {
       seq.status = "running";
       seq.numComputed = cached;
       // What the prompt found cached on its first admission (a preempted sequence's recompute is not a prompt hit).
-      if (seq.scheduledAt === null) seq.numCachedPrompt = cached;
+      if (seq.scheduledAt === null) seq.cachedPromptTokens = cached;
       seq.scheduledAt ??= performance.now();
       this.running.push(seq);
       plan.admitted.push({ seq, cachedBlocks });

@@ -1,5 +1,10 @@
-/** A request's life in the engine: its tokens, where its KV lives, and the events it has produced. */
+/**
+ * A request's life in the engine: its tokens, its sampling parameters and stop rule, where its KV lives, and the
+ * events it has produced.
+ */
 import { EventQueue } from "./event-queue.ts";
+import { SamplingParams } from "./sampling-params.ts";
+import { SequenceSampler } from "./sampler.ts";
 
 export type FinishReason = "stop" | "length" | "abort";
 
@@ -31,9 +36,23 @@ export interface TokenEvent {
 
 export type SequenceStatus = "waiting" | "running" | "finished";
 
-let nextSequenceId = 0;
+/** How a sequence is set up beyond its prompt and sampling parameters. */
+export interface SequenceOptions {
+  /** Which of its request's n samples this is (a seeded request seeds sample i from seed and i). */
+  sampleIndex?: number;
+  /** The model's end-of-sequence ids: masked until min_tokens are generated, then one stops it unless ignore_eos. */
+  eosTokenIds?: readonly number[];
+  /** The model's context length: a sequence that fills it stops ("length"). */
+  maxModelLen?: number;
+}
 
-/** A sequence: prompt + generated tokens, scheduling state, and the queue its events go to. */
+let nextSequenceId = 0;
+const API_DEFAULTS: SamplingParams = SamplingParams.parse({});
+
+/**
+ * A sequence: prompt + generated tokens, how its tokens are drawn and when it stops, scheduling state, and the
+ * queue its events go to.
+ */
 export class Sequence {
   readonly id: number;
   readonly promptLength: number;
@@ -44,8 +63,8 @@ export class Sequence {
   row: number | null = null;
   /** Tokens whose KV is in the row. */
   numComputed = 0;
-  /** Prompt tokens whose KV came from the prefix cache at the last admission. */
-  numCachedPrompt = 0;
+  /** Prompt tokens whose KV came from the prefix cache at its first admission. */
+  cachedPromptTokens = 0;
   /** Ids of prefix-cache blocks this sequence holds a reference on, in order. */
   blockIds: number[] = [];
   /** Times it was preempted (its KV dropped, to be recomputed). */
@@ -62,12 +81,44 @@ export class Sequence {
    * the prompt is computed; such a sequence computes its whole prompt (no prefix-cache reuse).
    */
   readonly promptLogprobs: (PromptLogprob | null)[] | null;
+  readonly promptTopLogprobs: number | null;
+  /** Draws its tokens: its parameters, its prompt and its own random stream. */
+  readonly sampler: SequenceSampler;
+  readonly #eosTokenIds: readonly number[];
+  readonly #maxModelLen: number;
 
-  constructor(promptIds: readonly number[], readonly promptTopLogprobs: number | null = null) {
+  constructor(
+    promptIds: readonly number[],
+    readonly params: SamplingParams = API_DEFAULTS,
+    options: SequenceOptions = {},
+  ) {
     this.id = nextSequenceId++;
     this.tokens = [...promptIds];
     this.promptLength = promptIds.length;
-    this.promptLogprobs = promptTopLogprobs === null ? null : new Array(promptIds.length).fill(null);
+    this.promptTopLogprobs = params.prompt_logprobs;
+    this.promptLogprobs = params.prompt_logprobs === null ? null : new Array(promptIds.length).fill(null);
+    this.#eosTokenIds = options.eosTokenIds ?? [];
+    this.#maxModelLen = options.maxModelLen ?? Infinity;
+    const index = options.sampleIndex ?? 0;
+    this.sampler = new SequenceSampler(params, promptIds, { eosTokenIds: this.#eosTokenIds, index });
+  }
+
+  /** Why the sequence ends with `tokenId`, its newest token (null: it goes on). */
+  stopReason(tokenId: number): FinishReason | null {
+    const { params } = this;
+    const generated = this.numGenerated;
+    if (generated >= params.min_tokens) {
+      if (!params.ignore_eos && this.#eosTokenIds.includes(tokenId)) return "stop";
+      if (params.stop_token_ids.includes(tokenId)) return "stop";
+    }
+    if (params.max_tokens !== null && generated >= params.max_tokens) return "length";
+    if (this.length >= this.#maxModelLen) return "length";
+    return null;
+  }
+
+  /** A copy of the prompt. */
+  get promptIds(): number[] {
+    return this.tokens.slice(0, this.promptLength);
   }
 
   /** Whether the next prefill chunk needs the logits of each of its tokens. */
