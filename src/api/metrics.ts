@@ -3,7 +3,7 @@
  * metrics and into its log line, and the engine's retriable refusals turned into 503s.
  */
 import { Hono } from "hono";
-import type { SubmittedRequest } from "../engine/engine.ts";
+import { requestHandle, type SubmittedRequest } from "../engine/request.ts";
 import type { SamplingParams } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
 import { type EngineSnapshot, PROMETHEUS_CONTENT_TYPE, type ServingMetrics } from "../metrics/serving.ts";
@@ -36,22 +36,7 @@ export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics 
       const record = requestInContext();
       // The n samples of a prompt share it: count it once.
       if (record && sampleIndex === 0) record.promptTokens += promptIds.length;
-      const events = observe(request, promptIds.length, record, metrics);
-      return {
-        id: request.id,
-        promptIds: request.promptIds,
-        events,
-        get finishReason() {
-          return request.finishReason;
-        },
-        arrivedAt: request.arrivedAt,
-        get scheduledAt() {
-          return request.scheduledAt;
-        },
-        get cachedPromptTokens() {
-          return request.cachedPromptTokens;
-        },
-      };
+      return requestHandle(request, observe(request, promptIds.length, record, metrics));
     },
   };
 }

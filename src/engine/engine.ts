@@ -4,6 +4,7 @@
  */
 import { KvCache, type KvCacheStats } from "./kv-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
+import { requestHandle, type SubmittedRequest } from "./request.ts";
 import { RowTable } from "./rows.ts";
 import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./scheduler.ts";
 import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
@@ -12,6 +13,8 @@ import { PromptScorer } from "./prompt-logprobs.ts";
 import { auditEngine } from "./audit.ts";
 import type { RowSampling, SampledToken } from "./sampler.ts";
 import { type SamplerPool, sharedSamplerPool } from "./sampler-pool.ts";
+
+export type { SubmittedRequest } from "./request.ts";
 
 export interface EngineOptions {
   maxModelLen: number;
@@ -45,21 +48,6 @@ export class EngineRequestError extends Error {
     super(message);
     this.name = "EngineRequestError";
   }
-}
-
-/** A submitted request: its id and the stream of its tokens. */
-export interface SubmittedRequest {
-  id: number;
-  promptIds: readonly number[];
-  /** Token events; the last carries the finish reason, except after an abort, which just ends the stream. */
-  events: AsyncIterable<TokenEvent>;
-  /** Why it ended, once it has. */
-  readonly finishReason: FinishReason | null;
-  /** When it was submitted and first scheduled (performance.now() milliseconds; null: not yet). */
-  readonly arrivedAt: number;
-  readonly scheduledAt: number | null;
-  /** Prompt tokens whose KV came from the prefix cache when it was first scheduled. */
-  readonly cachedPromptTokens: number;
 }
 
 export interface EngineStats {
@@ -147,21 +135,7 @@ export class Engine {
       this.scheduler.add(seq);
       this.#kick();
     }
-    return {
-      id: seq.id,
-      promptIds: seq.tokens.slice(0, seq.promptLength),
-      events: seq.events,
-      get finishReason() {
-        return seq.finishReason;
-      },
-      arrivedAt: seq.arrivedAt,
-      get scheduledAt() {
-        return seq.scheduledAt;
-      },
-      get cachedPromptTokens() {
-        return seq.cachedPromptTokens;
-      },
-    };
+    return requestHandle(seq, seq.events);
   }
 
   /**
