@@ -134,13 +134,10 @@ async function nextTurn(): Promise<void> {
 function engineSnapshot(served: ServedModel): EngineSnapshot {
   const { engine, control } = served;
   const stats = engine.stats();
-  const kvBytes = engine.scheduler.limits.kvCacheBytes;
-  const rowTokens = engine.scheduler.running.reduce((n, seq) => n + seq.length, 0);
-  const used = rowTokens * engine.scheduler.limits.bytesPerToken + stats.cache.blocks * engine.cache.bytesPerBlock;
   return {
     running: stats.running,
     waiting: stats.waiting + stats.held,
-    kvCacheUsage: Math.min(1, used / kvBytes),
+    kvCacheUsage: Math.min(1, stats.kvUsedBytes / stats.kvCacheBytes),
     prefixCacheQueriedTokens: stats.cache.queriedTokens,
     prefixCacheHitTokens: stats.cache.hitTokens,
     preemptions: stats.preemptions,
@@ -257,7 +254,8 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     tracker.drain();
     const served = model as ServedModel | null;
     if (served) {
-      log.info(`shutting down: ${served.engine.stats().running + served.engine.stats().waiting} sequences in flight`);
+      const { running, waiting } = served.engine.stats();
+      log.info(`shutting down: ${running + waiting} sequences in flight`);
       await served.control.shutdown(timeoutMs);
     }
     // The engine is done; give the last responses time to reach their clients before the connections close.

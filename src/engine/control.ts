@@ -15,9 +15,10 @@
  * The swap empties the prefix cache and bumps the policy version; then the held requests run on the new weights.
  */
 import type { FinishReason } from "./sequence.ts";
-import { type Engine, EngineRequestError, type SubmittedRequest } from "./engine.ts";
+import { type Engine, EngineRequestError } from "./engine.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import type { SamplingParams } from "./sampling-params.ts";
+import type { SubmittedRequest } from "./request.ts";
 
 /** How requests in flight are handled while weights are swapped. */
 export type RefitMode = "finish" | "abort" | "pause";
@@ -213,11 +214,7 @@ export class EngineControl {
       if (mode === "abort") {
         engine.abortAll(this.#unavailable("sleeping", "the request was aborted because the server was put to sleep"));
       }
-      await engine.idle();
-      engine.cache.reset();
-      // Between steps and with no row in use: this shrinks the row buffers to their smallest size.
-      engine.runner.reserve(1);
-      if (level === 2) await engine.runner.dispose();
+      await engine.sleep(level);
       return this.status();
     });
   }
@@ -225,10 +222,7 @@ export class EngineControl {
   /** Restores what sleep() freed (reloading the weights after level 2) and takes requests again. */
   wakeUp(): Promise<ControlStatus> {
     return this.#serialized(async () => {
-      if (this.#sleepLevel === 2) {
-        const runner = await this.#load(this.#source);
-        this.#engine.swapRunner(runner, this.#engine.policyVersion);
-      }
+      this.#engine.wake(this.#sleepLevel === 2 ? await this.#load(this.#source) : null);
       this.#sleepLevel = 0;
       return this.status();
     });
@@ -236,7 +230,7 @@ export class EngineControl {
 
   /** Forgets every cached prefix (new requests recompute their prompts). */
   resetPrefixCache(): void {
-    this.#engine.cache.reset();
+    this.#engine.resetPrefixCache();
   }
 
   /**

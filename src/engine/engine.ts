@@ -58,6 +58,9 @@ export interface EngineStats {
   preemptions: number;
   steps: number;
   cache: KvCacheStats;
+  /** The KV budget in bytes, and what the running rows' tokens and the prefix cache's blocks take of it now. */
+  kvCacheBytes: number;
+  kvUsedBytes: number;
 }
 
 export class Engine {
@@ -147,14 +150,20 @@ export class Engine {
     if (seq) this.#finish(seq, reason);
   }
 
+  /** Queue lengths, counters and KV use, now. */
   stats(): EngineStats {
+    const { running, waiting, limits } = this.scheduler;
+    const cache = this.cache.stats();
+    const rowTokens = running.reduce((n, seq) => n + seq.length, 0);
     return {
-      running: this.scheduler.running.length,
-      waiting: this.scheduler.waiting.length,
+      running: running.length,
+      waiting: waiting.length,
       held: this.#held.length,
       preemptions: this.#preemptions,
       steps: this.#steps,
-      cache: this.cache.stats(),
+      cache,
+      kvCacheBytes: limits.kvCacheBytes,
+      kvUsedBytes: rowTokens * limits.bytesPerToken + cache.blocks * this.cache.bytesPerBlock,
     };
   }
 
@@ -244,6 +253,27 @@ export class Engine {
     this.cache.reset(version);
     this.#policyVersion = version;
     return old;
+  }
+
+  /**
+   * Once idle (between steps, no row in use), frees the prefix cache and shrinks the row buffers to their smallest
+   * size (level 1), and releases the weights too (level 2: wake() then needs a runner).
+   */
+  async sleep(level: 1 | 2): Promise<void> {
+    await this.idle();
+    this.cache.reset();
+    this.runner.reserve(1);
+    if (level === 2) await this.runner.dispose();
+  }
+
+  /** Undoes sleep(): after level 2, runs on `runner` (the same weights, reloaded) at the same policy version. */
+  wake(runner: ModelRunner | null): void {
+    if (runner) this.swapRunner(runner, this.policyVersion);
+  }
+
+  /** Forgets every cached prefix (new requests recompute their prompts). */
+  resetPrefixCache(): void {
+    this.cache.reset();
   }
 
   #kick(): void {
