@@ -1,18 +1,17 @@
 /**
  * The engine: one loop that drives the model. Requests are submitted as prompt ids + sampling parameters and come
- * back as token events; between steps the scheduler lets requests join and leave (continuous batching).
+ * back as token events; between steps the scheduler lets requests join and leave (continuous batching). What one
+ * step does on the model is engine/step-executor.ts's.
  */
 import { KvCache, type KvCacheStats } from "./kv-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { requestHandle, type SubmittedRequest } from "./request.ts";
-import { RowTable } from "./rows.ts";
-import { type PrefillChunk, prefillRuns, Scheduler, type StepPlan } from "./scheduler.ts";
-import { Sequence, type FinishReason, type TokenEvent } from "./sequence.ts";
+import { Scheduler } from "./scheduler.ts";
+import { Sequence, type FinishReason } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
-import { PromptScorer } from "./prompt-logprobs.ts";
 import { auditEngine } from "./audit.ts";
-import type { RowSampling, SampledToken } from "./sampler.ts";
 import { type SamplerPool, sharedSamplerPool } from "./sampler-pool.ts";
+import { StepExecutor } from "./step-executor.ts";
 
 export type { SubmittedRequest } from "./request.ts";
 
@@ -39,9 +38,6 @@ export interface EngineOptions {
   onStepError?: (error: unknown, retried: number, failed: number) => void;
 }
 
-/** Failed steps a sequence survives (put back in the queue); the next one ends it with the error. */
-const MAX_FAULTS = 2;
-
 /** A request the engine cannot take (the API answers 400). */
 export class EngineRequestError extends Error {
   constructor(message: string, readonly param: string | null = null) {
@@ -66,50 +62,46 @@ export interface EngineStats {
 export class Engine {
   readonly scheduler: Scheduler;
   readonly cache: KvCache;
-  #runner: ModelRunner;
-  #rows: RowTable;
-  readonly #rowCount: number;
+  readonly #executor: StepExecutor;
   /** Requests submitted while held, in arrival order. */
   readonly #held: Sequence[] = [];
   #holding = false;
   #frozen = false;
   /** Every sequence not finished yet, by id (abort). */
   readonly #byId = new Map<number, Sequence>();
-  #policyVersion = 0;
   #loop: Promise<void> | null = null;
-  #preemptions = 0;
   #steps = 0;
-  #scorer: PromptScorer | null = null;
-  readonly #pool: SamplerPool;
 
   constructor(runner: ModelRunner, readonly options: EngineOptions) {
-    this.#runner = runner;
     // One row stays free for moves (RowTable.gather).
     const maxNumSeqs = Math.max(1, Math.min(options.maxNumSeqs ?? 32, runner.maxRows - 1));
-    const blockSize = options.blockSize ?? 16;
-    const bytesPerToken = runner.floatsPerToken * 4;
-    const kvCacheBytes = options.kvCacheBytes ?? 512 * 1024 * 1024;
-    this.cache = new KvCache({ blockSize, floatsPerToken: runner.floatsPerToken, capacityBlocks: 0 });
+    const { floatsPerToken } = runner;
+    this.cache = new KvCache({ blockSize: options.blockSize ?? 16, floatsPerToken, capacityBlocks: 0 });
     this.scheduler = new Scheduler({
       maxNumSeqs,
       maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512,
-      kvCacheBytes,
-      bytesPerToken,
+      kvCacheBytes: options.kvCacheBytes ?? 512 * 1024 * 1024,
+      bytesPerToken: floatsPerToken * 4,
       rowCapacity: options.rowCapacity ?? ((n) => n),
     }, this.cache, options.prefixCaching ?? true);
-    this.#rowCount = Math.min(runner.maxRows, maxNumSeqs + 1);
-    this.#rows = new RowTable(runner, this.#rowCount);
-    this.#pool = options.samplerPool ?? sharedSamplerPool();
+    this.#executor = new StepExecutor(runner, {
+      scheduler: this.scheduler,
+      cache: this.cache,
+      rowCount: Math.min(runner.maxRows, maxNumSeqs + 1),
+      pool: options.samplerPool ?? sharedSamplerPool(),
+      finish: (seq, reason, error) => this.#finish(seq, reason, error),
+      onStepError: options.onStepError,
+    });
   }
 
   /** The model the engine runs (replaced by swapRunner). */
   get runner(): ModelRunner {
-    return this.#runner;
+    return this.#executor.runner;
   }
 
   /** Version of the weights in use; every token event carries it. */
   get policyVersion(): number {
-    return this.#policyVersion;
+    return this.#executor.policyVersion;
   }
 
   /**
@@ -159,7 +151,7 @@ export class Engine {
       running: running.length,
       waiting: waiting.length,
       held: this.#held.length,
-      preemptions: this.#preemptions,
+      preemptions: this.#executor.preemptions,
       steps: this.#steps,
       cache,
       kvCacheBytes: limits.kvCacheBytes,
@@ -176,7 +168,7 @@ export class Engine {
       running: this.scheduler.running,
       waiting: this.scheduler.waiting,
       held: this.#held,
-      rows: this.#rows.occupants,
+      rows: this.#executor.rows,
       maxNumSeqs: this.scheduler.limits.maxNumSeqs,
       cache: this.cache,
       live: [...this.#byId.values()],
@@ -219,7 +211,7 @@ export class Engine {
   preemptAll(): number {
     if (this.#loop) throw new Error("preemptAll: a step is running (freeze first)");
     const preempted = this.scheduler.preemptAll();
-    this.#applyPreemptions(preempted);
+    this.#executor.preempted(preempted);
     return preempted.length;
   }
 
@@ -241,18 +233,7 @@ export class Engine {
    */
   swapRunner(runner: ModelRunner, version: number): ModelRunner {
     if (this.#loop || this.scheduler.running.length > 0) throw new Error("swapRunner: sequences are running");
-    const old = this.#runner;
-    if (runner.vocabSize !== old.vocabSize || runner.floatsPerToken !== old.floatsPerToken) {
-      throw new Error(
-        `swapRunner: the new model's vocabulary (${runner.vocabSize}) or KV width (${runner.floatsPerToken}) differs ` +
-          `from the served one's (${old.vocabSize}, ${old.floatsPerToken})`,
-      );
-    }
-    this.#runner = runner;
-    this.#rows = new RowTable(runner, this.#rowCount);
-    this.cache.reset(version);
-    this.#policyVersion = version;
-    return old;
+    return this.#executor.swap(runner, version);
   }
 
   /**
@@ -302,183 +283,15 @@ export class Engine {
   async #step(): Promise<void> {
     const plan = this.scheduler.schedule();
     this.#steps++;
-    this.#applyPreemptions(plan.preempted);
-    // Where each sequence's random stream stood: a sequence whose step fails draws the same numbers again.
-    const stepSeqs = new Set([...plan.admitted.map((a) => a.seq), ...plan.decode, ...plan.prefill.map((p) => p.seq)]);
-    const draws = new Map([...stepSeqs].map((seq) => [seq, seq.sampler.rng.state()]));
-    const guarded = async (seqs: Iterable<Sequence>, work: () => void | Promise<void>) => {
-      try {
-        await work();
-      } catch (err) {
-        this.#fault([...seqs], draws, err);
-      }
-    };
-    await guarded(stepSeqs, () => {
-      this.#applyAdmissions(plan);
-      let longest = 0;
-      for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
-      for (const p of plan.prefill) longest = Math.max(longest, p.seq.numComputed + p.tokens);
-      this.runner.reserve(longest);
-    });
-    const decode = plan.decode.filter((seq) => seq.status === "running");
-    if (decode.length) await guarded(decode, () => this.#decode(decode));
-    for (const run of prefillRuns(plan.prefill)) {
-      const chunks = run.filter((c) => c.seq.status === "running");
-      await guarded(chunks.map((c) => c.seq), () => this.#prefill(chunks));
-    }
-    await this.#flushBlocks();
-    this.#rows.releaseFree();
-  }
-
-  /**
-   * A failed step (a model run that threw, a row move that could not be made) must not lose its sequences: each
-   * goes back to the head of the queue, its KV to be recomputed and its random stream rewound, and only one that
-   * keeps failing ends with the error.
-   */
-  #fault(seqs: readonly Sequence[], draws: ReadonlyMap<Sequence, Uint32Array>, err: unknown): void {
-    const running = seqs.filter((seq) => seq.status === "running");
-    const failing = running.filter((seq) => ++seq.faults > MAX_FAULTS);
-    for (const seq of failing) this.#finish(seq, "abort", err);
-    const retried = this.scheduler.preempt(running.filter((seq) => seq.status === "running"));
-    for (const seq of retried) seq.sampler.rng.restore(draws.get(seq)!);
-    this.#applyPreemptions(retried);
-    this.options.onStepError?.(err, retried.length, failing.length);
-  }
-
-  #applyPreemptions(preempted: readonly Sequence[]): void {
-    for (const seq of preempted) {
-      this.#preemptions++;
-      this.#rows.release(seq);
-      this.cache.release(seq.blockIds);
-      seq.blockIds = [];
-    }
-  }
-
-  #applyAdmissions(plan: StepPlan): void {
-    const bs = this.cache.blockSize;
-    for (const { seq, cachedBlocks } of plan.admitted) {
-      const row = this.#rows.assign(seq);
-      this.runner.reserve(seq.length);
-      cachedBlocks.forEach((id, i) => this.runner.writeKv(row, i * bs, bs, this.cache.data(id)));
-      seq.blockIds = [...cachedBlocks];
-    }
-  }
-
-  async #decode(seqs: Sequence[]): Promise<void> {
-    const ordered = this.#rows.gather(seqs);
-    const inputs = ordered.map((s) => ({ row: s.row!, tokens: [s.tokens[s.length - 1]], start: s.numComputed }));
-    const sampling = ordered.map((s) => this.#rowSampling(s));
-    const picks = this.runner.stepAndSample
-      ? await this.runner.stepAndSample(inputs, sampling)
-      : await this.#pool.sample(await this.runner.step(inputs), sampling);
-    ordered.forEach((seq, i) => {
-      seq.numComputed++;
-      this.#accept(seq, picks[i]!);
-    });
-  }
-
-  /** How `seq`'s next token is drawn (one number from the sequence's stream, drawn now). */
-  #rowSampling(seq: Sequence): RowSampling {
-    return seq.sampler.next(seq.outputIds, this.runner.vocabSize);
-  }
-
-  /** Waits for the KV the prefix cache read from a runner whose cache lives on another device. */
-  async #flushBlocks(): Promise<void> {
-    if (!this.runner.flush) return;
-    try {
-      await this.runner.flush();
-    } catch (err) {
-      // Blocks inserted this step hold no KV: forget them all rather than ever reuse them. The rows are intact.
-      this.cache.reset(this.#policyVersion);
-      this.options.onStepError?.(err, 0, 0);
-    }
-  }
-
-  /** Feeds several sequences' prefill chunks in one model run; the chunks that complete a prompt sample. */
-  async #prefill(run: PrefillChunk[]): Promise<void> {
-    if (run.length === 0) return;
-    // In row order: new sequences take adjacent rows, and a runner reads an ascending range of rows in place
-    // instead of gathering a copy of each row's cache.
-    const chunks = [...run].sort((a, b) => a.seq.row! - b.seq.row!);
-    const inputs = chunks.map(({ seq, tokens, allLogits }) => {
-      const start = seq.numComputed;
-      return { row: seq.row!, tokens: seq.tokens.slice(start, start + tokens), start, allLogits };
-    });
-    // Only a chunk that completes the prompt samples (one that leaves just the last token has no logits for it).
-    const sampling = chunks.map(({ seq, tokens }) => (seq.numPending > tokens ? null : this.#rowSampling(seq)));
-    let picks: (SampledToken | null)[];
-    if (this.runner.stepAndSample && !chunks.some((c) => c.allLogits)) {
-      picks = await this.runner.stepAndSample(inputs, sampling);
-    } else {
-      const logits = await this.runner.step(inputs);
-      const vocab = this.runner.vocabSize;
-      // Rows that asked for every position's logits score their prompt and sample from their last position's.
-      const last = chunks.map(({ seq, tokens, allLogits }, i) => {
-        if (!allLogits) return logits[i];
-        this.#scorePrompt(seq, seq.numComputed, tokens, logits[i]);
-        return logits[i].subarray((tokens - 1) * vocab);
-      });
-      const sampled = await this.#pool.sample(last.filter((_, i) => sampling[i]), sampling.filter((s) => s !== null));
-      picks = sampling.map((s) => (s ? sampled.shift()! : null));
-    }
-    chunks.forEach(({ seq, tokens }, i) => {
-      seq.numComputed += tokens;
-      if (picks[i]) this.#accept(seq, picks[i]);
-      else this.#cacheFullBlocks(seq);
-    });
-  }
-
-  /** Fills the prompt log-probabilities of the tokens after positions [start, start + count) (logits in turn). */
-  #scorePrompt(seq: Sequence, start: number, count: number, logits: Float32Array): void {
-    const vocab = this.runner.vocabSize;
-    this.#scorer ??= new PromptScorer(vocab);
-    for (let i = 0; i < count && start + i + 1 < seq.promptLength; i++) {
-      const at = start + i + 1;
-      seq.promptLogprobs![at] = this.#scorer.score(logits.subarray(i * vocab, (i + 1) * vocab), seq.tokens[at], seq.promptTopLogprobs!);
-    }
-  }
-
-  /** Appends a sampled token to a running sequence, reports it and stops the sequence when it should. */
-  #accept(seq: Sequence, pick: SampledToken): void {
-    if (seq.status !== "running") return;
-    seq.tokens.push(pick.tokenId);
-    seq.firstTokenAt ??= performance.now();
-    this.#cacheFullBlocks(seq);
-    const event: TokenEvent = {
-      index: seq.numGenerated - 1,
-      tokenId: pick.tokenId,
-      logprob: pick.logprob,
-      topLogprobs: pick.topLogprobs,
-      policyVersion: this.#policyVersion,
-    };
-    if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
-    const reason = seq.stopReason(pick.tokenId);
-    if (reason) event.finishReason = reason;
-    seq.events.push(event);
-    if (reason) this.#finish(seq, reason);
-  }
-
-  /** Copies the sequence's newly completed blocks into the prefix cache (when it has room). */
-  #cacheFullBlocks(seq: Sequence): void {
-    if (!this.scheduler.prefixCaching || seq.row === null) return;
-    const bs = this.cache.blockSize;
-    while ((seq.blockIds.length + 1) * bs <= seq.numComputed) {
-      const start = seq.blockIds.length * bs;
-      const parent = seq.blockIds.at(-1) ?? KvCache.ROOT;
-      const id = this.cache.insert(parent, seq.tokens, start, (out) => this.runner.readKv(seq.row!, start, bs, out));
-      if (id === null) return;
-      seq.blockIds.push(id);
-    }
+    await this.#executor.run(plan);
   }
 
   #finish(seq: Sequence, reason: FinishReason, error?: unknown): void {
     if (seq.status === "finished") return;
-    const wasRunning = this.scheduler.remove(seq);
-    if (wasRunning || seq.row !== null) this.#rows.release(seq);
+    this.scheduler.remove(seq);
+    this.#executor.release(seq);
     const held = this.#held.indexOf(seq);
     if (held >= 0) this.#held.splice(held, 1);
-    this.cache.release(seq.blockIds);
-    seq.blockIds = [];
     seq.status = "finished";
     seq.finishReason = reason;
     this.#byId.delete(seq.id);
