@@ -16,8 +16,10 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import process from "node:process";
+import { z } from "zod";
 import { defaultCacheDir } from "../src/model/builtin.ts";
 import { type RuntimeName, runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
+import { programArgs } from "../src/runtime/process.ts";
 import { runLoad } from "./chaos/load.ts";
 import { runRefits, SeedBook } from "./chaos/refits.ts";
 import { openaiClient } from "./chaos/requests.ts";
@@ -28,32 +30,42 @@ import { runStorm } from "./chaos/storm.ts";
 import { Tally } from "./chaos/tally.ts";
 import { gaugesSettle, RssWatch } from "./chaos/watch.ts";
 import { otherWeights, servedWeights } from "./chaos/weights.ts";
+import { benchFlags, intFlag, numberFlag } from "./lib/flags.ts";
 
-const dash = process.argv.indexOf("--");
-const ownArgs = dash >= 0 ? process.argv.slice(0, dash) : process.argv;
-const serverExtra = dash >= 0 ? process.argv.slice(dash + 1) : [];
-const flag = (name: string, fallback: string) => {
-  const at = ownArgs.indexOf(`--${name}`);
-  return at >= 0 && at + 1 < ownArgs.length ? ownArgs[at + 1] : fallback;
-};
-const num = (name: string, fallback: number) => {
-  const value = Number(flag(name, String(fallback)));
-  if (!Number.isFinite(value)) throw new Error(`--${name} must be a number`);
-  return value;
-};
+const ChaosFlags = z.object({
+  duration: numberFlag(60).describe("seconds of the steady phase"),
+  clients: intFlag(48).describe("clients over chat, completions and Responses"),
+  seed: numberFlag(1).describe("seed of the load, the storm and the slow clients"),
+  refits: z.enum(["on", "off"]).default("on").describe("weight updates during the steady phase"),
+  hangTimeout: numberFlag(120).describe("seconds after which a request counts as hung"),
+  maxTokens: intFlag(24).describe("max_tokens of the load's requests"),
+  url: z.string().optional().describe("a running server to test instead of starting one"),
+  out: z.string().optional().describe("a file the JSON lines are appended to as well"),
+  serverRuntime: z.enum(["node", "deno", "bun"]).default(runtimeName()).describe("the runtime the server runs on"),
+  cacheDir: z.string().default(defaultCacheDir(process.env)).describe("the server's cache directory"),
+  model: z.string().optional().describe("model directory (default: the built-in tiny model)"),
+  refitWeights: z.string().optional().describe("the other weights refits switch to (default: built beside the model)"),
+  serverLog: z.string().optional().describe("a file the server's log is appended to"),
+});
 
-const durationS = num("duration", 60);
-const clients = num("clients", 48);
-const seed = num("seed", 1);
-const refits = flag("refits", "on") !== "off";
-const hangMs = num("hang-timeout", 120) * 1000;
-const maxTokens = num("max-tokens", 24);
-const url = flag("url", "");
-const outPath = flag("out", "");
-const serverRuntime = flag("server-runtime", runtimeName()) as RuntimeName;
-if (!["node", "deno", "bun"].includes(serverRuntime)) throw new Error("--server-runtime must be node, deno or bun");
-const cacheDir = flag("cache-dir", defaultCacheDir(process.env));
-const model = flag("model", "") || null;
+// After `--`: flags for the server.
+const args = programArgs();
+const dash = args.indexOf("--");
+const serverExtra = dash >= 0 ? args.slice(dash + 1) : [];
+const flags = benchFlags(
+  ChaosFlags,
+  "Chaos: nothing lost under disconnects, refits, overload, bad input and shutdown.\n" +
+    "Run: node --import tsx bench/chaos.ts [flags] [-- extra server flags]",
+  { argv: dash >= 0 ? args.slice(0, dash) : args },
+);
+const { clients, seed, maxTokens, cacheDir } = flags;
+const durationS = flags.duration;
+const refits = flags.refits !== "off";
+const hangMs = flags.hangTimeout * 1000;
+const url = flags.url ?? "";
+const outPath = flags.out ?? "";
+const serverRuntime: RuntimeName = flags.serverRuntime;
+const model = flags.model || null;
 const round = (value: number, digits = 1) => Number(value.toFixed(digits));
 const started = performance.now();
 const clientCpuS = () => {
@@ -104,7 +116,7 @@ try {
     console.error(`chaos: starting the server on ${serverRuntime}`);
     server = await ServerProcess.start(serverRuntime, serverFlags(model), {
       env: { GYM_EDGE_CACHE: cacheDir },
-      logPath: flag("server-log", "") || undefined,
+      logPath: flags.serverLog || undefined,
     });
     base = server.url;
   }
@@ -113,7 +125,7 @@ try {
   modelName = model ?? card.id;
   // The folder the server serves: ours, or (with --url) the root its model card names.
   const served = url && !model ? card.root : await servedWeights(model, cacheDir);
-  const other = refits ? await otherWeights(served, cacheDir, flag("refit-weights", "") || null) : null;
+  const other = refits ? await otherWeights(served, cacheDir, flags.refitWeights || null) : null;
   const startVersion: number = (await (await fetch(`${base}/version`)).json()).policy_version;
   const client = openaiClient(base, hangMs);
   const book = new SeedBook();

@@ -12,10 +12,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import process from "node:process";
 import { ensureModel, ONNX_FILES } from "../src/model/builder/build.ts";
 import { getPreset } from "../src/model/builder/presets.ts";
-import { defaultCacheDir } from "../src/model/builtin.ts";
 import { openEngineRunner } from "../src/model/engine-runner.ts";
 import type { OrtModule, OrtSession, OrtTensor } from "../src/model/ort-types.ts";
 import { backendFor } from "../src/model/backends.ts";
@@ -23,21 +21,21 @@ import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 import { SamplingParams } from "../src/engine/sampling-params.ts";
 import { SequenceSampler } from "../src/engine/sampler.ts";
 import type { ModelRunner } from "../src/engine/model-runner.ts";
+import { EngineBenchFlags } from "./lib/engine-flags.ts";
+import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
 
-function flag(name: string, fallback: string): string {
-  const args = process.argv;
-  const at = args.indexOf(`--${name}`);
-  return at >= 0 && at + 1 < args.length ? args[at + 1] : fallback;
-}
+const DecodeStepFlags = EngineBenchFlags.pick({ preset: true, device: true, cacheDir: true }).extend({
+  batch: intFlag(16).describe("rows in the step"),
+  contexts: numberListFlag("64,256,1024").describe("tokens in each row after the step, one line each"),
+  steps: intFlag(7).describe("timed steps (the figure is their median)"),
+  warmup: intFlag(2).describe("untimed steps first"),
+});
 
-const presetName = flag("preset", "bench-135m");
-const device = flag("device", "cpu");
-const batch = Number(flag("batch", "16"));
-const contexts = flag("contexts", "64,256,1024").split(",").map(Number);
-const steps = Number(flag("steps", "7"));
-const warmup = Number(flag("warmup", "2"));
-const cacheDir = flag("cache-dir", path.join(defaultCacheDir(process.env), "bench"));
-if (device !== "cpu" && device !== "wasm" && device !== "webgpu") throw new Error(`--device must be cpu, wasm or webgpu, got ${device}`);
+const { preset: presetName, device, batch, contexts, steps, warmup, cacheDir } = benchFlags(
+  DecodeStepFlags,
+  "Time of one batched decode step, engine graph against standard graph.\n" +
+    "Run: node --import tsx bench/decode-step.ts [flags]",
+);
 
 const preset = getPreset(presetName);
 const { arch } = preset;

@@ -3,7 +3,7 @@
  * logits already on the GPU (what a runner that keeps them there pays), the same with the logits uploaded first,
  * and the CPU twin over the same rows one after another. One JSON line per (mode, batch, path): median and 90th
  * percentile of `runs` timed steps after `warmup` untimed ones. Needs navigator.gpu (Deno):
- *   deno run -A bench/gpu-sampler.ts [runs] [batches, e.g. 1,16,64] [warmup]
+ *   deno run -A bench/gpu-sampler.ts [runs] [batches, e.g. 1,16,64] [warmup]  (or --runs, --batches, --warmup)
  * On a software adapter (Mesa lavapipe) the GPU timings are those of a CPU emulating a GPU: they say nothing about
  * a real GPU, and every line says so.
  */
@@ -15,13 +15,22 @@ import { Rng } from "../src/engine/rng.ts";
 import { modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
-import { programArgs } from "../src/runtime/process.ts";
+import { z } from "zod";
+import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 
-const args = programArgs();
-const runs = Number(args[0] ?? 10);
-const batches = (args[1] ?? "1,8").split(",").map(Number);
-const warmup = Number(args[2] ?? 3);
+const GpuSamplerFlags = z.object({
+  runs: intFlag(10).describe("timed steps a line"),
+  batches: numberListFlag("1,8").describe("rows a step, one set of lines each"),
+  warmup: intFlag(3).describe("untimed steps first"),
+});
+
+const { runs, batches, warmup } = benchFlags(
+  GpuSamplerFlags,
+  "Per-step cost of sampling a batch of rows of 151,936 logits: the WebGPU sampler against the CPU twin.\n" +
+    "Run: deno run -A bench/gpu-sampler.ts [flags]",
+  { positional: ["runs", "batches", "warmup"] },
+);
 
 const cases: [string, SamplingParamsInput][] = [
   ["greedy", { temperature: 0, logprobs: 0 }],

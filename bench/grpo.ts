@@ -7,32 +7,31 @@
  * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  */
-import {
-  baselineFigures,
-  baselineVariant,
-  benchModel,
-  commonFlags,
-  flag,
-  GenerateBaseline,
-  median,
-  numberFlag,
-  openBenchEngine,
-  randomPrompts,
-  report,
-  round,
-  runEngineLoad,
-} from "./common.ts";
+import { baselineFigures, baselineVariant, GenerateBaseline } from "./lib/baseline.ts";
+import { benchModel, openBenchEngine, runEngineLoad } from "./lib/engine.ts";
+import { EngineBenchFlags } from "./lib/engine-flags.ts";
+import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
+import { randomPrompts } from "./lib/prompts.ts";
+import { median, report, round } from "./lib/report.ts";
 
 /** llama.cpp on this load (same shape and weights, 2 threads, fp32): generated tokens / wall seconds. */
 const LLAMA_CPP_TOK_S = 120;
 
-const flags = commonFlags();
-const numPrompts = numberFlag("prompts", 8);
-const promptLen = numberFlag("prompt-len", 126);
-const n = numberFlag("n", 4);
-const newTokens = numberFlag("new-tokens", 64);
-const baselineRuns = numberFlag("baseline-runs", 1);
-const baselineTopKs = flag("baseline-top-k", "0").split(",").map(Number);
+const GrpoFlags = EngineBenchFlags.extend({
+  prompts: intFlag(8).describe("prompts in the load"),
+  promptLen: intFlag(126).describe("tokens a prompt (+-8)"),
+  n: intFlag(4).describe("samples a prompt (a group)"),
+  newTokens: intFlag(64).describe("tokens generated a sample"),
+  baselineRuns: intFlag(1).describe("runs of the generate() baseline"),
+  baselineTopK: numberListFlag("0").describe("the baseline's top_k, one baseline each (0: the whole vocabulary)"),
+});
+
+const flags = benchFlags(
+  GrpoFlags,
+  "A GRPO-like load through the engine, beside llama.cpp's figure and transformers.js generate() on one static batch.\n" +
+    "Run: node --import tsx bench/grpo.ts [flags]",
+);
+const { prompts: numPrompts, promptLen, n, newTokens, baselineRuns, baselineTopK: baselineTopKs } = flags;
 const sampling = { temperature: 1, max_tokens: newTokens, ignore_eos: true };
 const load = { prompts: numPrompts, prompt_tokens: `${promptLen}+-8`, n, new_tokens: newTokens, temperature: 1 };
 const promptsOf = (run: number) => randomPrompts(2000 + run, numPrompts, promptLen, 16);
@@ -109,4 +108,4 @@ async function benchBaseline(engineRate: number): Promise<void> {
 }
 
 const engineRate = await benchEngine();
-if (!flags.noBaseline && flags.device === "cpu") await benchBaseline(engineRate);
+if (flags.baseline && flags.device === "cpu") await benchBaseline(engineRate);

@@ -10,23 +10,25 @@
 import { SamplingParams } from "../src/engine/sampling-params.ts";
 import type { Engine } from "../src/engine/engine.ts";
 import { Rng } from "../src/engine/rng.ts";
-import {
-  type BenchEngine,
-  benchModel,
-  commonFlags,
-  CpuMeter,
-  median,
-  numberFlag,
-  openBenchEngine,
-  randomTokens,
-  report,
-  round,
-} from "./common.ts";
+import { type BenchEngine, benchModel, openBenchEngine } from "./lib/engine.ts";
+import { EngineBenchFlags } from "./lib/engine-flags.ts";
+import { benchFlags, intFlag } from "./lib/flags.ts";
+import { CpuMeter } from "./lib/meters.ts";
+import { randomTokens } from "./lib/prompts.ts";
+import { median, report, round } from "./lib/report.ts";
 
-const flags = commonFlags();
-const turns = numberFlag("turns", 8);
-const userTokens = numberFlag("user-tokens", 120);
-const answerTokens = numberFlag("answer-tokens", 80);
+const MultiTurnFlags = EngineBenchFlags.extend({
+  turns: intFlag(8).describe("turns of the conversation"),
+  userTokens: intFlag(120).describe("tokens of each user message"),
+  answerTokens: intFlag(80).describe("tokens of each answer"),
+});
+
+const flags = benchFlags(
+  MultiTurnFlags,
+  "Time to first token of a conversation's last turn, with prefix caching and without.\n" +
+    "Run: node --import tsx bench/multi-turn.ts [flags]",
+);
+const { turns, userTokens, answerTokens } = flags;
 // Qwen3's <|im_end|>, newline, <|im_start|>: what the chat template puts between messages.
 const TURN_BREAK = [151645, 198, 151644];
 

@@ -9,35 +9,37 @@
  *      [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--kv-cache-memory BYTES] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  */
-import {
-  baselineFigures,
-  baselineVariant,
-  benchModel,
-  commonFlags,
-  flag,
-  GenerateBaseline,
-  median,
-  numberFlag,
-  openBenchEngine,
-  randomPrompts,
-  report,
-  round,
-  RssSampler,
-  rssBytes,
-  runEngineLoad,
-} from "./common.ts";
+import { z } from "zod";
+import { baselineFigures, baselineVariant, GenerateBaseline } from "./lib/baseline.ts";
+import { benchModel, openBenchEngine, runEngineLoad } from "./lib/engine.ts";
+import { EngineBenchFlags } from "./lib/engine-flags.ts";
+import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
+import { RssSampler, rssBytes } from "./lib/meters.ts";
+import { randomPrompts } from "./lib/prompts.ts";
+import { median, report, round } from "./lib/report.ts";
 
-const flags = commonFlags();
-const numPrompts = numberFlag("prompts", 16);
-const promptLen = numberFlag("prompt-len", 256);
-const n = numberFlag("n", 4);
-const newTokens = numberFlag("new-tokens", 128);
-const sequentialRequests = numberFlag("sequential-requests", 2);
-const staticBatch = numberFlag("static-batch", flags.maxNumSeqs);
-const baselineRuns = numberFlag("baseline-runs", flags.runs);
-// One static batch of 32 x 128 tokens over the whole vocabulary takes minutes: one run unless asked.
-const staticRuns = numberFlag("static-runs", 1);
-const baselineTopKs = flag("baseline-top-k", "0").split(",").map(Number);
+const RolloutsFlags = EngineBenchFlags.extend({
+  prompts: intFlag(16).describe("prompts in the load"),
+  promptLen: intFlag(256).describe("tokens a prompt (+-16)"),
+  n: intFlag(4).describe("samples a prompt"),
+  newTokens: intFlag(128).describe("tokens generated a sample"),
+  sequentialRequests: intFlag(2).describe("requests the one-at-a-time baseline generates a run"),
+  staticBatch: z.coerce.number().int().optional().describe("requests in the static-batch baseline (default: --max-num-seqs)"),
+  baselineRuns: z.coerce.number().int().optional().describe("runs of the one-at-a-time baseline (default: --runs)"),
+  // One static batch of 32 x 128 tokens over the whole vocabulary takes minutes: one run unless asked.
+  staticRuns: intFlag(1).describe("runs of the static-batch baseline"),
+  baselineTopK: numberListFlag("0").describe("the baselines' top_k, one set of baselines each (0: the whole vocabulary)"),
+});
+
+const flags = benchFlags(
+  RolloutsFlags,
+  "Rollout throughput of the engine against transformers.js generate(), one request at a time and on a static batch.\n" +
+    "Run: node --import tsx bench/rollouts.ts [flags]",
+);
+const { prompts: numPrompts, promptLen, n, newTokens, sequentialRequests, staticRuns } = flags;
+const staticBatch = flags.staticBatch ?? flags.maxNumSeqs;
+const baselineRuns = flags.baselineRuns ?? flags.runs;
+const baselineTopKs = flags.baselineTopK;
 const sampling = { temperature: 1, max_tokens: newTokens, ignore_eos: true };
 const load = { prompts: numPrompts, prompt_tokens: `${promptLen}+-16`, n, new_tokens: newTokens, temperature: 1 };
 /** Run r's prompts: fresh ones each run, so that no run finds the previous one's prompts in the prefix cache. */
@@ -159,4 +161,4 @@ async function benchBaselines(engineRate: number): Promise<void> {
 }
 
 const engineRate = await benchEngine();
-if (!flags.noBaseline && flags.device === "cpu") await benchBaselines(engineRate);
+if (flags.baseline && flags.device === "cpu") await benchBaselines(engineRate);

@@ -8,13 +8,22 @@ import { SamplerPool } from "../src/engine/sampler-pool.ts";
 import { SequenceSampler } from "../src/engine/sampler.ts";
 import { SamplingParams } from "../src/engine/sampling-params.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
-import { numberFlag } from "./common.ts";
+import { z } from "zod";
+import { benchFlags, intFlag } from "./lib/flags.ts";
 import { modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 
-const rowCount = numberFlag("rows", 32);
-const runs = numberFlag("runs", 40);
-const warmup = numberFlag("warmup", 10);
-const threads = numberFlag("threads", 1);
+const SamplerPoolFlags = z.object({
+  rows: intFlag(32).describe("rows a decode step samples"),
+  runs: intFlag(40).describe("timed batches"),
+  warmup: intFlag(10).describe("untimed batches first"),
+  threads: intFlag(1).describe("helper threads of the pool measured against none"),
+});
+
+const { rows: rowCount, runs, warmup, threads } = benchFlags(
+  SamplerPoolFlags,
+  "Cost of sampling one decode step's rows on the calling thread alone against the SamplerPool with helper threads.\n" +
+    "Run: node --import tsx bench/sampler-pool.ts [flags]",
+);
 
 const rows = Array.from({ length: rowCount }, (_, i) => modelLikeRow(i + 1));
 const params = SamplingParams.parse({ temperature: 1, logprobs: 1 });

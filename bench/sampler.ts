@@ -2,14 +2,27 @@
  * Cost of sampling one token on the CPU from a row of 151,936 logits (Qwen's vocabulary), per sampling mode.
  * Prints one JSON line per case: the median and 90th percentile of `runs` timed calls, after `warmup` untimed ones
  * (V8 and JSC need a few hundred calls to settle). Run: node --import tsx bench/sampler.ts [runs] [warmup]
+ * (or --runs, --warmup)
  */
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 import { Rng } from "../src/engine/rng.ts";
 import { flatRow, modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
+import { z } from "zod";
+import { benchFlags, intFlag } from "./lib/flags.ts";
 
-const [runs, warmup] = [Number(globalThis.process?.argv?.[2] ?? 200), Number(globalThis.process?.argv?.[3] ?? 300)];
+const SamplerFlags = z.object({
+  runs: intFlag(200).describe("timed calls a case"),
+  warmup: intFlag(300).describe("untimed calls first"),
+});
+
+const { runs, warmup } = benchFlags(
+  SamplerFlags,
+  "Cost of sampling one token on the CPU from a row of 151,936 logits, per sampling mode.\n" +
+    "Run: node --import tsx bench/sampler.ts [flags]",
+  { positional: ["runs", "warmup"] },
+);
 
 const cases: [string, SamplingParamsInput][] = [
   ["greedy", { temperature: 0, logprobs: 0 }],

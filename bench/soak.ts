@@ -16,18 +16,30 @@ import { ensureModel } from "../src/model/builder/build.ts";
 import { defaultCacheDir } from "../src/model/builtin.ts";
 import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 import { startServer } from "../src/server.ts";
-import { flag, loadAverage, median, numberFlag, round } from "./common.ts";
+import { z } from "zod";
+import { benchFlags, intFlag, numberFlag } from "./lib/flags.ts";
+import { loadAverage, median, round } from "./lib/report.ts";
 
-const clients = numberFlag("clients", 16);
-const durationS = numberFlag("duration", 60);
-const intervalS = numberFlag("interval", 5);
-const maxTokens = numberFlag("max-tokens", 16);
-const streamRatio = numberFlag("stream-ratio", 0.5);
-const hangupRatio = numberFlag("hangup-ratio", 0.05);
-const refitEveryS = numberFlag("refit-every", 0);
-const device = flag("device", "cpu");
-const cacheDir = flag("cache-dir", defaultCacheDir(process.env));
-const model = flag("model", "");
+const SoakFlags = z.object({
+  clients: intFlag(16).describe("clients looping over requests"),
+  duration: numberFlag(60).describe("seconds of load"),
+  interval: numberFlag(5).describe("seconds between interval lines"),
+  maxTokens: intFlag(16).describe("max_tokens of each request"),
+  streamRatio: numberFlag(0.5).describe("share of requests streamed"),
+  hangupRatio: numberFlag(0.05).describe("share of requests hung up midway"),
+  refitEvery: numberFlag(0).describe("seconds between weight updates (0: none)"),
+  device: z.string().default("cpu").describe("the server's --device"),
+  cacheDir: z.string().default(defaultCacheDir(process.env)).describe("the server's cache directory"),
+  model: z.string().optional().describe("model directory (default: the built-in tiny model)"),
+});
+
+const flags = benchFlags(
+  SoakFlags,
+  "Soak: a served model under steady load for a while, to see throughput hold and memory stay flat.\n" +
+    "Run: node --import tsx bench/soak.ts [flags]",
+);
+const { clients, maxTokens, streamRatio, hangupRatio, device, cacheDir, model } = flags;
+const [durationS, intervalS, refitEveryS] = [flags.duration, flags.interval, flags.refitEvery];
 
 const server = await startServer(ServerConfig.parse({
   port: 0,
