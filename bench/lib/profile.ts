@@ -4,6 +4,7 @@
  */
 import type { Engine } from "../../src/engine/engine.ts";
 import type { RowInput } from "../../src/engine/model-runner.ts";
+import { ThreadedRunner } from "../../src/model/threaded-runner.ts";
 import { round } from "./report.ts";
 
 /** Per model run of the engine: rows, tokens per row, milliseconds. */
@@ -19,11 +20,14 @@ export class StepProfile {
   #resizes = 0;
   #resizeMs = 0;
 
+  /** `resizesTimed`: whether re-layouts are timed apart from the model runs (see profileRunner). */
+  constructor(readonly resizesTimed = true) {}
+
   record(inputs: readonly RowInput[], ms: number): void {
     this.#runs.push({ rows: inputs.length, tokensPerRow: inputs[0]?.tokens.length ?? 0, ms });
   }
 
-  /** A runner.reserve call that re-laid out the row buffers (`ms` long). */
+  /** A re-layout of the row buffers (`ms` long, 0 where it is not timed). */
   recordResize(ms: number): void {
     this.#resizes++;
     this.#resizeMs += ms;
@@ -62,7 +66,8 @@ export class StepProfile {
       prefill_ms: round(prefillMs, 0),
       // the runner growing or shrinking every row's buffers to a new number of slots (allocates and copies)
       resizes: this.#resizes,
-      resize_ms: round(this.#resizeMs, 0),
+      // null where the re-layouts' time is part of the model runs' (a runner on the model thread)
+      resize_ms: this.resizesTimed ? round(this.#resizeMs, 0) : null,
       // sampling, KV bookkeeping, row moves, event delivery: everything outside the model runs
       host_ms: round(hostMs, 0),
       host_ms_per_token: generated ? round(hostMs / generated, 3) : null,
@@ -76,29 +81,42 @@ export interface KvPeak {
   prefix: number;
 }
 
-/** Times every model run of `engine`'s runner into a new StepProfile (calling `onRun` after each); keeps the KV peaks. */
+/**
+ * Times every model run of `engine`'s runner into a new StepProfile (calling `onRun` after each) and keeps the KV
+ * peaks. Re-layouts of the row buffers: on this thread, a reserve call that changed the runner's bytes, timed. On
+ * the model thread (ThreadedRunner) reserve only sends the call, and the bytes change when the thread answers: there
+ * the re-layout runs queued ahead of the next model run, so its time is inside that run's time here and cannot be
+ * told apart, and re-layouts are counted from the bytes each model run reports, a change from the run before
+ * counting as one (so several between two runs count once, and a grow and shrink that cancel out not at all).
+ */
 export function profileRunner(engine: Engine, onRun?: () => void): { profile: StepProfile; kvPeak: KvPeak } {
   const runner = engine.runner;
-  const profile = new StepProfile();
+  const onThread: boolean = runner instanceof ThreadedRunner;
+  const profile = new StepProfile(!onThread);
   const kvPeak = { rows: 0, prefix: 0 };
-  const step = runner.step.bind(runner);
-  const reserve = runner.reserve.bind(runner);
-  runner.reserve = (length: number) => {
-    const [t0, before] = [performance.now(), runner.workingBytes()];
-    reserve(length);
-    if (runner.workingBytes() !== before) profile.recordResize(performance.now() - t0);
-  };
+  let bytesSeen = runner.workingBytes();
+  if (!onThread) {
+    const reserve = runner.reserve.bind(runner);
+    runner.reserve = (length: number) => {
+      const [t0, before] = [performance.now(), runner.workingBytes()];
+      reserve(length);
+      if (runner.workingBytes() !== before) profile.recordResize(performance.now() - t0);
+    };
+  }
   const timed = <A extends unknown[], R>(run: (inputs: RowInput[], ...rest: A) => Promise<R>) =>
     async (inputs: RowInput[], ...rest: A): Promise<R> => {
       const t0 = performance.now();
       const result = await run(inputs, ...rest);
       profile.record(inputs, performance.now() - t0);
-      kvPeak.rows = Math.max(kvPeak.rows, runner.workingBytes());
+      const bytes = runner.workingBytes();
+      if (onThread && bytes !== bytesSeen) profile.recordResize(0);
+      bytesSeen = bytes;
+      kvPeak.rows = Math.max(kvPeak.rows, bytes);
       kvPeak.prefix = Math.max(kvPeak.prefix, engine.cache.usedBlocks * engine.cache.bytesPerBlock);
       onRun?.();
       return result;
     };
-  runner.step = timed(step);
+  runner.step = timed(runner.step.bind(runner));
   if (runner.stepAndSample) runner.stepAndSample = timed(runner.stepAndSample.bind(runner));
   return { profile, kvPeak };
 }
