@@ -2,7 +2,7 @@
  * The engine's bookkeeping invariants: rows, the scheduler's queues and the prefix cache's references must agree
  * with the sequences they describe. Checked after every step in tests; a broken one names what is wrong.
  */
-import type { KvCache } from "./kv-cache.ts";
+import type { PrefixCache } from "./prefix-cache.ts";
 import type { Sequence } from "./sequence.ts";
 
 /** What the audit reads: the engine's own state, between steps. */
@@ -13,7 +13,7 @@ export interface EngineState {
   /** The sequence in each runner row (null: free). */
   rows: readonly (Sequence | null)[];
   maxNumSeqs: number;
-  cache: KvCache;
+  cache: PrefixCache;
   /** Sequences the engine can still find by id (abort): every one not finished. */
   live: readonly Sequence[];
 }

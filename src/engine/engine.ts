@@ -3,7 +3,7 @@
  * back as token events; between steps the scheduler lets requests join and leave (continuous batching). What one
  * step does on the model is engine/step-executor.ts's.
  */
-import { KvCache, type KvCacheStats } from "./kv-cache.ts";
+import { PrefixCache, type PrefixCacheStats } from "./prefix-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { requestHandle, type SubmittedRequest } from "./request.ts";
 import { Scheduler } from "./scheduler.ts";
@@ -53,7 +53,7 @@ export interface EngineStats {
   held: number;
   preemptions: number;
   steps: number;
-  cache: KvCacheStats;
+  cache: PrefixCacheStats;
   /** The KV budget in bytes, and what the running rows' tokens and the prefix cache's blocks take of it now. */
   kvCacheBytes: number;
   kvUsedBytes: number;
@@ -61,7 +61,7 @@ export interface EngineStats {
 
 export class Engine {
   readonly scheduler: Scheduler;
-  readonly cache: KvCache;
+  readonly cache: PrefixCache;
   readonly #executor: StepExecutor;
   /** Requests submitted while held, in arrival order. */
   readonly #held: Sequence[] = [];
@@ -76,7 +76,7 @@ export class Engine {
     // One row stays free for moves (RowTable.gather).
     const maxNumSeqs = Math.max(1, Math.min(options.maxNumSeqs ?? 32, runner.maxRows - 1));
     const { floatsPerToken } = runner;
-    this.cache = new KvCache({ blockSize: options.blockSize ?? 16, floatsPerToken, capacityBlocks: 0 });
+    this.cache = new PrefixCache({ blockSize: options.blockSize ?? 16, floatsPerToken, capacityBlocks: 0 });
     this.scheduler = new Scheduler({
       maxNumSeqs,
       maxNumBatchedTokens: options.maxNumBatchedTokens ?? 512,

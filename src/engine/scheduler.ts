@@ -2,7 +2,7 @@
  * Continuous batching: decides, before every model step, which sequences join (FIFO), which are preempted when KV
  * memory runs out, and how the step's token budget is split between decoding rows and chunks of prefill.
  */
-import { KvCache } from "./kv-cache.ts";
+import { PrefixCache } from "./prefix-cache.ts";
 import type { Sequence } from "./sequence.ts";
 
 export interface SchedulerLimits {
@@ -65,7 +65,7 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
 
-  constructor(readonly limits: SchedulerLimits, readonly cache: KvCache, readonly prefixCaching: boolean) {}
+  constructor(readonly limits: SchedulerLimits, readonly cache: PrefixCache, readonly prefixCaching: boolean) {}
 
   get hasWork(): boolean {
     return this.waiting.length > 0 || this.running.length > 0;

@@ -3,7 +3,7 @@
  * and the prefill runs, samples, appends each sampled token to its sequence and stops the sequences that are done.
  * A step that fails puts its sequences back in the queue to be recomputed.
  */
-import { KvCache } from "./kv-cache.ts";
+import { PrefixCache } from "./prefix-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { PromptScorer } from "./prompt-logprobs.ts";
 import { RowTable } from "./rows.ts";
@@ -18,7 +18,7 @@ const MAX_FAULTS = 2;
 /** What a step works with beyond the model, and how it reports back to the engine. */
 export interface StepContext {
   scheduler: Scheduler;
-  cache: KvCache;
+  cache: PrefixCache;
   /** Runner rows: one more than the most sequences running at once, for moves. */
   rowCount: number;
   /** Threads that sample rows whose logits come back to the host. */
@@ -256,7 +256,7 @@ export class StepExecutor {
     const bs = cache.blockSize;
     while ((seq.blockIds.length + 1) * bs <= seq.numComputed) {
       const start = seq.blockIds.length * bs;
-      const parent = seq.blockIds.at(-1) ?? KvCache.ROOT;
+      const parent = seq.blockIds.at(-1) ?? PrefixCache.ROOT;
       const id = cache.insert(parent, seq.tokens, start, (out) => this.#runner.readKv(seq.row!, start, bs, out));
       if (id === null) return;
       seq.blockIds.push(id);

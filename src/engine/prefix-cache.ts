@@ -1,6 +1,7 @@
 /**
  * The prefix cache: full blocks of KV keyed by their whole token prefix, shared across requests, bounded in bytes,
- * evicted least-recently-used once no sequence references them, and tagged with the weights version.
+ * evicted least-recently-used once no sequence references them, and tagged with the weights version. It holds copies
+ * of blocks: a running sequence's KV lives in its row of the model runner, and is copied in from here at admission.
  */
 
 interface Block {
@@ -13,7 +14,7 @@ interface Block {
   children: Set<number>;
 }
 
-export interface KvCacheStats {
+export interface PrefixCacheStats {
   /** Prompt tokens looked up, and how many of them were found cached. */
   queriedTokens: number;
   hitTokens: number;
@@ -25,7 +26,7 @@ export interface KvCacheStats {
 const ROOT = -1;
 
 /** Block store for automatic prefix caching. */
-export class KvCache {
+export class PrefixCache {
   readonly blockSize: number;
   readonly floatsPerBlock: number;
   #capacity: number;
@@ -152,7 +153,7 @@ export class KvCache {
     this.#version = version;
   }
 
-  stats(): KvCacheStats {
+  stats(): PrefixCacheStats {
     return { ...this.#stats, blocks: this.#blocks.size, capacityBlocks: this.#capacity };
   }
 
