@@ -3,7 +3,7 @@
  * tokens a model run outputs ([batch, kvHeads, seq, headDim]) into their rows, and blocks of the canonical
  * layout ([layer][K, V][kvHeads][token][headDim], split here into a K and a V buffer) into or out of rows for the
  * prefix cache. Rows are the engine graph's: K [rows, kvHeads, headDim, capacity], V [rows, kvHeads, capacity,
- * headDim]. Its CPU twin is EngineKv (src/model/engine-kv.ts: storeNew, read, write); both only move words.
+ * headDim]. Its CPU twin is EngineKv (src/model/runners/engine-kv.ts: storeNew, read, write); both only move words.
  */
 import { type KvLayerBuffers, type KvRowsLayout, uploadWords } from "./gpu-kv-copy.ts";
 import { COPY_DST, kernelPipeline, STORAGE, UNIFORM } from "./webgpu.ts";

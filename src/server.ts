@@ -15,12 +15,12 @@ import { Engine } from "./engine/engine.ts";
 import { SamplerPool } from "./engine/sampler-pool.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
-import { setCpuThreads } from "./model/backends.ts";
+import { setCpuThreads } from "./model/ort/backends.ts";
 import { type ModelInfo, openModel } from "./model/loader.ts";
 import { BUILTIN_MODEL_NAME, defaultCacheDir } from "./model/builtin.ts";
-import { engineRowCapacity } from "./model/engine-kv.ts";
-import { startModelThread } from "./model/model-thread.ts";
-import { openModelRunner, type RunnerLayout } from "./model/open-runner.ts";
+import { engineRowCapacity } from "./model/runners/engine-kv.ts";
+import { startModelThread } from "./model/thread/model-thread.ts";
+import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */

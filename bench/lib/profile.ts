@@ -4,7 +4,7 @@
  */
 import type { Engine } from "../../src/engine/engine.ts";
 import type { RowInput } from "../../src/engine/model-runner.ts";
-import { ThreadedRunner } from "../../src/model/threaded-runner.ts";
+import { ThreadedRunner } from "../../src/model/thread/threaded-runner.ts";
 import { round } from "./report.ts";
 
 /** Per model run of the engine: rows, tokens per row, milliseconds. */

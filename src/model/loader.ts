@@ -3,19 +3,19 @@ import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transforme
 import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { createLogger, type Logger } from "../log.ts";
-import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSource, openOnDevice } from "./backends.ts";
+import { type Backend, backendFor, type Device, type DeviceChoice, type ModelSource, openOnDevice } from "./ort/backends.ts";
 import { isBuiltModel } from "./builder/build.ts";
 import { BUILTIN_MODEL, builtinModelDir, ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
 import { ensureConverted } from "./builder/convert.ts";
-import { checkModelDir, dtypesIn, type ModelDtype, onnxFileName, type OnnxFiles, onnxFilesIn } from "./model-files.ts";
-import { hasCheckpoint } from "./safetensors.ts";
-import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } from "./model-source.ts";
-import { offThread } from "./model-thread.ts";
-import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort-types.ts";
-import { tokenizerFromParts } from "./tokenizer-load.ts";
-import type { TokenizerParts } from "./tokenizer-parts.ts";
+import { checkModelDir, dtypesIn, type ModelDtype, onnxFileName, type OnnxFiles, onnxFilesIn } from "./sources/model-files.ts";
+import { hasCheckpoint } from "./sources/safetensors.ts";
+import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } from "./sources/model-source.ts";
+import { offThread } from "./thread/model-thread.ts";
+import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort/ort-types.ts";
+import { tokenizerFromParts } from "./tokenizer/tokenizer-load.ts";
+import type { TokenizerParts } from "./tokenizer/tokenizer-parts.ts";
 
 /** Options of loadModel. */
 export interface LoadModelOptions {

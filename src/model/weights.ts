@@ -12,12 +12,12 @@ import { ONNX_FILES } from "./builder/build.ts";
 import { convertCheckpoint } from "./builder/convert.ts";
 import { EngineLayoutError, writeEngineGraph } from "./builder/engine-decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
-import { type Backend, cpuThreadCount } from "./backends.ts";
+import { type Backend, cpuThreadCount } from "./ort/backends.ts";
 import type { ModelRunner } from "../engine/model-runner.ts";
-import { EngineRunner } from "./engine-runner.ts";
-import { openModelRunner, openStandardRunner } from "./open-runner.ts";
-import { openOffThread } from "./threaded-runner.ts";
-import { hasCheckpoint } from "./safetensors.ts";
+import { EngineRunner } from "./runners/engine-runner.ts";
+import { openModelRunner, openStandardRunner } from "./runners/open-runner.ts";
+import { openOffThread } from "./thread/threaded-runner.ts";
+import { hasCheckpoint } from "./sources/safetensors.ts";
 import { WeightsError } from "./errors.ts";
 
 export { WeightsError, type WeightsProblem } from "./errors.ts";

@@ -6,8 +6,8 @@ import { before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { RowTable } from "../../src/engine/rows.ts";
 import { Sequence } from "../../src/engine/sequence.ts";
-import { backendFor } from "../../src/model/backends.ts";
-import { openEngineRunner } from "../../src/model/engine-runner.ts";
+import { backendFor } from "../../src/model/ort/backends.ts";
+import { openEngineRunner } from "../../src/model/runners/engine-runner.ts";
 import type { ModelRunner } from "../../src/engine/model-runner.ts";
 import { tinyModelDir } from "../support/served.ts";
 

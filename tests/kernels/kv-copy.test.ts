@@ -8,7 +8,7 @@ import {
   type KvRangeCopy,
   type KvRowsLayout,
 } from "../../kernels/gpu-kv-copy.ts";
-import { EngineKv } from "../../src/model/engine-kv.ts";
+import { EngineKv } from "../../src/model/runners/engine-kv.ts";
 import { readBack, testDevice, upload } from "../support/gpu-device.ts";
 
 const { device, noGpu, release } = await testDevice();

@@ -6,7 +6,7 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
-import { EngineKv } from "../../src/model/engine-kv.ts";
+import { EngineKv } from "../../src/model/runners/engine-kv.ts";
 import { readBack, testDevice, upload as uploadTo } from "../support/gpu-device.ts";
 
 const { device, noGpu, release } = await testDevice();

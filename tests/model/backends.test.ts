@@ -3,13 +3,13 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { availableDevices } from "../../src/model/backends.ts";
+import { availableDevices } from "../../src/model/ort/backends.ts";
 import { buildModel } from "../../src/model/builder/build.ts";
 import { DeviceUnavailableError } from "../../src/model/errors.ts";
-import { onnxFilesIn } from "../../src/model/model-files.ts";
+import { onnxFilesIn } from "../../src/model/sources/model-files.ts";
 import { type LoadedModel, loadModel, type LoadModelOptions } from "../../src/model/loader.ts";
-import type { OrtTensor } from "../../src/model/ort-types.ts";
-import { RunQueue } from "../../src/model/run-queue.ts";
+import type { OrtTensor } from "../../src/model/ort/ort-types.ts";
+import { RunQueue } from "../../src/model/ort/run-queue.ts";
 import { type Logger, silentLogger } from "../../src/log.ts";
 import { leftPad } from "./reference.ts";
 

@@ -14,9 +14,9 @@ import {
 } from "../../src/model/builder/build.ts";
 import { decodeModel } from "../../src/model/builder/onnx-read.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
-import { openEngineRunner } from "../../src/model/engine-runner.ts";
-import { engineRowCapacity } from "../../src/model/engine-kv.ts";
-import { backendFor } from "../../src/model/backends.ts";
+import { openEngineRunner } from "../../src/model/runners/engine-runner.ts";
+import { engineRowCapacity } from "../../src/model/runners/engine-kv.ts";
+import { backendFor } from "../../src/model/ort/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
 import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
 import { allLogits, canonicalKv, mixedChunks, refusesBadSteps, type RunnerUnderTest } from "../support/runner-contract.ts";

@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { backendFor } from "../../src/model/backends.ts";
+import { backendFor } from "../../src/model/ort/backends.ts";
 import { buildModel } from "../../src/model/builder/build.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
-import { openModelRunner } from "../../src/model/open-runner.ts";
-import { ThreadedRunner } from "../../src/model/threaded-runner.ts";
+import { openModelRunner } from "../../src/model/runners/open-runner.ts";
+import { ThreadedRunner } from "../../src/model/thread/threaded-runner.ts";
 import { openWeights, WeightsError } from "../../src/model/weights.ts";
 import { prefill, tokens } from "../support/runner-checks.ts";
 import {

@@ -10,8 +10,8 @@ import * as path from "node:path";
 import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
 import { tokenizerFiles } from "../../src/model/builder/hf-files.ts";
 import { getPreset } from "../../src/model/builder/presets.ts";
-import { tokenizerFromParts } from "../../src/model/tokenizer-load.ts";
-import { tokenizerParts } from "../../src/model/tokenizer-parts.ts";
+import { tokenizerFromParts } from "../../src/model/tokenizer/tokenizer-load.ts";
+import { tokenizerParts } from "../../src/model/tokenizer/tokenizer-parts.ts";
 
 const TEXTS = [
   "Hello, world",

@@ -9,7 +9,7 @@ import { buildModel } from "../../src/model/builder/build.ts";
 import { weightSpecs } from "../../src/model/builder/arch.ts";
 import { getPreset } from "../../src/model/builder/presets.ts";
 import { randomWeights } from "../../src/model/builder/random-weights.ts";
-import { type TensorToWrite, writeSafetensors } from "../../src/model/safetensors.ts";
+import { type TensorToWrite, writeSafetensors } from "../../src/model/sources/safetensors.ts";
 
 /** Writes the checkpoint of `preset` with `seed` into `dir` (dtype of the stored tensors: F32 or BF16). */
 export async function writeCheckpoint(dir: string, preset: string, seed: number, dtype: "F32" | "BF16" = "F32") {

@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Checkpoint, checkpointFiles } from "../safetensors.ts";
+import { Checkpoint, checkpointFiles } from "../sources/safetensors.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 import { archFromConfig, type DecoderArch, weightSpecs } from "./arch.ts";
 import { BUILD_RECORD, type BuiltModel, ENGINE_FILES, isBuiltModel, ONNX_FILES, readBuildRecord } from "./build.ts";

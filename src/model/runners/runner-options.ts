@@ -2,9 +2,9 @@
  * What a runner over an ONNX session runs on: the session, the model's shape and the rows it holds. EngineRunner
  * takes these; GpuEngineRunner and StandardRunner take them too, less copyInputs.
  */
-import type { DecoderArch } from "./builder/arch.ts";
-import type { OrtModule, OrtSession } from "./ort-types.ts";
-import type { RunQueue } from "./run-queue.ts";
+import type { DecoderArch } from "../builder/arch.ts";
+import type { OrtModule, OrtSession } from "../ort/ort-types.ts";
+import type { RunQueue } from "../ort/run-queue.ts";
 
 /** What an EngineRunner runs on. */
 export interface EngineRunnerOptions {

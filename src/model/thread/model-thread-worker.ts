@@ -4,17 +4,17 @@
  * converts models, the load's other long stretches of work.
  */
 import { parentPort } from "node:worker_threads";
-import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import { localNativeBackend, setCpuThreads } from "./backends.ts";
-import { ensureBuiltinModel } from "./builtin.ts";
-import type { WeightDtype } from "./builder/layers.ts";
-import { ensureConverted } from "./builder/convert.ts";
-import type { OpenEngineRunnerOptions } from "./engine-runner.ts";
+import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
+import { localNativeBackend, setCpuThreads } from "../ort/backends.ts";
+import { ensureBuiltinModel } from "../builtin.ts";
+import type { WeightDtype } from "../builder/layers.ts";
+import { ensureConverted } from "../builder/convert.ts";
+import type { OpenEngineRunnerOptions } from "../runners/engine-runner.ts";
 import { serializeError, type ThreadReply, type ThreadRequest } from "./model-thread.ts";
-import { openModelRunner } from "./open-runner.ts";
+import { openModelRunner } from "../runners/open-runner.ts";
 import type { StepReply, ThreadedRunnerInfo } from "./threaded-runner.ts";
-import { tokenizerParts } from "./tokenizer-parts.ts";
-import { openWeights, type ServedWeights } from "./weights.ts";
+import { tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
+import { openWeights, type ServedWeights } from "../weights.ts";
 
 /** Where a runner opens: the device of the calling thread's backend, with its thread count. */
 interface OnDevice {

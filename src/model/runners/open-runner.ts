@@ -6,16 +6,16 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { ModelRunner } from "../engine/model-runner.ts";
-import { unsupportedFeatures } from "./builder/convert.ts";
-import { EngineLayoutError } from "./builder/engine-decoder.ts";
-import { decodeModel } from "./builder/onnx-read.ts";
-import { cpuThreadCount } from "./backends.ts";
+import type { ModelRunner } from "../../engine/model-runner.ts";
+import { unsupportedFeatures } from "../builder/convert.ts";
+import { EngineLayoutError } from "../builder/engine-decoder.ts";
+import { decodeModel } from "../builder/onnx-read.ts";
+import { cpuThreadCount } from "../ort/backends.ts";
 import { type OpenEngineRunnerOptions, openEngineRunner } from "./engine-runner.ts";
-import { onnxFilesIn, type OnnxFiles } from "./model-files.ts";
-import type { OrtSession } from "./ort-types.ts";
+import { onnxFilesIn, type OnnxFiles } from "../sources/model-files.ts";
+import type { OrtSession } from "../ort/ort-types.ts";
 import { StandardRunner } from "./standard-runner.ts";
-import { openOffThread } from "./threaded-runner.ts";
+import { openOffThread } from "../thread/threaded-runner.ts";
 
 /** The graph a runner runs: the engine's own, or the model's standard one. */
 export type RunnerLayout = "engine" | "standard";

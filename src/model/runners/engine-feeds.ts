@@ -2,8 +2,8 @@
  * What the engine graph's runners (EngineRunner: cache in host memory; GpuEngineRunner: cache in GPU buffers)
  * share: the checks of a step's rows and the token inputs of a run.
  */
-import type { RowInput } from "../engine/model-runner.ts";
-import type { OrtModule, OrtTensor } from "./ort-types.ts";
+import type { RowInput } from "../../engine/model-runner.ts";
+import type { OrtModule, OrtTensor } from "../ort/ort-types.ts";
 
 export type TensorClass = new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
 

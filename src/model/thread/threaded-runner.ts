@@ -6,9 +6,9 @@
  * fails on the thread all the same fails the runner's next step or readKv there, once, rather than let it run on
  * rows left as they should not be (the engine then recomputes the rows of that step).
  */
-import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
-import { engineRowCapacity } from "./engine-kv.ts";
+import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
+import { checkCanonical, checkRow, checkStep } from "../runners/engine-feeds.ts";
+import { engineRowCapacity } from "../runners/engine-kv.ts";
 import { type ModelThread, modelThread, ModelThreadError } from "./model-thread.ts";
 
 /** What the model thread says of a runner it opened. */

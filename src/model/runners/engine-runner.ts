@@ -5,14 +5,14 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import { archFromConfig } from "./builder/arch.ts";
-import { ensureEngineGraph, ONNX_FILES } from "./builder/build.ts";
+import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
+import { archFromConfig } from "../builder/arch.ts";
+import { ensureEngineGraph, ONNX_FILES } from "../builder/build.ts";
 import { EngineKv, engineRowCapacity } from "./engine-kv.ts";
-import type { Backend } from "./backends.ts";
-import type { EngineRunnerOptions } from "./engine-runner-options.ts";
-import type { OrtSession, OrtSessionOptions, OrtTensor } from "./ort-types.ts";
-import { RunQueue } from "./run-queue.ts";
+import type { Backend } from "../ort/backends.ts";
+import type { EngineRunnerOptions } from "./runner-options.ts";
+import type { OrtSession, OrtSessionOptions, OrtTensor } from "../ort/ort-types.ts";
+import { RunQueue } from "../ort/run-queue.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
 import {
   checkCanonical,

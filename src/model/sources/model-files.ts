@@ -1,7 +1,7 @@
 /** Which files of a model directory hold the ONNX graph for a dtype, checked before anything is loaded. */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import * as path from "node:path";
-import { ModelLoadError } from "./errors.ts";
+import { ModelLoadError } from "../errors.ts";
 
 /** Weight precisions the server can be asked for. */
 export type ModelDtype = "fp32" | "fp16" | "q8" | "q4";

@@ -7,9 +7,9 @@
  * session opened here also runs here (ThreadedRunner), and the KV cache lives here with it.
  */
 import { Worker } from "node:worker_threads";
-import { runtimeName } from "../runtime/detect.ts";
-import { EngineLayoutError } from "./builder/engine-decoder.ts";
-import { DeviceUnavailableError, ModelLoadError, WeightsError, type WeightsProblem } from "./errors.ts";
+import { runtimeName } from "../../runtime/detect.ts";
+import { EngineLayoutError } from "../builder/engine-decoder.ts";
+import { DeviceUnavailableError, ModelLoadError, WeightsError, type WeightsProblem } from "../errors.ts";
 
 /** A request to the model thread: an operation by name, with its arguments. */
 export interface ThreadRequest {

@@ -5,7 +5,7 @@
 import { AutoConfig, env as transformersEnv } from "@huggingface/transformers";
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeSync } from "node:fs";
 import * as path from "node:path";
-import { ModelLoadError } from "./errors.ts";
+import { ModelLoadError } from "../errors.ts";
 
 /** A model named on the command line, resolved. */
 export interface ModelLocation {

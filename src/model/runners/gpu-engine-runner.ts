@@ -6,12 +6,12 @@
  * for callers that need them (prompt log-probabilities). Rows are laid out as EngineRunner's, one buffer per
  * layer for K and one for V.
  */
-import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
-import type { RowSampling, SampledToken } from "../engine/sampler.ts";
-import { forkPrefix, GpuKvCopier, type KvRowsLayout } from "../../kernels/gpu-kv-copy.ts";
-import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../kernels/gpu-kv-scatter.ts";
-import { GpuSampler } from "../../kernels/gpu-sampler.ts";
-import { COPY_DST, COPY_SRC, MAP_MODE_READ, MAP_READ, STORAGE } from "../../kernels/webgpu.ts";
+import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
+import type { RowSampling, SampledToken } from "../../engine/sampler.ts";
+import { forkPrefix, GpuKvCopier, type KvRowsLayout } from "../../../kernels/gpu-kv-copy.ts";
+import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../../kernels/gpu-kv-scatter.ts";
+import { GpuSampler } from "../../../kernels/gpu-sampler.ts";
+import { COPY_DST, COPY_SRC, MAP_MODE_READ, MAP_READ, STORAGE } from "../../../kernels/webgpu.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
 import {
   checkCanonical,
@@ -24,9 +24,9 @@ import {
   tensorClass,
   tokenFeeds,
 } from "./engine-feeds.ts";
-import type { EngineRunnerOptions } from "./engine-runner-options.ts";
-import type { OrtTensor } from "./ort-types.ts";
-import { RunQueue } from "./run-queue.ts";
+import type { EngineRunnerOptions } from "./runner-options.ts";
+import type { OrtTensor } from "../ort/ort-types.ts";
+import { RunQueue } from "../ort/run-queue.ts";
 
 const KV_USAGE = STORAGE | COPY_SRC | COPY_DST;
 

@@ -7,12 +7,12 @@
  * just the new tokens' K/V from the present. Each row owns its cache, per layer one K and one V buffer
  * [kvHeads, capacity, headDim], grown on demand and freed when the row is released.
  */
-import type { ModelRunner, RowInput } from "../engine/model-runner.ts";
+import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
 import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
-import type { EngineRunnerOptions } from "./engine-runner-options.ts";
-import type { OrtSession, OrtTensor } from "./ort-types.ts";
-import { RunQueue } from "./run-queue.ts";
+import type { EngineRunnerOptions } from "./runner-options.ts";
+import type { OrtSession, OrtTensor } from "../ort/ort-types.ts";
+import { RunQueue } from "../ort/run-queue.ts";
 
 /** What a StandardRunner runs on: what an EngineRunner does, over a standard graph (onnx/model*.onnx). */
 export interface StandardRunnerOptions extends Omit<EngineRunnerOptions, "copyInputs"> {

@@ -1,0 +1,197 @@
+/**
+ * The KV cache rows of the engine graph, kept in the layout it reads: per layer one K buffer
+ * [rows, kvHeads, headDim, capacity] (transposed) and one V buffer [rows, kvHeads, capacity, headDim], so a
+ * contiguous range of rows is a single subarray of each (other sets of rows are gathered into a copy). Outside this file KV moves in the canonical layout
+ * [layers][K, V][kvHeads][token][headDim] (what the prefix cache stores).
+ */
+
+/** The cache dimensions of a model. */
+export interface KvShape {
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+/** Slots a row is given for `length` tokens: powers of two from 64 up to 1024, then multiples of 1024. */
+export function engineRowCapacity(length: number, maxLength: number): number {
+  if (length > maxLength) throw new Error(`a row of ${length} tokens exceeds the maximum length ${maxLength}`);
+  const bucket = length <= 1024 ? 2 ** Math.ceil(Math.log2(Math.max(64, length))) : Math.ceil(length / 1024) * 1024;
+  return Math.min(bucket, maxLength);
+}
+
+/**
+ * Per-layer K/V row buffers in the engine graph's layout. Rows [0, rows) are held: the row count and the slots per
+ * row both change by re-laying out the buffers, so that memory follows the rows in use rather than the most there
+ * may ever be.
+ */
+export class EngineKv {
+  /** Floats one token takes across layers, K and V. */
+  readonly floatsPerToken: number;
+  #keys: Float32Array[] = [];
+  #values: Float32Array[] = [];
+  #capacity = 0;
+  #rows = 0;
+
+  /** `rows`: rows the first resize lays out, unless it says otherwise. */
+  constructor(readonly shape: KvShape, rows = 0) {
+    this.floatsPerToken = shape.numLayers * 2 * shape.numKvHeads * shape.headDim;
+    this.#rows = rows;
+  }
+
+  /** Token slots per row. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /** Rows held (rows at or above this hold nothing). */
+  get rows(): number {
+    return this.#rows;
+  }
+
+  /** Bytes held. */
+  get bytes(): number {
+    return this.#rows * this.#capacity * this.floatsPerToken * 4;
+  }
+
+  /**
+   * Re-lays out the buffers for `rows` rows of `capacity` slots, keeping the first min(old, new) tokens of each of
+   * the first min(old, new) rows.
+   */
+  resize(capacity: number, rows = this.#rows): void {
+    if (capacity === this.#capacity && rows === this.#rows) return;
+    const { numLayers, numKvHeads: kvh, headDim: d } = this.shape;
+    const old = this.#capacity;
+    const keep = Math.min(old, capacity);
+    const kept = Math.min(this.#rows, rows);
+    const size = rows * kvh * d * capacity;
+    // Layer by layer, each old buffer is dropped as its successor is filled: the peak is one layer over the larger
+    // layout, not both layouts whole.
+    const [keys, values] = [this.#keys, this.#values];
+    for (let l = 0; l < numLayers; l++) {
+      const k = new Float32Array(size);
+      const v = new Float32Array(size);
+      if (keep > 0 && kept > 0) {
+        const [oldK, oldV] = [keys[l], values[l]];
+        if (old === capacity) {
+          // Same slots per row: the kept rows are one prefix of each buffer.
+          k.set(oldK.subarray(0, kept * kvh * d * old));
+          v.set(oldV.subarray(0, kept * kvh * d * old));
+        } else {
+          for (let run = 0; run < kept * kvh * d; run++) {
+            k.set(oldK.subarray(run * old, run * old + keep), run * capacity);
+          }
+          for (let run = 0; run < kept * kvh; run++) {
+            v.set(oldV.subarray(run * old * d, (run * old + keep) * d), run * capacity * d);
+          }
+        }
+      }
+      keys[l] = k;
+      values[l] = v;
+    }
+    [this.#capacity, this.#rows] = [capacity, rows];
+  }
+
+  /** Frees the buffers. */
+  clear(): void {
+    [this.#keys, this.#values, this.#capacity, this.#rows] = [[], [], 0, 0];
+  }
+
+  /** Layer `layer`'s K and V of rows [first, first + count), as views (no copy). */
+  rowRange(layer: number, first: number, count: number): { key: Float32Array; value: Float32Array } {
+    const stride = this.shape.numKvHeads * this.shape.headDim * this.#capacity;
+    const [from, to] = [first * stride, (first + count) * stride];
+    return { key: this.#keys[layer].subarray(from, to), value: this.#values[layer].subarray(from, to) };
+  }
+
+  /** Layer `layer`'s K and V of the given rows, in that order, as copies (for rows that are not one range). */
+  gatherRows(layer: number, rows: readonly number[]): { key: Float32Array; value: Float32Array } {
+    const stride = this.shape.numKvHeads * this.shape.headDim * this.#capacity;
+    const key = new Float32Array(rows.length * stride);
+    const value = new Float32Array(rows.length * stride);
+    rows.forEach((row, b) => {
+      key.set(this.#keys[layer].subarray(row * stride, (row + 1) * stride), b * stride);
+      value.set(this.#values[layer].subarray(row * stride, (row + 1) * stride), b * stride);
+    });
+    return { key, value };
+  }
+
+  /**
+   * Stores new tokens' K and V ([batch, kvHeads, seq, headDim], as the graph outputs them): the first lengths[b]
+   * tokens of batch entry b go into row rows[b] at slots [starts[b], starts[b] + lengths[b]).
+   */
+  storeNew(
+    layer: number,
+    rows: readonly number[],
+    starts: readonly number[],
+    lengths: readonly number[],
+    seq: number,
+    key: Float32Array,
+    value: Float32Array,
+  ) {
+    const { numKvHeads: kvh, headDim: d } = this.shape;
+    const cap = this.#capacity;
+    const [keys, values] = [this.#keys[layer], this.#values[layer]];
+    rows.forEach((row, b) => {
+      const [start, length] = [starts[b], lengths[b]];
+      for (let h = 0; h < kvh; h++) {
+        const src = (b * kvh + h) * seq * d;
+        const run = row * kvh + h;
+        values.set(value.subarray(src, src + length * d), (run * cap + start) * d);
+        for (let i = 0; i < d; i++) {
+          const dst = (run * d + i) * cap + start;
+          for (let s = 0; s < length; s++) keys[dst + s] = key[src + s * d + i];
+        }
+      }
+    });
+  }
+
+  /** Copies slots [0, length) of row `from` into row `to`. */
+  copyRow(from: number, to: number, length: number): void {
+    const { numKvHeads: kvh, headDim: d } = this.shape;
+    const cap = this.#capacity;
+    for (let l = 0; l < this.shape.numLayers; l++) {
+      const [keys, values] = [this.#keys[l], this.#values[l]];
+      for (let h = 0; h < kvh; h++) {
+        for (let i = 0; i < d; i++) {
+          const src = ((from * kvh + h) * d + i) * cap;
+          keys.copyWithin(((to * kvh + h) * d + i) * cap, src, src + length);
+        }
+        const src = (from * kvh + h) * cap * d;
+        values.copyWithin((to * kvh + h) * cap * d, src, src + length * d);
+      }
+    }
+  }
+
+  /** Copies slots [start, start + length) of `row` into `out`, in the canonical layout. */
+  read(row: number, start: number, length: number, out: Float32Array): void {
+    this.#transfer(row, start, length, out, false);
+  }
+
+  /** Writes `data` (canonical layout) into slots [start, start + length) of `row`. */
+  write(row: number, start: number, length: number, data: Float32Array): void {
+    this.#transfer(row, start, length, data, true);
+  }
+
+  #transfer(row: number, start: number, length: number, canonical: Float32Array, intoRow: boolean): void {
+    const { numLayers, numKvHeads: kvh, headDim: d } = this.shape;
+    const cap = this.#capacity;
+    const block = kvh * length * d;
+    for (let l = 0; l < numLayers; l++) {
+      const [keys, values] = [this.#keys[l], this.#values[l]];
+      for (let h = 0; h < kvh; h++) {
+        const kBase = (2 * l * kvh + h) * length * d; // canonical [l][K][h][token][d]
+        const vBase = kBase + block; // canonical [l][V][h][token][d]
+        const vRow = ((row * kvh + h) * cap + start) * d;
+        if (intoRow) values.set(canonical.subarray(vBase, vBase + length * d), vRow);
+        else canonical.set(values.subarray(vRow, vRow + length * d), vBase);
+        for (let i = 0; i < d; i++) {
+          const kRow = ((row * kvh + h) * d + i) * cap + start;
+          for (let t = 0; t < length; t++) {
+            if (intoRow) keys[kRow + t] = canonical[kBase + t * d + i];
+            else canonical[kBase + t * d + i] = keys[kRow + t];
+          }
+        }
+      }
+    }
+  }
+}
