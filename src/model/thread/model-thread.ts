@@ -6,8 +6,8 @@
  * the calling thread only sends requests and awaits their answers. Sessions cannot move between threads, so a
  * session opened here also runs here (ThreadedRunner), and the KV cache lives here with it.
  */
-import { Worker } from "node:worker_threads";
-import { runtimeName } from "../../runtime/detect.ts";
+import type { Worker } from "node:worker_threads";
+import { startWorker } from "../../runtime/worker.ts";
 import { EngineLayoutError } from "../builder/engine-decoder.ts";
 import { DeviceUnavailableError, ModelLoadError, WeightsError, type WeightsProblem } from "../errors.ts";
 
@@ -71,7 +71,7 @@ export class ModelThread {
   #failure: Error | null = null;
 
   constructor() {
-    this.#worker = startWorker();
+    this.#worker = startWorker(import.meta.url, "model-thread-worker");
     this.#worker.on("message", (reply: ThreadReply) => this.#settle(reply));
     this.#worker.on("error", (err) => this.#fail(err));
     this.#worker.on("exit", (code) => this.#fail(new ModelThreadError(`the model thread exited (${code})`)));
@@ -156,19 +156,4 @@ export async function offThread<T>(op: string, args: unknown, here: () => Promis
     if (err instanceof ModelThreadError) return await here();
     throw err;
   }
-}
-
-/**
- * The worker, from the module beside this one: .js in the package's build; .ts from source, which Deno and Bun run
- * as it is and Node through tsx (registered in the thread first: Node 20 threads do not inherit --import hooks).
- */
-function startWorker(): Worker {
-  const fromSource = import.meta.url.endsWith(".ts");
-  const url = new URL(`./model-thread-worker${fromSource ? ".ts" : ".js"}`, import.meta.url);
-  if (!fromSource || runtimeName() !== "node") return new Worker(url);
-  const tsx = import.meta.resolve("tsx/esm/api");
-  const boot = `import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${
-    JSON.stringify(url.href)
-  }); });`;
-  return new Worker(boot, { eval: true });
 }
