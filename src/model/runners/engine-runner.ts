@@ -14,17 +14,8 @@ import type { EngineRunnerOptions } from "./runner-options.ts";
 import type { OrtSession, OrtSessionOptions, OrtTensor } from "../ort/ort-types.ts";
 import { RunQueue } from "../ort/run-queue.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
-import {
-  checkCanonical,
-  checkRange,
-  checkRow,
-  checkStep,
-  logitPicks,
-  rowLogits,
-  type TensorClass,
-  tensorClass,
-  tokenFeeds,
-} from "./engine-feeds.ts";
+import { logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
+import { checkCanonical, checkRange, checkRow, checkStep, RowLengths, slotsFor, StepGuard } from "./rows.ts";
 
 /** Runs the engine graph over KV rows it owns. */
 export class EngineRunner implements ModelRunner {
@@ -38,11 +29,10 @@ export class EngineRunner implements ModelRunner {
   readonly #queue: RunQueue;
   readonly #copyInputs: boolean;
   readonly #numLayers: number;
-  /** Tokens known to be in each row: what capacity must keep when it shrinks. */
-  readonly #lengths: Int32Array;
+  readonly #lengths: RowLengths;
+  readonly #guard = new StepGuard();
   /** Reserves in a row that found half the held rows or fewer in use (rows are dropped after SHRINK_AFTER). */
   #fewerRows = 0;
-  #stepping = false;
 
   constructor(options: EngineRunnerOptions) {
     const { arch } = options;
@@ -52,7 +42,7 @@ export class EngineRunner implements ModelRunner {
     this.#queue = options.queue ?? new RunQueue();
     this.#copyInputs = options.copyInputs ?? false;
     this.#numLayers = arch.numLayers;
-    this.#lengths = new Int32Array(options.maxRows);
+    this.#lengths = new RowLengths(options.maxRows);
     this.vocabSize = arch.vocabSize;
     this.floatsPerToken = this.#kv.floatsPerToken;
     this.maxRows = options.maxRows;
@@ -74,9 +64,8 @@ export class EngineRunner implements ModelRunner {
     const end = Math.max(...inputs.map((r) => r.start + r.tokens.length));
     if (end > this.#kv.capacity) this.reserve(end);
     this.#holdRow(Math.max(...inputs.map((r) => r.row)));
-    this.#stepping = true;
-    try {
-      return await this.#queue.run(async () => {
+    return await this.#guard.during(() =>
+      this.#queue.run(async () => {
         const picks = logitPicks(inputs);
         const out = await this.#session.run(this.#feeds(inputs, seq, picks));
         const rows = inputs.map((r) => r.row);
@@ -86,12 +75,10 @@ export class EngineRunner implements ModelRunner {
           const [key, value] = [out[`key.${l}`].data, out[`value.${l}`].data] as Float32Array[];
           this.#kv.storeNew(l, rows, starts, lengths, seq, key, value);
         }
-        for (const r of inputs) this.#lengths[r.row] = r.start + r.tokens.length;
+        this.#lengths.stepped(inputs);
         return rowLogits(out.logits.data as Float32Array, inputs, picks, this.vocabSize);
-      });
-    } finally {
-      this.#stepping = false;
-    }
+      })
+    );
   }
 
   /**
@@ -100,11 +87,9 @@ export class EngineRunner implements ModelRunner {
    * SHRINK_AFTER calls in a row (a re-layout copies every row: requests coming and going must not cause one a step).
    */
   reserve(length: number): void {
-    this.#idle("reserve");
-    const longest = Math.max(length, ...this.#lengths);
-    const target = this.rowCapacity(longest);
-    const capacity = target > this.#kv.capacity || target * 4 <= this.#kv.capacity ? target : this.#kv.capacity;
-    const used = this.#lengths.findLastIndex((n) => n > 0) + 1;
+    this.#guard.idle("reserve");
+    const capacity = slotsFor(this.rowCapacity(this.#lengths.longest(length)), this.#kv.capacity);
+    const used = this.#lengths.used();
     this.#fewerRows = used * 2 <= this.#kv.rows ? this.#fewerRows + 1 : 0;
     const rows = this.#fewerRows >= SHRINK_AFTER || used === 0 ? heldRows(used, this.maxRows) : this.#kv.rows;
     this.#kv.resize(capacity, rows);
@@ -118,16 +103,16 @@ export class EngineRunner implements ModelRunner {
   /** Marks `row` empty, so its tokens no longer keep the capacity from shrinking. */
   releaseRow(row: number): void {
     checkRow(row, this.maxRows);
-    this.#lengths[row] = 0;
+    this.#lengths.release(row);
   }
 
   copyRow(from: number, to: number, length: number): void {
-    this.#idle("copyRow");
+    this.#guard.idle("copyRow");
     checkRange(from, 0, length, this.maxRows, this.#kv.capacity);
     checkRow(to, this.maxRows);
     this.#holdRow(to);
     if (from !== to) this.#kv.copyRow(from, to, length);
-    this.#lengths[to] = length;
+    this.#lengths.set(to, length);
   }
 
   readKv(row: number, start: number, length: number, out: Float32Array): void {
@@ -137,14 +122,13 @@ export class EngineRunner implements ModelRunner {
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
-    this.#idle("writeKv");
+    this.#guard.idle("writeKv");
     checkRow(row, this.maxRows);
     checkCanonical(length, data, this.floatsPerToken);
     if (start + length > this.#kv.capacity) this.reserve(start + length);
     this.#holdRow(row);
     this.#kv.write(row, start, length, data);
-    // Blocks arrive in order from slot 0: a write there starts the row anew.
-    this.#lengths[row] = start === 0 ? length : Math.max(this.#lengths[row], start + length);
+    this.#lengths.wrote(row, start, length);
   }
 
   workingBytes(): number {
@@ -153,7 +137,7 @@ export class EngineRunner implements ModelRunner {
 
   async dispose(): Promise<void> {
     this.#kv.clear();
-    this.#lengths.fill(0);
+    this.#lengths.clear();
     await this.#queue.run(() => this.#session.release());
   }
 
@@ -174,11 +158,6 @@ export class EngineRunner implements ModelRunner {
       feeds[`value_cache.${l}`] = new this.#Tensor("float32", value, [count, kvh, m, d]);
     }
     return feeds;
-  }
-
-  #idle(what: string): void {
-    // A native run may still be reading the row buffers.
-    if (this.#stepping) throw new Error(`${what} while a step is running`);
   }
 }
 

@@ -13,17 +13,8 @@ import { GpuKvScatter, type KvBlockMove, type KvScatterLayer } from "../../../ke
 import { GpuSampler } from "../../../kernels/gpu-sampler.ts";
 import { COPY_DST, COPY_SRC, MAP_MODE_READ, MAP_READ, STORAGE } from "../../../kernels/webgpu.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
-import {
-  checkCanonical,
-  checkRange,
-  checkRow,
-  checkStep,
-  logitPicks,
-  rowLogits,
-  type TensorClass,
-  tensorClass,
-  tokenFeeds,
-} from "./engine-feeds.ts";
+import { logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
+import { checkCanonical, checkRange, checkRow, checkStep, RowLengths, slotsFor, StepGuard } from "./rows.ts";
 import type { EngineRunnerOptions } from "./runner-options.ts";
 import type { OrtTensor } from "../ort/ort-types.ts";
 import { RunQueue } from "../ort/run-queue.ts";
@@ -64,8 +55,8 @@ export class GpuEngineRunner implements ModelRunner {
   readonly #copier: GpuKvCopier;
   readonly #scatter: GpuKvScatter;
   readonly #sampler: GpuSampler;
-  /** Tokens known to be in each row: what capacity must keep when it shrinks. */
-  readonly #lengths: Int32Array;
+  readonly #lengths: RowLengths;
+  readonly #guard = new StepGuard();
   #keys: GPUBuffer[] = [];
   #values: GPUBuffer[] = [];
   /** Rows gathered for a run that is not rows [0, n) (prefill chunks), per layer. */
@@ -73,7 +64,6 @@ export class GpuEngineRunner implements ModelRunner {
   #gatherValues: GPUBuffer[] = [];
   #capacity = 0;
   #pending: PendingRead[] = [];
-  #stepping = false;
 
   private constructor(options: GpuEngineRunnerOptions, copier: GpuKvCopier, scatter: GpuKvScatter, sampler: GpuSampler) {
     const { arch } = options;
@@ -88,7 +78,7 @@ export class GpuEngineRunner implements ModelRunner {
     this.#copier = copier;
     this.#scatter = scatter;
     this.#sampler = sampler;
-    this.#lengths = new Int32Array(options.maxRows);
+    this.#lengths = new RowLengths(options.maxRows);
     this.vocabSize = arch.vocabSize;
     this.floatsPerToken = arch.numLayers * 2 * arch.numKvHeads * arch.headDim;
     this.maxRows = options.maxRows;
@@ -136,19 +126,17 @@ export class GpuEngineRunner implements ModelRunner {
 
   /** Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more. */
   reserve(length: number): void {
-    this.#idle("reserve");
-    const longest = Math.max(length, ...this.#lengths);
-    const target = this.rowCapacity(longest);
-    if (target > this.#capacity || target * 4 <= this.#capacity) this.#resize(target);
+    this.#guard.idle("reserve");
+    this.#resize(slotsFor(this.rowCapacity(this.#lengths.longest(length)), this.#capacity));
   }
 
   releaseRow(row: number): void {
     checkRow(row, this.maxRows);
-    this.#lengths[row] = 0;
+    this.#lengths.release(row);
   }
 
   copyRow(from: number, to: number, length: number): void {
-    this.#idle("copyRow");
+    this.#guard.idle("copyRow");
     checkRange(from, 0, length, this.maxRows, this.#capacity);
     checkRow(to, this.maxRows);
     if (from !== to && length > 0) {
@@ -156,7 +144,7 @@ export class GpuEngineRunner implements ModelRunner {
       this.#copier.encode(encoder, this.#layout(), this.#layers(), forkPrefix(from, [to], length));
       this.#device.queue.submit([encoder.finish()]);
     }
-    this.#lengths[to] = length;
+    this.#lengths.set(to, length);
   }
 
   readKv(row: number, start: number, length: number, out: Float32Array): void {
@@ -201,7 +189,7 @@ export class GpuEngineRunner implements ModelRunner {
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
-    this.#idle("writeKv");
+    this.#guard.idle("writeKv");
     checkRow(row, this.maxRows);
     checkCanonical(length, data, this.floatsPerToken);
     if (start + length > this.#capacity) this.reserve(start + length);
@@ -219,8 +207,7 @@ export class GpuEngineRunner implements ModelRunner {
       key.destroy();
       value.destroy();
     }
-    // Blocks arrive in order from slot 0: a write there starts the row anew.
-    this.#lengths[row] = start === 0 ? length : Math.max(this.#lengths[row], start + length);
+    this.#lengths.wrote(row, start, length);
   }
 
   workingBytes(): number {
@@ -231,7 +218,7 @@ export class GpuEngineRunner implements ModelRunner {
     await this.flush().catch(() => {});
     this.#destroyRows();
     this.#destroyGathered();
-    this.#lengths.fill(0);
+    this.#lengths.clear();
     this.#copier.destroy();
     this.#scatter.destroy();
     this.#sampler.destroy();
@@ -243,24 +230,21 @@ export class GpuEngineRunner implements ModelRunner {
     const seq = checkStep(inputs, this.maxRows, this.maxLength);
     const end = Math.max(...inputs.map((r) => r.start + r.tokens.length));
     if (end > this.#capacity) this.reserve(end);
-    this.#stepping = true;
-    try {
-      return await this.#queue.run(async () => {
+    return await this.#guard.during(() =>
+      this.#queue.run(async () => {
         const picks = logitPicks(inputs);
         const feeds = { ...tokenFeeds(this.#Tensor, inputs, seq, picks), ...this.#cacheFeeds(inputs) };
         const out = await this.#session.run(feeds);
         try {
           this.#storeNew(inputs, seq, out);
-          for (const r of inputs) this.#lengths[r.row] = r.start + r.tokens.length;
+          this.#lengths.stepped(inputs);
           return await finish(out, picks);
         } finally {
           // Back to onnxruntime's pool; work already submitted on them still runs first.
           for (const tensor of Object.values(out)) tensor.dispose();
         }
-      });
-    } finally {
-      this.#stepping = false;
-    }
+      })
+    );
   }
 
   /** The rows' cache as GPU tensors: rows [0, n) in place (a decode step); any other rows gathered first. */
@@ -348,7 +332,7 @@ export class GpuEngineRunner implements ModelRunner {
     const moves: KvBlockMove[] = [];
     let words = 0;
     for (let row = 0; row < this.maxRows; row++) {
-      const length = Math.min(this.#lengths[row], capacity, old.layout.capacity);
+      const length = Math.min(this.#lengths.of(row), capacity, old.layout.capacity);
       if (length === 0) continue;
       moves.push({ row, start: 0, length, stride: length, keyOffset: words, valueOffset: words });
       words += this.#kvh * length * this.#headDim;
@@ -394,10 +378,5 @@ export class GpuEngineRunner implements ModelRunner {
   #destroyGathered(): void {
     for (const b of [...this.#gatherKeys, ...this.#gatherValues]) b.destroy();
     [this.#gatherKeys, this.#gatherValues] = [[], []];
-  }
-
-  #idle(what: string): void {
-    // A run may still be reading the row buffers.
-    if (this.#stepping) throw new Error(`${what} while a step is running`);
   }
 }

@@ -8,8 +8,8 @@
  * [kvHeads, capacity, headDim], grown on demand and freed when the row is released.
  */
 import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
-import { checkCanonical, checkRow, checkStep } from "./engine-feeds.ts";
 import { engineRowCapacity } from "./engine-kv.ts";
+import { checkCanonical, checkRow, checkStep, slotsFor, StepGuard } from "./rows.ts";
 import type { EngineRunnerOptions } from "./runner-options.ts";
 import type { OrtSession, OrtTensor } from "../ort/ort-types.ts";
 import { RunQueue } from "../ort/run-queue.ts";
@@ -59,7 +59,7 @@ export class StandardRunner implements ModelRunner {
   readonly #kvHeads: number;
   readonly #headDim: number;
   #rows: RowKv[];
-  #stepping = false;
+  readonly #guard = new StepGuard();
   readonly #padded: boolean;
 
   constructor(options: StandardRunnerOptions) {
@@ -104,9 +104,8 @@ export class StandardRunner implements ModelRunner {
     // A row released while the run is queued or in flight (an aborted request) gets a new, empty cache; the
     // run reads and writes the one it started with.
     const targets = inputs.map((r) => this.#rows[r.row]);
-    this.#stepping = true;
-    try {
-      return await this.#queue.run(async () => {
+    return await this.#guard.during(() =>
+      this.#queue.run(async () => {
         const past = Math.max(...inputs.map((r) => r.start));
         const seq = Math.max(...inputs.map((r) => r.tokens.length));
         const out = await this.#session.run(this.#feeds(inputs, targets, past, seq));
@@ -127,10 +126,8 @@ export class StandardRunner implements ModelRunner {
           const first = r.allLogits ? 0 : r.tokens.length - 1;
           return logits.subarray((b * seq + first) * this.vocabSize, (b * seq + r.tokens.length) * this.vocabSize);
         });
-      });
-    } finally {
-      this.#stepping = false;
-    }
+      })
+    );
   }
 
   /**
@@ -138,11 +135,11 @@ export class StandardRunner implements ModelRunner {
    * buffers are four times what its tokens need; empty rows give their buffers up.
    */
   reserve(length: number): void {
-    this.#idle("reserve");
+    this.#guard.idle("reserve");
     engineRowCapacity(length, this.maxLength);
     for (const r of this.#rows) {
       if (r.length === 0) Object.assign(r, emptyRow());
-      else if (engineRowCapacity(r.length, this.maxLength) * 4 <= r.capacity) this.#relayout(r, r.length);
+      else if (slotsFor(engineRowCapacity(r.length, this.maxLength), r.capacity) < r.capacity) this.#relayout(r, r.length);
     }
   }
 
@@ -152,7 +149,7 @@ export class StandardRunner implements ModelRunner {
   }
 
   copyRow(from: number, to: number, length: number): void {
-    this.#idle("copyRow");
+    this.#guard.idle("copyRow");
     this.#checkRange(from, 0, length);
     checkRow(to, this.maxRows);
     const [src, dst] = [this.#rows[from], this.#rows[to]];
@@ -177,7 +174,7 @@ export class StandardRunner implements ModelRunner {
   }
 
   writeKv(row: number, start: number, length: number, data: Float32Array): void {
-    this.#idle("writeKv");
+    this.#guard.idle("writeKv");
     checkRow(row, this.maxRows);
     checkCanonical(length, data, this.floatsPerToken);
     const r = this.#rows[row];
@@ -281,10 +278,5 @@ export class StandardRunner implements ModelRunner {
     if (!Number.isInteger(start) || !Number.isInteger(length) || start < 0 || length < 0 || start + length > held) {
       throw new Error(`tokens [${start}, ${start + length}) are outside the ${held} tokens row ${row} holds`);
     }
-  }
-
-  #idle(what: string): void {
-    // The step in flight writes the rows it runs when the run ends.
-    if (this.#stepping) throw new Error(`${what} while a step is running`);
   }
 }

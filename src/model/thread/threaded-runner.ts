@@ -7,8 +7,8 @@
  * rows left as they should not be (the engine then recomputes the rows of that step).
  */
 import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
-import { checkCanonical, checkRow, checkStep } from "../runners/engine-feeds.ts";
 import { engineRowCapacity } from "../runners/engine-kv.ts";
+import { checkCanonical, checkRow, checkStep } from "../runners/rows.ts";
 import { type ModelThread, modelThread, ModelThreadError } from "./model-thread.ts";
 
 /** What the model thread says of a runner it opened. */
