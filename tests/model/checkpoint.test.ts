@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
-import { unsupportedFeatures } from "../../src/model/builder/convert.ts";
+import { unsupportedFeatures } from "../../src/model/builder/architectures/registry.ts";
 import { Checkpoint, writeSafetensors } from "../../src/model/sources/safetensors.ts";
 import { env as transformersEnv } from "@huggingface/transformers";
 import { silentLogger } from "../../src/log.ts";

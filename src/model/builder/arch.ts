@@ -1,8 +1,9 @@
 /**
- * The decoder architecture the builder emits (Llama / Qwen2 / Qwen3 / SmolLM family) and the names
+ * The decoder the builder emits (Llama / Qwen3 / Mistral / SmolLM family: architectures/) and the names
  * and shapes of its weights. Linear weights are stored as the right operand of MatMul, [in, out],
  * hence the `.MatMul.weight` names; embeddings and norms keep their Hugging Face shapes.
  */
+import { architectureFor } from "./architectures/registry.ts";
 
 /** Dimensions and switches of a decoder-only transformer. */
 export interface DecoderArch {
@@ -16,7 +17,7 @@ export interface DecoderArch {
   ropeTheta: number;
   rmsNormEps: number;
   maxPositionEmbeddings: number;
-  /** Qwen3: RMSNorm over each head of q and k before rotary. */
+  /** RMSNorm over each head of q and k before rotary (the architecture's, see architectures/). */
   qkNorm: boolean;
   /** lm_head shares the token embedding matrix. */
   tieEmbeddings: boolean;
@@ -98,8 +99,9 @@ export function ropeInvFreq(arch: Pick<DecoderArch, "ropeTheta" | "headDim">): F
   return out;
 }
 
-/** Reads a DecoderArch from a Hugging Face config.json object (Llama, Qwen2, Qwen3, SmolLM). */
+/** Reads a DecoderArch from a Hugging Face config.json object; its switches come from the model_type's Architecture. */
 export function archFromConfig(config: Record<string, any>): DecoderArch {
+  const architecture = architectureFor(config.model_type);
   const hiddenSize = config.hidden_size;
   const numHeads = config.num_attention_heads;
   return {
@@ -113,8 +115,8 @@ export function archFromConfig(config: Record<string, any>): DecoderArch {
     ropeTheta: config.rope_theta ?? 10000,
     rmsNormEps: config.rms_norm_eps ?? 1e-6,
     maxPositionEmbeddings: config.max_position_embeddings ?? 2048,
-    qkNorm: config.model_type === "qwen3",
+    qkNorm: architecture?.qkNorm ?? false,
     // transformers' own default is to tie when the config does not say.
-    tieEmbeddings: config.tie_word_embeddings ?? true,
+    tieEmbeddings: config.tie_word_embeddings ?? architecture?.tiedByDefault ?? true,
   };
 }

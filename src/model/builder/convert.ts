@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { Checkpoint, checkpointFiles } from "../sources/safetensors.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 import { archFromConfig, type DecoderArch, weightSpecs } from "./arch.ts";
+import { unsupportedFeatures } from "./architectures/registry.ts";
 import { BUILD_RECORD, type BuiltModel, ENGINE_FILES, isBuiltModel, ONNX_FILES, readBuildRecord } from "./build.ts";
 import { emitStandardDecoder } from "./decoder.ts";
 import { writeEngineGraph } from "./engine-decoder.ts";
@@ -26,26 +27,6 @@ const COPIED = [
   "special_tokens_map.json",
   "chat_template.jinja",
 ];
-
-/** The Hugging Face model types whose decoder the builder writes. */
-const SUPPORTED_TYPES = ["llama", "qwen3", "mistral"];
-
-/** The reasons the builder's decoder cannot reproduce a checkpoint's model, or none. */
-export function unsupportedFeatures(config: Record<string, unknown>): string[] {
-  const reasons: string[] = [];
-  const type = String(config.model_type);
-  if (!SUPPORTED_TYPES.includes(type)) reasons.push(`model_type ${type} (the engine layout covers ${SUPPORTED_TYPES.join(", ")})`);
-  const scaling = config.rope_scaling as { rope_type?: string; type?: string } | null | undefined;
-  const scalingType = scaling?.rope_type ?? scaling?.type;
-  if (scaling && scalingType !== "default") reasons.push(`rope_scaling ${scalingType}`);
-  if (config.attention_bias === true || config.mlp_bias === true) reasons.push("attention or MLP biases");
-  if (config.hidden_act !== undefined && config.hidden_act !== "silu") reasons.push(`hidden_act ${config.hidden_act}`);
-  const window = config.sliding_window as number | null | undefined;
-  if (typeof window === "number" && window < Number(config.max_position_embeddings ?? Infinity)) {
-    reasons.push(`sliding_window ${window}`);
-  }
-  return reasons;
-}
 
 /** The builder's weights, read from the checkpoint: linear weights transposed to MatMul's [in, out]. */
 export function checkpointWeights(checkpoint: Checkpoint, arch: DecoderArch): WeightSource {

