@@ -1,3 +1,4 @@
+// Long because it is one kernel: one workgroup runs every pass over its row (max, histogram cuts, draw, top-N) in shared memory.
 // Samples one token per row of logits, one workgroup per row; the semantics are those of kernels/sampling.ts.
 // Only a record of OUT_WORDS words per row leaves the GPU: the chosen token and its logit, the row's max and the
 // kept weight Z, the top-N tokens; the host turns them into log-probabilities in float64.
