@@ -214,12 +214,10 @@ export async function runProber(
     const result = await send(client, request, { hangMs: options.hangMs });
     tally.record("probe", result.outcome, result.detail);
     tally.checkVersions("probe", result.startedAt, result.versions);
-    const to = result.startedAt + result.ms;
-    const bucket = spans.refits.overlaps(result.startedAt, to)
-      ? "refit"
-      : spans.slow.overlaps(result.startedAt, to)
-      ? "slow"
-      : "quiet";
+    // By what was going on when the probe was sent: sorting by overlap with its whole wait would put every slow
+    // probe beside slow clients (a long wait overlaps more), so under overload "quiet" would mean "fast".
+    const at = result.startedAt;
+    const bucket = spans.refits.overlaps(at, at) ? "refit" : spans.slow.overlaps(at, at) ? "slow" : "quiet";
     if (result.outcome === "ok") latencies[bucket].push(result.ms);
   };
   for (let i = 0; performance.now() < options.deadline; i++) {
