@@ -16,9 +16,9 @@ import type { ModelRunner } from "../../src/engine/model-runner.ts";
 import { Rng } from "../../src/engine/rng.ts";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
 import type { TokenEvent } from "../../src/engine/sequence.ts";
-import { backendFor } from "../../src/model/backends.ts";
+import { backendFor } from "../../src/model/ort/backends.ts";
 import { buildModel, isBuiltModel } from "../../src/model/builder/build.ts";
-import { engineRowCapacity } from "../../src/model/engine-kv.ts";
+import { engineRowCapacity } from "../../src/model/runners/engine-kv.ts";
 import { openWeights, type ServedWeights } from "../../src/model/weights.ts";
 import { testCacheDir, tinyModelDir } from "../support/served.ts";
 
@@ -185,12 +185,13 @@ describe("engine bookkeeping under random interleavings", () => {
             log.push(`abort ${t.req.id}`);
           }
         } else if (roll < 0.9) {
-          // Let the engine run a few steps (or a moment, when it has nothing to run or is held by an operation).
+          // Let the engine run a few steps (or a moment, when it has nothing to run). The guard is long: on a loaded
+          // machine steps are slow, and a short one let aborts and refits end most requests before they could finish.
           const wait = 1 + int(2);
           const { running, waiting } = engine.stats();
           await new Promise<void>((resolve) => {
             let left = wait;
-            const timer = setTimeout(resolve, running + waiting > 0 ? 2000 : 20);
+            const timer = setTimeout(resolve, running + waiting > 0 && !asleep ? 15_000 : 20);
             const tick = () => (--left <= 0 ? (clearTimeout(timer), resolve()) : stepWaiters.push(tick));
             stepWaiters.push(tick);
           });
