@@ -25,7 +25,8 @@ export interface ModelRunner {
    * Runs the model on rows (any distinct rows, each feeding any number of tokens) and returns, per row, the
    * logits of its last fed token (vocabSize floats), or with `allLogits` those of each fed token in turn. Rows in one ascending range that feed one token each (a decode step) are the
    * cheapest: the runner reads their cache in place.
-   * Afterwards each row's cache holds [0, start + tokens.length).
+   * Afterwards each row's cache holds [0, start + tokens.length). The logits may be views of a buffer the runner
+   * writes again on its next step: read them before calling step again.
    */
   step(inputs: RowInput[]): Promise<Float32Array[]>;
   /**
@@ -34,8 +35,12 @@ export interface ModelRunner {
    * ask for allLogits.
    */
   stepAndSample?(inputs: RowInput[], sampling: readonly (RowSampling | null)[]): Promise<(SampledToken | null)[]>;
-  /** Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). */
-  reserve(length: number): void;
+  /**
+   * Makes every row able to hold `length` tokens (may re-lay out the cache; rows keep their contents). `rows`, when
+   * given, says that rows [0, rows) are about to be used: a runner whose memory follows the rows in use lays them all
+   * out in this one call rather than one re-layout per new row.
+   */
+  reserve(length: number, rows?: number): void;
   /** Tells the runner a row holds nothing any more (it may shrink its buffers). */
   releaseRow(row: number): void;
   /** Copies the first `length` cached tokens of row `from` into row `to`. */
@@ -47,7 +52,11 @@ export interface ModelRunner {
   readKv(row: number, start: number, length: number, out: Float32Array): void;
   /** Optional: resolves once every readKv called so far has filled its `out` (a cache on another device). */
   flush?(): Promise<void>;
-  /** Writes `data` (floatsPerToken * length floats, as readKv gives) into `row` at [start, start+length). */
+  /**
+   * Writes `data` (floatsPerToken * length floats, as readKv gives) into `row` at [start, start+length). Data in
+   * shared memory (a SharedArrayBuffer, as the prefix cache's blocks are) may be read only when the runner gets to
+   * the call: nothing but the runner's own readKv may change it before the runner's next step or flush.
+   */
   writeKv(row: number, start: number, length: number, data: Float32Array): void;
   /** Bytes the runner's row buffers hold now. */
   workingBytes(): number;

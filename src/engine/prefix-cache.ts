@@ -25,6 +25,9 @@ export interface PrefixCacheStats {
 
 const ROOT = -1;
 
+/** Most bytes one slab of block storage takes (a slab holds one block at least). */
+const SLAB_BYTES = 64 * 2 ** 20;
+
 /** Block store for automatic prefix caching. */
 export class PrefixCache {
   readonly blockSize: number;
@@ -36,6 +39,12 @@ export class PrefixCache {
   #clock = 0;
   #version = 0;
   #stats = { queriedTokens: 0, hitTokens: 0, evictions: 0 };
+  /** Storage of evicted blocks, reused by the next inserts. */
+  #free: Float32Array[] = [];
+  /** The slab new blocks are cut from, and how many blocks it has given out; blocks cut from slabs so far. */
+  #slab: Float32Array = new Float32Array(0);
+  #slabUsed = 0;
+  #allocated = 0;
 
   constructor(opts: { blockSize: number; floatsPerToken: number; capacityBlocks: number }) {
     this.blockSize = opts.blockSize;
@@ -76,6 +85,7 @@ export class PrefixCache {
   resize(capacityBlocks: number): boolean {
     this.#capacity = Math.max(0, Math.floor(capacityBlocks));
     while (this.#blocks.size > this.#capacity && this.#evictOne());
+    this.#free.length = Math.min(this.#free.length, Math.max(0, this.#capacity - this.#blocks.size));
     return this.#blocks.size <= this.#capacity;
   }
 
@@ -137,7 +147,7 @@ export class PrefixCache {
     }
     if (parent !== ROOT && !this.#blocks.has(parent)) return null;
     while (this.#blocks.size >= this.#capacity) if (!this.#evictOne()) return null;
-    const data = new Float32Array(this.floatsPerBlock);
+    const data = this.#free.pop() ?? this.#cut();
     fill(data);
     const id = this.#nextId++;
     this.#blocks.set(id, { id, key, parent, data, refs: 1, lastUsed: ++this.#clock, children: new Set() });
@@ -151,6 +161,7 @@ export class PrefixCache {
     this.#blocks.clear();
     this.#byKey.clear();
     this.#version = version;
+    [this.#free, this.#slab, this.#slabUsed, this.#allocated] = [[], new Float32Array(0), 0, 0];
   }
 
   stats(): PrefixCacheStats {
@@ -163,6 +174,22 @@ export class PrefixCache {
     return `${parent}:${tokens.slice(start, end).join(",")}`;
   }
 
+  /**
+   * Storage for a new block, cut from slabs of shared memory that grow with the blocks in use: no allocation per
+   * block for the garbage collector to chase, and a runner on another thread reads and writes blocks in place.
+   */
+  #cut(): Float32Array {
+    const n = this.floatsPerBlock;
+    if (this.#slabUsed * n >= this.#slab.length) {
+      const most = Math.max(1, Math.floor(SLAB_BYTES / this.bytesPerBlock));
+      const blocks = Math.max(1, Math.min(most, this.#allocated, this.#capacity - this.#allocated));
+      this.#slab = new Float32Array(new SharedArrayBuffer(blocks * this.bytesPerBlock)) as Float32Array;
+      this.#slabUsed = 0;
+    }
+    this.#allocated++;
+    return this.#slab.subarray(n * this.#slabUsed, n * ++this.#slabUsed);
+  }
+
   /** Evicts the least recently used unreferenced block that has no children. */
   #evictOne(): boolean {
     let victim: Block | null = null;
@@ -172,6 +199,7 @@ export class PrefixCache {
     if (!victim) return false;
     this.#blocks.delete(victim.id);
     this.#byKey.delete(victim.key);
+    this.#free.push(victim.data);
     this.#blocks.get(victim.parent)?.children.delete(victim.id);
     this.#stats.evictions++;
     return true;

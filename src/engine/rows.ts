@@ -39,6 +39,11 @@ export class RowTable {
     throw new Error("no free row: the scheduler admitted more sequences than rows");
   }
 
+  /** Rows [0, n) reach the highest row taken: n (0 when every row is free). */
+  get reach(): number {
+    return this.#rows.findLastIndex((s) => s !== null) + 1;
+  }
+
   /** Frees a sequence's row. */
   release(seq: Sequence): void {
     if (seq.row === null) return;

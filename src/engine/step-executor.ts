@@ -115,7 +115,7 @@ export class StepExecutor {
       let longest = 0;
       for (const s of plan.decode) longest = Math.max(longest, s.numComputed + 1);
       for (const p of plan.prefill) longest = Math.max(longest, p.seq.numComputed + p.tokens);
-      this.#runner.reserve(longest);
+      this.#runner.reserve(longest, this.#rows.reach);
     });
     const decode = plan.decode.filter((seq) => seq.status === "running");
     if (decode.length) await guarded(decode, () => this.#decode(decode));
@@ -142,14 +142,18 @@ export class StepExecutor {
     this.#context.onStepError?.(err, retried.length, failing.length);
   }
 
-  /** Gives each admitted sequence a row, with the KV of the prefix-cache blocks it reuses. */
+  /**
+   * Gives each admitted sequence a row, with the KV of the prefix-cache blocks it reuses. The rows are all taken
+   * first and reserved in one call: a runner that lays out rows as they come into use then does so once a step.
+   */
   #seat(plan: StepPlan): void {
+    if (plan.admitted.length === 0) return;
     const { cache } = this.#context;
     const bs = cache.blockSize;
+    for (const { seq } of plan.admitted) this.#rows.assign(seq);
+    this.#runner.reserve(Math.max(...plan.admitted.map(({ seq }) => seq.length)), this.#rows.reach);
     for (const { seq, cachedBlocks } of plan.admitted) {
-      const row = this.#rows.assign(seq);
-      this.#runner.reserve(seq.length);
-      cachedBlocks.forEach((id, i) => this.#runner.writeKv(row, i * bs, bs, cache.data(id)));
+      cachedBlocks.forEach((id, i) => this.#runner.writeKv(seq.row!, i * bs, bs, cache.data(id)));
       seq.blockIds = [...cachedBlocks];
     }
   }

@@ -57,6 +57,11 @@ describe("threaded runner", () => {
     canonicalKv(underTest),
   );
   test(
+    "blocks in shared memory (the prefix cache's) are read and written in place, with the same results",
+    SLOW,
+    canonicalKv(underTest, true),
+  );
+  test(
     "chunks of different lengths in rows out of order, run together, match their solo runs",
     SLOW,
     mixedChunks(underTest),

@@ -45,8 +45,11 @@ export function mixedChunks({ open, reference }: RunnerUnderTest) {
   };
 }
 
-/** readKv gives the canonical layout; writeKv and copyRow move a row's KV and the logits follow it. */
-export function canonicalKv({ open, reference, arch }: RunnerUnderTest) {
+/**
+ * readKv gives the canonical layout; writeKv and copyRow move a row's KV and the logits follow it. `shared`: the
+ * blocks are views of one SharedArrayBuffer, as the prefix cache keeps them.
+ */
+export function canonicalKv({ open, reference, arch }: RunnerUnderTest, shared = false) {
   return async () => {
     const runner = await open();
     try {
@@ -55,8 +58,10 @@ export function canonicalKv({ open, reference, arch }: RunnerUnderTest) {
       const expected = await reference([...prompt, ...next]);
       await prefill(runner, 0, prompt, 7);
       const block = 16;
+      const floats = block * runner.floatsPerToken;
+      const slab = shared ? new Float32Array(new SharedArrayBuffer(3 * floats * 4)) : null;
       const blocks = [0, 1].map((i) => {
-        const out = new Float32Array(block * runner.floatsPerToken);
+        const out = slab ? slab.subarray((i + 1) * floats, (i + 2) * floats) : new Float32Array(floats);
         runner.readKv(0, i * block, block, out);
         return out;
       });

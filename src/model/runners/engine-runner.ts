@@ -15,7 +15,7 @@ import type { OrtSession, OrtSessionOptions, OrtTensor } from "../ort/ort-types.
 import { RunQueue } from "../ort/run-queue.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
 import { logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
-import { checkCanonical, checkRange, checkRow, checkStep, RowLengths, slotsFor, StepGuard } from "./rows.ts";
+import { checkCanonical, checkRange, checkRow, checkRowCount, checkStep, RowLengths, slotsFor, StepGuard } from "./rows.ts";
 
 /** Runs the engine graph over KV rows it owns. */
 export class EngineRunner implements ModelRunner {
@@ -82,17 +82,20 @@ export class EngineRunner implements ModelRunner {
   }
 
   /**
-   * Grows every row to hold `length` tokens; shrinks them when no row needs a quarter of the slots any more, and
-   * drops the rows above the last one holding tokens once they have been at least half of those held for
-   * SHRINK_AFTER calls in a row (a re-layout copies every row: requests coming and going must not cause one a step).
+   * Grows every row to hold `length` tokens, and holds rows [0, rows) at least; shrinks them when no row needs a
+   * quarter of the slots any more, and drops the rows above the last one in use once they have been at least half
+   * of those held for SHRINK_AFTER calls in a row (a re-layout copies every row: requests coming and going must not
+   * cause one a step). All of it in one re-layout at most.
    */
-  reserve(length: number): void {
+  reserve(length: number, rows = 0): void {
     this.#guard.idle("reserve");
+    if (rows) checkRowCount(rows, this.maxRows);
     const capacity = slotsFor(this.rowCapacity(this.#lengths.longest(length)), this.#kv.capacity);
-    const used = this.#lengths.used();
+    const used = Math.max(rows, this.#lengths.used());
     this.#fewerRows = used * 2 <= this.#kv.rows ? this.#fewerRows + 1 : 0;
-    const rows = this.#fewerRows >= SHRINK_AFTER || used === 0 ? heldRows(used, this.maxRows) : this.#kv.rows;
-    this.#kv.resize(capacity, rows);
+    const drop = this.#fewerRows >= SHRINK_AFTER || used === 0;
+    const held = used > this.#kv.rows || drop ? heldRows(used, this.maxRows) : this.#kv.rows;
+    this.#kv.resize(capacity, held);
   }
 
   /** Makes rows [0, row] exist: memory follows the highest row in use rather than the most rows there may be. */

@@ -26,6 +26,11 @@ export function checkRow(row: number, maxRows: number): void {
   if (!Number.isInteger(row) || row < 0 || row >= maxRows) throw new Error(`row ${row} is outside [0, ${maxRows})`);
 }
 
+/** Throws unless `rows` is a count of rows a runner of `maxRows` rows can hold. */
+export function checkRowCount(rows: number, maxRows: number): void {
+  if (!Number.isInteger(rows) || rows < 0 || rows > maxRows) throw new Error(`${rows} rows is outside [0, ${maxRows}]`);
+}
+
 /** Throws unless tokens [start, start + length) of `row` are inside rows of `capacity` slots. */
 export function checkRange(row: number, start: number, length: number, maxRows: number, capacity: number): void {
   checkRow(row, maxRows);

@@ -78,13 +78,14 @@ async function backendOn(at: OnDevice) {
   return await localNativeBackend(at.device);
 }
 
-/** The logits of a step with the buffers they view, to be moved rather than copied. */
-function stepReply(logits: Float32Array[], bytes: number): Answer {
-  const buffers = [...new Set(logits.map((l) => l.buffer as ArrayBuffer))];
-  const rows = logits.map((
-    l,
-  ): [number, number, number] => [buffers.indexOf(l.buffer as ArrayBuffer), l.byteOffset, l.length]);
-  return { value: { buffers, rows, bytes } satisfies StepReply, transfer: buffers };
+/** Writes a step's logits one row after another into the calling thread's buffer, which it reads them from. */
+function stepReply(logits: Float32Array[], into: SharedArrayBuffer, bytes: number): Answer {
+  let offset = 0;
+  for (const row of logits) {
+    new Float32Array(into, offset * 4, row.length).set(row);
+    offset += row.length;
+  }
+  return { value: { bytes } satisfies StepReply };
 }
 
 type Handler = (args: any) => Promise<Answer> | Answer;
@@ -98,12 +99,12 @@ const handlers: Record<string, Handler> = {
     const r = await openWeights(args.real, { ...args.served, backend: await backendOn(args) });
     return { value: opened(r) };
   },
-  async "runner.step"({ handle, inputs }: { handle: number; inputs: RowInput[] }) {
+  async "runner.step"({ handle, inputs, logits }: { handle: number; inputs: RowInput[]; logits: SharedArrayBuffer }) {
     const r = runnerToRead(handle);
-    return stepReply(await r.step(inputs), r.workingBytes());
+    return stepReply(await r.step(inputs), logits, r.workingBytes());
   },
-  "runner.reserve"({ handle, length }: { handle: number; length: number }) {
-    return unanswered(handle, (r) => r.reserve(length));
+  "runner.reserve"({ handle, length, rows }: { handle: number; length: number; rows?: number }) {
+    return unanswered(handle, (r) => r.reserve(length, rows));
   },
   "runner.releaseRow"({ handle, row }: { handle: number; row: number }) {
     return unanswered(handle, (r) => r.releaseRow(row));
@@ -112,13 +113,14 @@ const handlers: Record<string, Handler> = {
     return unanswered(handle, (r) => r.copyRow(from, to, length));
   },
   async "runner.readKv"(
-    { handle, row, start, length }: { handle: number; row: number; start: number; length: number },
+    args: { handle: number; row: number; start: number; length: number; out?: Float32Array },
   ) {
-    const r = runnerToRead(handle);
-    const out = new Float32Array(length * r.floatsPerToken);
-    r.readKv(row, start, length, out);
+    const r = runnerToRead(args.handle);
+    // Shared memory of the calling thread is written in place; otherwise the KV goes back in a moved buffer.
+    const out = args.out ?? new Float32Array(args.length * r.floatsPerToken);
+    r.readKv(args.row, args.start, args.length, out);
     await r.flush?.();
-    return { value: out, transfer: [out.buffer] };
+    return args.out ? { value: null } : { value: out, transfer: [out.buffer as ArrayBuffer] };
   },
   "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: Float32Array }) {
     return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, args.data));

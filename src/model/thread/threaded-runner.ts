@@ -1,14 +1,16 @@
 /**
  * A ModelRunner whose runner (session and KV rows) lives on the model thread (model-thread.ts): each call becomes a
- * request, answered in the order it was made. Steps, and KV read back for the prefix cache, travel as moved buffers,
- * not copies; like a cache on another device, readKv fills `out` by the time flush resolves. Calls that answer
+ * request, answered in the order it was made. Large data crosses in shared memory, not in a new buffer each call
+ * (those made the calling thread collect garbage about once a step): a step's logits land in one buffer reused
+ * every step, and the prefix cache's blocks (SharedArrayBuffer slabs) are read and written in place; like a cache
+ * on another device, readKv fills `out` by the time flush resolves. Calls that answer
  * nothing (reserve, releaseRow, copyRow, writeKv) are checked here as far as they can be without the rows; one that
  * fails on the thread all the same fails the runner's next step or readKv there, once, rather than let it run on
  * rows left as they should not be (the engine then recomputes the rows of that step).
  */
 import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
 import { engineRowCapacity } from "../runners/engine-kv.ts";
-import { checkCanonical, checkRow, checkStep } from "../runners/rows.ts";
+import { checkCanonical, checkRow, checkRowCount, checkStep } from "../runners/rows.ts";
 import { type ModelThread, modelThread, ModelThreadError } from "./model-thread.ts";
 
 /** What the model thread says of a runner it opened. */
@@ -21,10 +23,8 @@ export interface ThreadedRunnerInfo {
   bytes: number;
 }
 
-/** A step's logits as they come back: the moved buffers, and each row's (buffer, byte offset, floats). */
+/** What a step answers beside the logits it wrote into the logits buffer it was given: the runner's bytes. */
 export interface StepReply {
-  buffers: ArrayBuffer[];
-  rows: [number, number, number][];
   bytes: number;
 }
 
@@ -40,6 +40,8 @@ export class ThreadedRunner implements ModelRunner {
   #stepping = 0;
   #reads: Promise<void>[] = [];
   #readFailure: Error | null = null;
+  /** Where the model thread writes each step's logits: one buffer for every step, not a new one a step. */
+  #logits = new SharedArrayBuffer(0);
 
   constructor(info: ThreadedRunnerInfo, thread: ModelThread = modelThread()) {
     this.#thread = thread;
@@ -51,22 +53,29 @@ export class ThreadedRunner implements ModelRunner {
     this.maxLength = info.maxLength;
   }
 
+  /** The rows' logits are views of the one buffer the model thread writes them into: they hold until the next step. */
   async step(inputs: RowInput[]): Promise<Float32Array[]> {
     checkStep(inputs, this.maxRows, this.maxLength);
+    const floats = inputs.map((r) => (r.allLogits ? r.tokens.length : 1) * this.vocabSize);
+    const total = floats.reduce((a, b) => a + b, 0);
+    if (this.#logits.byteLength < total * 4) this.#logits = new SharedArrayBuffer(total * 4);
     this.#stepping++;
     try {
-      const reply = await this.#thread.call<StepReply>("runner.step", { handle: this.#handle, inputs });
+      const args = { handle: this.#handle, inputs, logits: this.#logits };
+      const reply = await this.#thread.call<StepReply>("runner.step", args);
       this.#bytes = reply.bytes;
-      return reply.rows.map(([b, offset, length]) => new Float32Array(reply.buffers[b], offset, length));
+      let offset = 0;
+      return floats.map((n) => new Float32Array(this.#logits, 4 * (offset += n) - 4 * n, n));
     } finally {
       this.#stepping--;
     }
   }
 
-  reserve(length: number): void {
+  reserve(length: number, rows?: number): void {
     this.#idle("reserve");
     engineRowCapacity(length, this.maxLength);
-    this.#send("reserve", { length });
+    if (rows !== undefined) checkRowCount(rows, this.maxRows);
+    this.#send("reserve", { length, rows });
   }
 
   releaseRow(row: number): void {
@@ -81,11 +90,15 @@ export class ThreadedRunner implements ModelRunner {
     this.#send("copyRow", { from, to, length });
   }
 
+  /** Into shared memory (the prefix cache's blocks) the model thread writes in place; other memory gets a copy. */
   readKv(row: number, start: number, length: number, out: Float32Array): void {
     checkRow(row, this.maxRows);
     checkCanonical(length, out, this.floatsPerToken);
-    const read = this.#thread.call<Float32Array>("runner.readKv", { handle: this.#handle, row, start, length })
-      .then((data) => out.set(data));
+    const shared = out.buffer instanceof SharedArrayBuffer ? out : undefined;
+    const read = this.#thread.call<Float32Array | null>("runner.readKv", { handle: this.#handle, row, start, length, out: shared })
+      .then((data) => {
+        if (data) out.set(data);
+      });
     this.#reads.push(read.catch((err) => {
       this.#readFailure ??= err;
     }));
@@ -104,9 +117,15 @@ export class ThreadedRunner implements ModelRunner {
     this.#idle("writeKv");
     checkRow(row, this.maxRows);
     checkCanonical(length, data, this.floatsPerToken);
-    // A copy of just the floats written, moved to the thread: the caller keeps its block.
-    const floats = data.slice(0, length * this.floatsPerToken);
-    this.#send("writeKv", { row, start, length, data: floats }, [floats.buffer]);
+    // Shared memory (the prefix cache's blocks) is read in place: the model thread takes its calls in order, so a
+    // later readKv into the same block cannot overtake this write. Other memory: a copy of just the floats written,
+    // moved to the thread, as the caller keeps its block.
+    const floats = length * this.floatsPerToken;
+    if (data.buffer instanceof SharedArrayBuffer) this.#send("writeKv", { row, start, length, data: data.subarray(0, floats) });
+    else {
+      const copy = data.slice(0, floats);
+      this.#send("writeKv", { row, start, length, data: copy }, [copy.buffer]);
+    }
   }
 
   workingBytes(): number {
