@@ -165,6 +165,10 @@ describe("engine runner", () => {
       runner.releaseRow(0);
       runner.reserve(1);
       assert.equal(runner.workingBytes(), 0, "no row in use holds nothing");
+      // Rows about to be used are laid out in the one call that names them: 9 rows need 12 (a spare, by 4s).
+      runner.reserve(20, 9);
+      assert.equal(runner.workingBytes(), perRow(12), "reserve(length, 9) holds 12 rows at once");
+      assert.throws(() => runner.reserve(20, 17), /outside/);
     } finally {
       await runner.dispose();
     }
