@@ -1,6 +1,7 @@
 /** The HTTP app: middleware, the route families, and every error as OpenAI's JSON. Runs on any runtime's fetch. */
 import { Hono, type MiddlewareHandler } from "hono";
 import { cors } from "hono/cors";
+import type { CacheConfig } from "../metrics/cache-config.ts";
 import type { EngineSnapshot, ServingMetrics } from "../metrics/serving.ts";
 import { requireApiKey } from "./auth.ts";
 import { chatCompletionRoutes } from "./chat-completions.ts";
@@ -32,6 +33,8 @@ export interface OperationsDeps {
   /** GET /metrics serves these, with the engine's live state. */
   metrics?: ServingMetrics | null;
   engineSnapshot?: () => EngineSnapshot | null;
+  /** The engine's KV cache configuration, for `vllm:cache_config_info` in /metrics; none: the metric is left out. */
+  cacheConfig?: CacheConfig | null;
   /** Counts requests in flight and turns new ones away while draining (graceful shutdown). */
   tracker?: RequestTracker;
   /** One call per finished request (the request log). */
@@ -101,12 +104,17 @@ function allowedMethods(app: Hono, path: string): string[] {
   return [...methods];
 }
 
-/** The route `path` belongs to (its pattern), or "unmatched": a metrics label with a bounded set of values. */
+/** A route's name as users read it: `/v1/models/{model}` for the router's `/v1/models/:model{.+}`. */
+function routeName(path: string): string {
+  return path.split("/").map((segment) => segment.replace(/^:(\w+)(?:\{.+\})?$/, "{$1}")).join("/");
+}
+
+/** The name of the route `path` belongs to, or "unmatched": a metrics label with a bounded set of values. */
 function routeLabeler(app: Hono): (method: string, path: string) => string {
   let patterns: [RegExp, string][] | null = null;
   return (_method, path) => {
     patterns ??= [...new Set(app.routes.filter((r) => r.method !== "ALL").map((r) => r.path))]
-      .map((p) => [pathPattern(p), p]);
+      .map((p) => [pathPattern(p), routeName(p)]);
     return patterns.find(([pattern]) => pattern.test(path))?.[1] ?? "unmatched";
   };
 }
@@ -146,7 +154,9 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   app.route("/", chatCompletionRoutes(deps));
   app.route("/", completionRoutes(deps));
   app.route("/", responseRoutes(deps));
-  if (deps.metrics) app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null)));
+  if (deps.metrics) {
+    app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null), deps.cacheConfig ?? null));
+  }
   app.route("/", versionRoutes(() => deps.control?.policyVersion ?? deps.engine?.policyVersion ?? 0));
   if (deps.control) {
     app.route("/", controlRoutes(deps.control, adminKey ? requireApiKey(adminKey) : null, deps.metrics ?? null));

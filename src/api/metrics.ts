@@ -6,14 +6,30 @@ import { Hono } from "hono";
 import { requestHandle, type SubmittedRequest } from "../engine/request.ts";
 import type { SamplingParams } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
+import { type CacheConfig, renderCacheConfigInfo } from "../metrics/cache-config.ts";
+import { renderProcessMetrics } from "../metrics/process.ts";
 import { type EngineSnapshot, PROMETHEUS_CONTENT_TYPE, type ServingMetrics } from "../metrics/serving.ts";
 import type { GenerationEngine } from "./deps.ts";
 import { httpErrorOf, type RequestRecord, requestInContext, ServiceUnavailableError } from "./operations.ts";
 
-/** The metrics route: the registry's text with the engine's live state. */
-export function metricsRoutes(metrics: ServingMetrics, snapshot: () => EngineSnapshot | null): Hono {
+/** The path Prometheus scrapes. */
+export const METRICS_PATH = "/metrics";
+
+/**
+ * The metrics route: the registry's text with the engine's live state, the KV cache's configuration
+ * (`vllm:cache_config_info`, when known) and the process's `process_*` series.
+ */
+export function metricsRoutes(
+  metrics: ServingMetrics,
+  snapshot: () => EngineSnapshot | null,
+  cacheConfig: CacheConfig | null = null,
+): Hono {
   const routes = new Hono();
-  routes.get("/metrics", (c) => c.body(metrics.render(snapshot()), 200, { "content-type": PROMETHEUS_CONTENT_TYPE }));
+  const cacheInfo = cacheConfig ? renderCacheConfigInfo(cacheConfig) : "";
+  routes.get(METRICS_PATH, (c) => {
+    const text = metrics.render(snapshot()) + cacheInfo + renderProcessMetrics();
+    return c.body(text, 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+  });
   return routes;
 }
 

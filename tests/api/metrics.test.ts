@@ -1,10 +1,13 @@
 /**
  * Metrics and request bookkeeping: the Prometheus text format, vLLM's metric names, tokens and latencies of the
- * requests served, the engine's live state at scrape time, request ids, one log record per request, CORS off
- * unless asked for, and 503 + Retry-After when the engine turns a request away.
+ * requests served, the engine's live state at scrape time, the process's own series, the KV cache's configuration,
+ * route labels by route name, request ids, one log record per request, CORS off unless asked for, and 503 +
+ * Retry-After when the engine turns a request away.
  */
-import { test } from "node:test";
+import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { closeSync, openSync, readdirSync, readlinkSync } from "node:fs";
+import process from "node:process";
 import { meteredEngine } from "../../src/api/metrics.ts";
 import type { RequestRecord } from "../../src/api/operations.ts";
 import { formatRequestLine, RequestTracker, requestLogFields } from "../../src/api/operations.ts";
@@ -15,7 +18,17 @@ import type { TokenEvent } from "../../src/engine/sequence.ts";
 import { Registry } from "../../src/metrics/registry.ts";
 import { type EngineSnapshot, ServingMetrics } from "../../src/metrics/serving.ts";
 import { createApp } from "../../src/api/app.ts";
+import { ServerConfig } from "../../src/config.ts";
+import { silentLogger } from "../../src/log.ts";
+import { cacheConfigOf } from "../../src/metrics/cache-config.ts";
+import { renderProcessMetrics } from "../../src/metrics/process.ts";
+import { type StartedServer, startServer } from "../../src/server.ts";
+import { testCacheDir } from "../support/served.ts";
 import { errorOf, MAX_MODEL_LEN, MODEL, postJson, qwen3 } from "./app-fixture.ts";
+
+const SLOW = { timeout: 120_000 };
+/** When this file began to run: the process started before. */
+const FILE_STARTED_S = Date.now() / 1000;
 
 /** An engine that answers every request with max_tokens tokens at once, from weights version 3. */
 class ScriptedEngine {
@@ -225,4 +238,165 @@ test("while draining, new requests get 503 and the tracker settles once in-fligh
   assert.equal(await tracker.settled(5), false, "the stream is still going");
   const [settled] = await Promise.all([tracker.settled(10_000), stream.text()]);
   assert.equal(settled, true);
+});
+
+test("a process figure the runtime cannot give is left out, not reported as 0", () => {
+  const text = renderProcessMetrics({
+    residentBytes: 123456,
+    virtualBytes: null,
+    cpuSeconds: 1.5,
+    openFds: null,
+    maxFds: null,
+    startTimeSeconds: 1700000000.25,
+  });
+  assert.equal(sample(text, "process_resident_memory_bytes"), 123456);
+  assert.match(text, /^# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5$/m);
+  assert.equal(sample(text, "process_start_time_seconds"), 1700000000.25);
+  assert.doesNotMatch(text, /process_virtual_memory_bytes|process_open_fds|process_max_fds/);
+  const none = { residentBytes: null, virtualBytes: null, cpuSeconds: null, openFds: null, maxFds: null, startTimeSeconds: null };
+  assert.equal(renderProcessMetrics(none), "");
+});
+
+/** The value of the one series of family `name` (whatever its labels), or null when it is absent. */
+function valueOf(text: string, name: string): number | null {
+  const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : null;
+}
+
+/**
+ * Open descriptors counted another way: the entries of /proc/self/fd that still resolve once the listing is done
+ * (the descriptor that read the directory is closed by then).
+ */
+function liveFds(): number {
+  return readdirSync("/proc/self/fd").filter((fd) => {
+    try {
+      readlinkSync(`/proc/self/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+/** Keeps this thread on the CPU until it has used `ms` more milliseconds of CPU time. */
+function burnCpu(ms: number): void {
+  const used = () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  };
+  const until = used() + ms;
+  let x = 0;
+  while (used() < until) for (let i = 0; i < 10_000; i++) x += Math.sqrt(i);
+  assert.ok(x > 0);
+}
+
+describe("a real server's /metrics", () => {
+  let server: StartedServer;
+  let base: string;
+  const scrape = async () => {
+    const res = await fetch(`${base}/metrics`);
+    assert.equal(res.status, 200);
+    return await res.text();
+  };
+
+  before(async () => {
+    const config = ServerConfig.parse({
+      port: 0,
+      device: "cpu",
+      cacheDir: testCacheDir(),
+      maxModelLen: 256,
+      kvCacheMemory: "64MiB",
+      logRequests: false,
+    });
+    server = await startServer(config, silentLogger);
+    await server.ready;
+    base = `http://127.0.0.1:${server.port}`;
+  });
+  after(async () => await server.close());
+
+  test("process_* series: resident memory as the process sees it, CPU seconds that grow with work, start time", SLOW, async () => {
+    const first = await scrape();
+    for (const name of ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"]) {
+      assert.match(first, new RegExp(`^# TYPE ${name} ${name.endsWith("_total") ? "counter" : "gauge"}$`, "m"), name);
+    }
+    const rss = valueOf(first, "process_resident_memory_bytes")!;
+    const ownRss = process.memoryUsage().rss;
+    assert.ok(rss > 0 && rss > ownRss / 2 && rss < ownRss * 2, `resident ${rss} against memoryUsage().rss ${ownRss}`);
+
+    const cpuBefore = valueOf(first, "process_cpu_seconds_total")!;
+    assert.ok(cpuBefore > 0);
+    burnCpu(200);
+    const cpuAfter = valueOf(await scrape(), "process_cpu_seconds_total")!;
+    assert.ok(cpuAfter - cpuBefore >= 0.19, `CPU seconds ${cpuBefore} then ${cpuAfter} after 0.2 s of work`);
+
+    const start = valueOf(first, "process_start_time_seconds")!;
+    // Before this file began, and within the hour a whole suite takes on one runtime.
+    assert.ok(start <= FILE_STARTED_S && start > FILE_STARTED_S - 3600, `start ${start}, this file began at ${FILE_STARTED_S}`);
+    assert.equal(valueOf(await scrape(), "process_start_time_seconds"), start, "the start time does not move");
+  });
+
+  const linuxOnly = { ...SLOW, skip: process.platform !== "linux" && "these series come from Linux's /proc" };
+  test("on Linux: virtual memory, and open file descriptors counted as they open, under the most allowed", linuxOnly, async () => {
+    const first = await scrape();
+    const rss = valueOf(first, "process_resident_memory_bytes")!;
+    assert.ok(valueOf(first, "process_virtual_memory_bytes")! >= rss);
+    const openBefore = valueOf(first, "process_open_fds")!;
+    const max = valueOf(first, "process_max_fds")!;
+    assert.ok(openBefore >= 3 && openBefore < max, `open ${openBefore}, most ${max}`);
+    assert.ok(Math.abs(openBefore - liveFds()) <= 2, `open ${openBefore}, counted here ${liveFds()}`);
+    const fds = Array.from({ length: 20 }, () => openSync("/dev/null", "r"));
+    try {
+      const open = valueOf(await scrape(), "process_open_fds")!;
+      assert.ok(open >= openBefore + 16, `open ${openBefore}, then ${open} after opening 20`);
+      assert.ok(Math.abs(open - liveFds()) <= 2, `open ${open}, counted here ${liveFds()}`);
+    } finally {
+      fds.forEach((fd) => closeSync(fd));
+    }
+  });
+
+  test("route labels are the routes' names as users read them: never the router's pattern, never a raw path", SLOW, async () => {
+    assert.equal((await fetch(`${base}/v1/models/${MODEL}`)).status, 200);
+    assert.equal((await fetch(`${base}/v1/models/someone/else`)).status, 404);
+    assert.equal((await fetch(`${base}/no/such/page-81723`)).status, 404);
+    const text = await scrape();
+    const http = (status: number, route: string) =>
+      valueOf(text, `gym_edge:http_requests_total{model_name="${MODEL}",method="GET",route="${route}",status="${status}"}`);
+    assert.equal(http(200, "/v1/models/{model}"), 1);
+    assert.equal(http(404, "/v1/models/{model}"), 1);
+    assert.equal(http(404, "unmatched"), 1);
+    const routes = new Set([...text.matchAll(/route="([^"]*)"/g)].map((m) => m[1]));
+    for (const route of routes) {
+      assert.ok(route === "unmatched" || /^\/[a-z0-9_/{}]*$/.test(route), `route label ${route}`);
+      assert.ok(!/someone|page-81723|gym-edge|:/.test(route), `route label ${route}`);
+    }
+  });
+
+  test("vllm:cache_config_info carries the engine's block size and KV capacity in blocks, as vLLM names them", SLOW, async () => {
+    const served = await server.ready;
+    const { engine } = served;
+    const metrics = new ServingMetrics(MODEL);
+    const app = createApp({
+      servedModelName: MODEL,
+      maxModelLen: served.maxModelLen,
+      tokenizer: served.tokenizer,
+      isReady: () => true,
+      metrics,
+      cacheConfig: cacheConfigOf(engine),
+    });
+    const text = await (await app.request("/metrics")).text();
+    assert.match(text, /^# TYPE vllm:cache_config_info gauge$/m);
+    const line = text.split("\n").find((l) => l.startsWith("vllm:cache_config_info{"));
+    assert.ok(line, text);
+    assert.ok(line.endsWith("} 1"));
+    const labels = Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    const bytesPerToken = engine.runner.floatsPerToken * 4;
+    assert.equal(labels.block_size, String(engine.cache.blockSize));
+    assert.equal(labels.kv_cache_memory_bytes, String(64 * 2 ** 20), "--kv-cache-memory 64MiB");
+    assert.equal(labels.num_gpu_blocks, String(Math.floor(64 * 2 ** 20 / (engine.cache.blockSize * bytesPerToken))));
+    assert.ok(Number(labels.num_gpu_blocks) * Number(labels.block_size) >= served.maxModelLen, "a whole context fits");
+    assert.equal(labels.enable_prefix_caching, "True");
+    assert.equal(labels.cache_dtype, "auto");
+    assert.equal(labels.engine, "0");
+    assert.equal(labels.model_name, undefined, "vLLM's info gauge has no model_name");
+  });
 });
