@@ -35,6 +35,8 @@ export const ServerConfig = z.object({
   ),
   maxModelLen: positiveInt.optional().describe("context length in tokens (default: the model's)"),
   apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health"),
+  metricsApiKeyRequired: z.boolean().default(false)
+    .describe("/metrics requires the --api-key key too (default: open to Prometheus scrapers, as in vLLM)"),
   cacheDir: z.string().min(1).optional()
     .describe("where models are built and downloaded (default $XDG_CACHE_HOME/gym-edge or ~/.cache/gym-edge)"),
   logLevel: z.enum(["debug", "info", "warn", "error"]).default("info").describe("least severe log level printed"),

@@ -16,7 +16,7 @@ import {
   RouteNotFoundError,
 } from "./errors.ts";
 import { healthRoutes } from "./health.ts";
-import { metricsRoutes } from "./metrics.ts";
+import { METRICS_PATH, metricsRoutes } from "./metrics.ts";
 import { modelRoutes } from "./models.ts";
 import { operations, type RequestRecord, type RequestTracker, ServiceUnavailableError } from "./operations.ts";
 import { responseRoutes } from "./responses.ts";
@@ -35,6 +35,8 @@ export interface OperationsDeps {
   engineSnapshot?: () => EngineSnapshot | null;
   /** The engine's KV cache configuration, for `vllm:cache_config_info` in /metrics; none: the metric is left out. */
   cacheConfig?: CacheConfig | null;
+  /** /metrics takes the API key too; by default it is open to scrapers, as in vLLM (--metrics-api-key-required). */
+  metricsApiKeyRequired?: boolean;
   /** Counts requests in flight and turns new ones away while draining (graceful shutdown). */
   tracker?: RequestTracker;
   /** One call per finished request (the request log). */
@@ -145,7 +147,10 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   app.use("*", operations({ tracker: deps.tracker, metrics: deps.metrics, log: deps.requestLog, routeOf: routeLabeler(app) }));
   // With an admin key the control routes take that key instead of the API key.
   const adminKey = deps.control && deps.adminApiKey ? deps.adminApiKey : null;
-  if (deps.apiKey) app.use("*", requireApiKey(deps.apiKey, adminKey ? CONTROL_PATHS : []));
+  // Scrapers read /metrics without a key, as vLLM's do, unless --metrics-api-key-required.
+  const metricsOpen = deps.metrics && !deps.metricsApiKeyRequired;
+  const open = [...(adminKey ? CONTROL_PATHS : []), ...(metricsOpen ? [METRICS_PATH] : [])];
+  if (deps.apiKey) app.use("*", requireApiKey(deps.apiKey, open));
   app.use("*", readBody(maxBodyBytes));
 
   app.route("/", healthRoutes(deps));

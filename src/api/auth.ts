@@ -1,6 +1,7 @@
 /**
- * The API key check (`--api-key`): `Authorization: Bearer <key>` on every route but /health. The control routes
- * use the same check with their own key when `--admin-api-key` is set.
+ * The API key check (`--api-key`): `Authorization: Bearer <key>` on every route but /health, and /metrics unless
+ * `--metrics-api-key-required` (scrapers read it without a key, as vLLM's do). The control routes use the same
+ * check with their own key when `--admin-api-key` is set.
  */
 import type { MiddlewareHandler } from "hono";
 import { UnauthorizedError } from "./errors.ts";

@@ -1,6 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { errorOf, postJson, testApp } from "./app-fixture.ts";
+import { ServerConfig } from "../../src/config.ts";
+import { silentLogger } from "../../src/log.ts";
+import { ServingMetrics } from "../../src/metrics/serving.ts";
+import { startServer } from "../../src/server.ts";
+import { testCacheDir } from "../support/served.ts";
+import { createApp } from "../../src/api/app.ts";
+import { errorOf, MAX_MODEL_LEN, MODEL, postJson, qwen3, testApp } from "./app-fixture.ts";
 
 const KEY = "sk-gym-edge-test";
 const app = testApp({ apiKey: KEY });
@@ -40,4 +46,48 @@ test("the right key opens every route; the scheme is case-insensitive", async ()
 test("without an API key configured, no route asks for one", async () => {
   assert.equal((await testApp().request("/v1/models")).status, 200);
   assert.equal((await testApp({ apiKey: "" }).request("/v1/models")).status, 200);
+});
+
+const SLOW = { timeout: 120_000 };
+
+test("with an API key, a real server answers /metrics without the key, as vLLM does, and guards the rest", SLOW, async () => {
+  const config = ServerConfig.parse({ port: 0, device: "cpu", cacheDir: testCacheDir(), apiKey: KEY, logRequests: false });
+  assert.equal(config.metricsApiKeyRequired, false, "open is the default");
+  const server = await startServer(config, silentLogger);
+  try {
+    await server.ready;
+    const base = `http://127.0.0.1:${server.port}`;
+    const res = await fetch(`${base}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /^process_resident_memory_bytes \d+$/m);
+    assert.equal((await fetch(`${base}/metrics/`)).status, 200);
+    await errorOf(await fetch(`${base}/v1/models`), 401);
+    assert.equal((await fetch(`${base}/v1/models`, { headers: bearer(KEY) })).status, 200);
+  } finally {
+    await server.close();
+  }
+});
+
+/** An app with the API key and metrics, and `flags`. */
+function metricsApp(flags: { metricsApiKeyRequired?: boolean }) {
+  const metrics = new ServingMetrics(MODEL);
+  const deps = { servedModelName: MODEL, maxModelLen: MAX_MODEL_LEN, tokenizer: qwen3, isReady: () => true };
+  return createApp({ ...deps, apiKey: KEY, metrics, ...flags });
+}
+
+test("with --metrics-api-key-required, /metrics takes the API key like every other route", async () => {
+  assert.equal(ServerConfig.parse({ metricsApiKeyRequired: true }).metricsApiKeyRequired, true);
+  const guarded = metricsApp({ metricsApiKeyRequired: true });
+  for (const headers of [{}, bearer("sk-wrong")]) {
+    const res = await guarded.request("/metrics", { headers });
+    assert.equal(res.headers.get("www-authenticate"), "Bearer");
+    assert.equal((await errorOf(res, 401)).code, "invalid_api_key");
+  }
+  const res = await guarded.request("/metrics", { headers: bearer(KEY) });
+  assert.equal(res.status, 200);
+  assert.match(await res.text(), /^# TYPE vllm:num_requests_running gauge$/m);
+  // Without the flag the same app answers scrapers without a key; other routes still want it.
+  const open = metricsApp({});
+  assert.equal((await open.request("/metrics")).status, 200);
+  await errorOf(await open.request("/v1/models"), 401);
 });
