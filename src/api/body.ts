@@ -8,7 +8,7 @@ export async function readJson(c: Context): Promise<unknown> {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new MalformedJsonError(text.trim() === "" ? "the body is empty" : (err as Error).message);
+    throw new MalformedJsonError(text.trim() === "" ? "it is empty; send a JSON object" : (err as Error).message);
   }
 }
 

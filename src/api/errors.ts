@@ -10,6 +10,7 @@ import { ChatTemplateError, TextTooLongError } from "../chat/template.ts";
 import { ToolChoiceError } from "../chat/tools/parser.ts";
 import { EngineRequestError } from "../engine/engine.ts";
 import { SamplingParamsError } from "../engine/sampling-params.ts";
+import { describeIssues } from "./issues.ts";
 
 /** OpenAI's error body. */
 export const ErrorBody = z.object({
@@ -109,17 +110,9 @@ interface HttpError {
   headers?: Record<string, string>;
 }
 
-function issuePath(path: readonly PropertyKey[]): string {
-  return path.map((key, i) => typeof key === "number" ? `[${key}]` : `${i > 0 ? "." : ""}${String(key)}`).join("");
-}
-
 function validationError(err: z.ZodError): HttpError {
-  const described = err.issues.map((issue) => {
-    const path = issuePath(issue.path);
-    return path ? `${path}: ${issue.message}` : issue.message;
-  });
-  const first = err.issues[0] ? issuePath(err.issues[0].path) : "";
-  return invalid(400, described.join("; "), first || null);
+  const { message, param } = describeIssues(err.issues);
+  return invalid(400, message, param);
 }
 
 function invalid(status: number, message: string, param: string | null = null, code: string | null = null): HttpError {

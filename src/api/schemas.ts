@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { roleField, TokenIds } from "../chat/messages.ts";
 import { ChatPromptFields } from "../chat/prompt.ts";
+import { describeIssue } from "./issues.ts";
 
 /** The optional `model` field every request may carry. */
 export const ModelField = { model: z.string().nullish() };
@@ -64,6 +65,20 @@ export type ModelList = z.infer<typeof ModelList>;
 export const HealthResponse = z.object({ status: z.literal("ok") });
 export type HealthResponse = z.infer<typeof HealthResponse>;
 
+/**
+ * A union's error as one sentence: zod's own says only "Invalid input", and its branches say what each form wanted,
+ * which for most unions is clearer said at once ("stop must be a string or an array of strings").
+ */
+function unionError(field: string, forms: string) {
+  return (issue: { input?: unknown }) => {
+    if (issue.input === undefined) return `${field} is required: ${forms}`;
+    if (Array.isArray(issue.input) && issue.input.length === 0) return `${field} must not be empty: ${forms}`;
+    return `${field} must be ${forms}`;
+  };
+}
+
+const stopField = z.union([z.string(), z.array(z.string())], { error: unionError("stop", "a string or an array of strings") });
+
 const nullableNumber = z.number().nullish();
 const nullableInt = z.int().nullish();
 const nullableBool = z.boolean().nullish();
@@ -95,7 +110,7 @@ const GenerationFields = {
   ...ModelField,
   ...SamplingRequestFields.shape,
   max_tokens: z.int().min(1).nullish(),
-  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  stop: stopField.nullish(),
   include_stop_str_in_output: nullableBool,
   skip_special_tokens: nullableBool,
   stream: nullableBool,
@@ -115,7 +130,9 @@ export const ChatCompletionRequest = z.object({
   tool_choice: z.union([
     z.enum(["none", "auto", "required"]),
     z.object({ type: z.literal("function").optional(), function: z.object({ name: z.string() }) }),
-  ]).nullish(),
+  ], {
+    error: unionError("tool_choice", '"none", "auto", "required" or {"type": "function", "function": {"name": "..."}}'),
+  }).nullish(),
   parallel_tool_calls: nullableBool,
   response_format: z.looseObject({ type: z.string() }).nullish(),
 });
@@ -129,7 +146,13 @@ export const CompletionRequest = z.object({
     z.array(z.string()).min(1),
     TokenIds.min(1),
     z.array(TokenIds.min(1)).min(1),
-  ]),
+  ], {
+    error: unionError(
+      "prompt",
+      "a string, an array of strings, an array of token ids or an array of arrays of token ids (token ids are " +
+        "integers from 0)",
+    ),
+  }),
   echo: nullableBool,
   logprobs: z.int().min(0).max(20).nullish(),
   suffix: z.string().nullish(),
@@ -175,11 +198,15 @@ export const ResponseInputItem = z.preprocess(
 export type ResponseInputItem = z.infer<typeof ResponseInputItem>;
 
 // A string or a list of items. Checked in two steps, so that a bad item's error names the item, not just `input`.
-const ResponseInput = z.union([z.string(), z.array(z.unknown()).min(1)]).transform((input, ctx) => {
+const ResponseInput = z.union([z.string(), z.array(z.unknown()).min(1)], {
+  error: unionError("input", "a string or an array of input items"),
+}).transform((input, ctx) => {
   if (typeof input === "string") return input;
   const items = z.array(ResponseInputItem).safeParse(input);
   if (items.success) return items.data;
-  for (const issue of items.error.issues) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path });
+  for (const issue of items.error.issues) {
+    ctx.addIssue({ code: "custom", message: describeIssue(issue, ["input"]), path: issue.path });
+  }
   return z.NEVER;
 });
 
@@ -203,7 +230,7 @@ export const ResponsesRequest = z.object({
   tool_choice: z.union([
     z.enum(["none", "auto", "required"]),
     z.object({ type: z.literal("function"), name: z.string() }),
-  ]).nullish(),
+  ], { error: unionError("tool_choice", '"none", "auto", "required" or {"type": "function", "name": "..."}') }).nullish(),
   parallel_tool_calls: nullableBool,
   max_output_tokens: z.int().min(1).nullish(),
   top_logprobs: z.int().min(0).max(20).nullish(),
@@ -212,7 +239,7 @@ export const ResponsesRequest = z.object({
   previous_response_id: z.string().nullish(),
   metadata: z.record(z.string(), z.string()).nullish(),
   text: z.looseObject({ format: z.looseObject({ type: z.string() }).nullish() }).nullish(),
-  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  stop: stopField.nullish(),
   include_stop_str_in_output: nullableBool,
   skip_special_tokens: nullableBool,
   return_tokens_as_token_ids: nullableBool,
