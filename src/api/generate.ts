@@ -11,6 +11,7 @@ import { SamplingParams, type SamplingParamsInput } from "../engine/sampling-par
 import type { TokenEvent } from "../engine/sequence.ts";
 import type { AppDeps, GenerationEngine } from "./deps.ts";
 import { InvalidRequestError, NotReadyError } from "./errors.ts";
+import { noteClampedMaxTokens } from "./operations.ts";
 import type { FinishReason, StopReason } from "./protocol.ts";
 import type { SamplingRequestFields } from "./schemas.ts";
 
@@ -66,6 +67,7 @@ export function samplingParams(deps: AppDeps, fields: SamplingRequestFields, opt
         "max_tokens",
       );
     }
+    if (options.maxTokens != null) noteClampedMaxTokens(maxTokens, room);
     maxTokens = room;
   }
   const input: SamplingParamsInput = {

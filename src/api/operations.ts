@@ -1,7 +1,8 @@
 /**
- * Operating the HTTP server: a request id and one log line per request (with its tokens and latencies), metrics by
- * route and status, the count of requests in flight for a graceful shutdown (which turns new ones away with 503),
- * and the translation of the engine's control errors into HTTP errors.
+ * Operating the HTTP server: a request id and one log line per request (with its tokens and latencies, why it failed,
+ * and a max_tokens lowered to fit the context), metrics by route and status, the count of requests in flight for a
+ * graceful shutdown (which turns new ones away with 503), and the translation of the engine's control errors into
+ * HTTP errors.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { MiddlewareHandler } from "hono";
@@ -45,6 +46,10 @@ export interface RequestRecord {
   policyVersion: number | null;
   /** performance.now() at arrival. */
   startedAt: number;
+  /** Why it failed (status 400 and up): the error message sent, on one line and shortened; null when it did not. */
+  reason: string | null;
+  /** The max_tokens asked for and the one it was lowered to, to fit the context; null when it was not lowered. */
+  maxTokensClamp: { requested: number; allowed: number } | null;
 }
 
 const currentRequest = new AsyncLocalStorage<RequestRecord>();
@@ -52,6 +57,35 @@ const currentRequest = new AsyncLocalStorage<RequestRecord>();
 /** The record of the HTTP request being served in this async context, if any (the engine wrapper adds tokens). */
 export function requestInContext(): RequestRecord | undefined {
   return currentRequest.getStore();
+}
+
+/** Notes in the request's log line that its max_tokens was lowered to fit the context (a batch: the lowest). */
+export function noteClampedMaxTokens(requested: number, allowed: number): void {
+  const record = currentRequest.getStore();
+  if (record && (record.maxTokensClamp === null || allowed < record.maxTokensClamp.allowed)) {
+    record.maxTokensClamp = { requested, allowed };
+  }
+}
+
+/** The longest reason a log line carries. */
+const MAX_REASON_CHARS = 300;
+
+/** An error message as a log line's reason: one line, at most MAX_REASON_CHARS characters. */
+export function oneLineReason(message: string): string {
+  const line = message.replace(/\s+/g, " ").trim();
+  return line.length <= MAX_REASON_CHARS ? line : `${line.slice(0, MAX_REASON_CHARS - 1)}…`;
+}
+
+/** The error message of an error response (OpenAI's shape), or null when it has none. */
+async function errorMessageOf(res: Response): Promise<string | null> {
+  if (!(res.headers.get("content-type") ?? "").includes("json")) return null;
+  try {
+    const body = await res.clone().json();
+    const message = body?.error?.message;
+    return typeof message === "string" ? message : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Requests in flight, and the switch that turns new ones away while the server drains. */
@@ -127,6 +161,8 @@ export function operations(options: OperationsOptions): MiddlewareHandler {
       durationMs: 0,
       policyVersion: null,
       startedAt: performance.now(),
+      reason: null,
+      maxTokensClamp: null,
     };
     const tracker = options.tracker;
     tracker?.begin();
@@ -136,7 +172,10 @@ export function operations(options: OperationsOptions): MiddlewareHandler {
       if (ended) return;
       ended = true;
       // Like nginx's 499: the client went away first, so no status reached it; not a server error.
-      if (clientGone) record.status = CLIENT_CLOSED_STATUS;
+      if (clientGone) {
+        record.status = CLIENT_CLOSED_STATUS;
+        record.reason ??= "the client closed the connection";
+      }
       record.durationMs = performance.now() - record.startedAt;
       tracker?.end();
       options.metrics?.inFlight(tracker?.inFlight ?? 0);
@@ -151,10 +190,15 @@ export function operations(options: OperationsOptions): MiddlewareHandler {
     } catch (err) {
       // Only this middleware's own refusal gets here: Hono turns a route's errors into c.res before next() returns.
       record.status = err instanceof HTTPException ? err.status : 500;
+      record.reason = oneLineReason(err instanceof Error ? err.message : String(err));
       end();
       throw err;
     }
     record.status = c.res.status;
+    if (record.status >= 400) {
+      const message = await errorMessageOf(c.res) ?? c.error?.message ?? null;
+      record.reason = message === null ? null : oneLineReason(message);
+    }
     c.res.headers.set("x-request-id", record.id);
     const body = c.res.body;
     if (body && (c.res.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
@@ -191,7 +235,9 @@ export function formatRequestLine(r: RequestRecord): string {
   const ms = (v: number | null) => (v === null ? "-" : String(Math.round(v)));
   return `request ${r.id} ${r.method} ${r.route} ${r.status} prompt_tokens=${r.promptTokens} ` +
     `completion_tokens=${r.completionTokens} ttft_ms=${ms(r.ttftMs)} duration_ms=${ms(r.durationMs)}` +
-    (r.policyVersion === null ? "" : ` policy_version=${r.policyVersion}`);
+    (r.policyVersion === null ? "" : ` policy_version=${r.policyVersion}`) +
+    (r.maxTokensClamp === null ? "" : ` max_tokens_clamped=${r.maxTokensClamp.requested}->${r.maxTokensClamp.allowed}`) +
+    (r.reason === null ? "" : ` reason=${JSON.stringify(r.reason)}`);
 }
 
 /** A record as the fields of a JSON log line. */
@@ -207,5 +253,7 @@ export function requestLogFields(r: RequestRecord): Record<string, unknown> {
     ttft_ms: r.ttftMs === null ? null : Math.round(r.ttftMs * 10) / 10,
     duration_ms: Math.round(r.durationMs * 10) / 10,
     policy_version: r.policyVersion,
+    ...(r.maxTokensClamp === null ? {} : { max_tokens_requested: r.maxTokensClamp.requested, max_tokens: r.maxTokensClamp.allowed }),
+    ...(r.reason === null ? {} : { reason: r.reason }),
   };
 }
