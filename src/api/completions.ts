@@ -1,6 +1,7 @@
 /**
  * POST /v1/completions: text or token-id prompts (one, or a batch of either), n samples each, echo, the legacy
- * logprobs shape, and the RL token fields. Choice i*n + j is sample j of prompt i, as in vLLM.
+ * logprobs shape, and the RL token fields. Choice i*n + j is sample j of prompt i, as in vLLM. `echo` with
+ * `max_tokens: 0` scores the prompt without generating: as vLLM, the engine runs one token, which is not reported.
  */
 import { Hono } from "hono";
 import { TokenTexts } from "../chat/detokenize.ts";
@@ -33,6 +34,12 @@ interface Prompt {
 
 function checkRequest(request: CompletionRequest): void {
   if (request.suffix != null) throw new InvalidRequestError("suffix is not supported", "suffix");
+  if (request.max_tokens === 0 && !request.echo) {
+    throw new InvalidRequestError(
+      "max_tokens must be at least 1; 0 is accepted only with echo, to score the prompt without generating",
+      "max_tokens",
+    );
+  }
   const promptTop = request.prompt_logprobs;
   if (promptTop != null && (promptTop < 0 || promptTop > MAX_TOP_LOGPROBS)) {
     throw new InvalidRequestError(`prompt_logprobs must be from 0 to ${MAX_TOP_LOGPROBS}, got ${promptTop}`, "prompt_logprobs");
@@ -80,6 +87,7 @@ export function completionRoutes(deps: AppDeps): Hono {
     checkRequest(request);
     const engine = engineOf(deps);
     const prompts = promptsOf(deps, request);
+    const scoreOnly = request.echo === true && request.max_tokens === 0;
     const generations: Generation[] = [];
     try {
       for (const [i, prompt] of prompts.entries()) {
@@ -88,7 +96,7 @@ export function completionRoutes(deps: AppDeps): Hono {
           tokenizer: deps.tokenizer,
           params: samplingParams(deps, request, {
             promptLength: prompt.ids.length,
-            maxTokens: request.max_tokens,
+            maxTokens: scoreOnly ? 1 : request.max_tokens,
             defaultMaxTokens: 16,
             topLogprobs: request.logprobs ?? null,
             promptLogprobs: promptLogprobsWanted(request),
@@ -110,6 +118,7 @@ export function completionRoutes(deps: AppDeps): Hono {
       prompts,
       n: generations[0].requests.length,
       echo: request.echo ?? false,
+      scoreOnly,
       names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
       topLogprobs: request.logprobs ?? null,
       promptLogprobs: request.prompt_logprobs != null,
@@ -134,6 +143,8 @@ interface CompletionShape {
   prompts: Prompt[];
   n: number;
   echo: boolean;
+  /** echo with max_tokens 0: the prompt alone, with its log-probabilities; the token the engine ran is dropped. */
+  scoreOnly: boolean;
   names: TokenNames;
   topLogprobs: number | null;
   /** The request asked for prompt_logprobs (echo with logprobs puts them in `logprobs` instead). */
@@ -163,20 +174,22 @@ async function complete(generations: Generation[], shape: CompletionShape): Prom
     const prompt = shape.prompts[Math.floor(result.index / shape.n)];
     const echoed = shape.echo ? prompt.text : "";
     const entries = result.tokens[0]?.promptLogprobs;
+    const generated = shape.scoreOnly ? [] : result.tokens;
     return {
       index: result.index,
-      text: echoed + result.text,
+      text: echoed + (shape.scoreOnly ? "" : result.text),
       logprobs: shape.topLogprobs === null ? null : withEchoedPrompt(
         shape.echo && entries ? legacyPromptLogprobs(shape.names, prompt.ids, entries, shape.topLogprobs) : null,
-        legacyLogprobs(shape.names, result.tokens, shape.topLogprobs, echoed.length),
+        legacyLogprobs(shape.names, generated, shape.topLogprobs, echoed.length),
       ),
-      finish_reason: result.finishReason,
-      stop_reason: result.stopReason,
+      finish_reason: shape.scoreOnly && result.finishReason !== "abort" ? "length" : result.finishReason,
+      stop_reason: shape.scoreOnly ? null : result.stopReason,
       prompt_logprobs: shape.promptLogprobs ? promptLogprobsOf(shape.names.texts, entries) : null,
-      ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: result.tokens.map((t) => t.tokenId) } : {}),
+      ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: generated.map((t) => t.tokenId) } : {}),
     };
   });
   const tokens = results.flatMap((r) => r.tokens);
+  const generatedCount = shape.scoreOnly ? 0 : tokens.length;
   return {
     id: shape.id,
     object: "text_completion",
@@ -185,7 +198,7 @@ async function complete(generations: Generation[], shape: CompletionShape): Prom
     choices,
     service_tier: null,
     system_fingerprint: null,
-    usage: usageOf(promptTokens(shape), tokens.length),
+    usage: usageOf(promptTokens(shape), generatedCount),
     ...(shape.returnTokenIds && shape.prompts.length === 1 ? { prompt_token_ids: shape.prompts[0].ids } : {}),
     kv_transfer_params: null,
     policy_version: policyVersionOf(shape.version, tokens),
@@ -211,6 +224,21 @@ async function* stream(generations: Generation[], shape: CompletionShape, includ
     } satisfies Completion);
   for await (const event of mergeAsync(generations.map((g) => g.events()))) {
     const prompt = shape.prompts[Math.floor(event.index / shape.n)];
+    if (shape.scoreOnly) {
+      // Only the echoed prompt, in the last chunk: the token the engine ran is not part of the answer.
+      if (event.kind === "token") version = Math.max(version, event.token.policyVersion);
+      else {
+        yield chunk({
+          index: event.index,
+          text: prompt.text,
+          logprobs: null,
+          finish_reason: event.finishReason === "abort" ? "abort" : "length",
+          stop_reason: null,
+          ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: [] } : {}),
+        });
+      }
+      continue;
+    }
     let text = event.text;
     let firstFields = {};
     if (!offsets.has(event.index)) {

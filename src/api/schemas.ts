@@ -138,9 +138,13 @@ export const ChatCompletionRequest = z.object({
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
-/** POST /v1/completions: a prompt is text or token ids, and a request may carry a batch of either. */
+/**
+ * POST /v1/completions: a prompt is text or token ids, and a request may carry a batch of either. max_tokens 0 is
+ * accepted for echo alone (scoring a prompt without generating); the route refuses it otherwise.
+ */
 export const CompletionRequest = z.object({
   ...GenerationFields,
+  max_tokens: z.int().min(0).nullish(),
   prompt: z.union([
     z.string(),
     z.array(z.string()).min(1),

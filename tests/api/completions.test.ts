@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { meteredEngine } from "../../src/api/metrics.ts";
+import { formatRequestLine, type RequestRecord, requestLogFields } from "../../src/api/operations.ts";
 import { Completion } from "../../src/api/protocol.ts";
 import { ServingMetrics } from "../../src/metrics/serving.ts";
 import { errorOf, postJson, servedTinyApp, qwen3 } from "./app-fixture.ts";
@@ -119,7 +120,12 @@ test("completions errors are 400s naming the field", SLOW, async () => {
     [{ prompt: "x", prompt_logprobs: -1 }, "prompt_logprobs", /0 to 20/],
     [{ prompt: "x", suffix: "y" }, "suffix", /not supported/],
     [{ prompt: "x", logprobs: 21 }, "logprobs", /20/],
-    [{ prompt: "x", max_tokens: 0 }, "max_tokens", /1/],
+    [{ prompt: "x", max_tokens: 0 }, "max_tokens", /^max_tokens must be at least 1; 0 is accepted only with echo/],
+    [{ prompt: "x", max_tokens: -1 }, "max_tokens", /^max_tokens must be at least 0$/],
+    [{ prompt: "x", temperature: 5 }, "temperature", /^temperature must be at most 2$/],
+    [{ prompt: "x", top_p: 0 }, "top_p", /^top_p must be greater than 0$/],
+    [{ prompt: "x", n: 0 }, "n", /^n must be at least 1$/],
+    [{ prompt: "x", logit_bias: { abc: 1 } }, "logit_bias.abc", /^logit_bias keys must be token ids, got the key "abc"$/],
     [{ prompt: [] }, "prompt", /./],
   ];
   for (const [body, param, message] of cases) {
@@ -170,4 +176,64 @@ test("echo with logprobs scores the prompt too, and prompt_logprobs reports each
     assert.ok(Object.values(entry).some((e) => e.rank === 1), "the most likely token is among them");
     assert.ok(own.logprob <= 0 && own.logprob >= -9999);
   }
+});
+
+test("echo with max_tokens 0 scores the prompt without generating: the prompt's log-probabilities, finish_reason length", SLOW, async () => {
+  const ids = qwen3.encode("The quick brown fox jumps");
+  const generated = await complete({ prompt: ids, max_tokens: 2, temperature: 0, echo: true, logprobs: 1 });
+  const out = await complete({ prompt: ids, max_tokens: 0, temperature: 0, echo: true, logprobs: 1, prompt_logprobs: 1, return_token_ids: true });
+  const choice = out.choices[0];
+  assert.equal(choice.text, qwen3.decode(ids));
+  assert.equal(choice.finish_reason, "length");
+  assert.equal(choice.stop_reason, null);
+  assert.deepEqual(choice.token_ids, []);
+  assert.equal(out.usage!.completion_tokens, 0);
+  assert.equal(out.usage!.total_tokens, ids.length);
+  const lp = choice.logprobs!;
+  assert.equal(lp.tokens.length, ids.length, "the prompt's tokens and nothing after them");
+  assert.equal(lp.token_logprobs[0], null);
+  const expected = generated.choices[0].logprobs!.token_logprobs.slice(0, ids.length);
+  lp.token_logprobs.forEach((logprob, i) => {
+    if (i === 0) return;
+    assert.ok(Math.abs(logprob! - expected[i]!) < 1e-4, `prompt token ${i}: ${logprob} vs ${expected[i]} when generating`);
+  });
+  assert.deepEqual(lp.text_offset, generated.choices[0].logprobs!.text_offset.slice(0, ids.length));
+  assert.equal(choice.prompt_logprobs!.length, ids.length);
+  // Text prompts and batches too; without logprobs there are none.
+  const batch = await complete({ prompt: ["one", "two words"], max_tokens: 0, echo: true, n: 2 });
+  assert.deepEqual(batch.choices.map((c) => c.text), ["one", "one", "two words", "two words"]);
+  assert.ok(batch.choices.every((c) => c.logprobs === null && c.finish_reason === "length"));
+  assert.equal(batch.usage!.completion_tokens, 0);
+});
+
+test("echo with max_tokens 0 streams the prompt in one chunk that ends the choice", SLOW, async () => {
+  const body = { prompt: "Stream the prompt", max_tokens: 0, echo: true, stream: true, stream_options: { include_usage: true } };
+  const res = await app.request("/v1/completions", postJson(body));
+  assert.equal(res.status, 200);
+  const events = (await res.text()).split("\n\n").filter((e) => e !== "");
+  assert.equal(events.at(-1), "data: [DONE]");
+  const chunks = events.slice(0, -1).map((e) => Completion.parse(JSON.parse(e.slice(6))));
+  const choices = chunks.flatMap((c) => c.choices);
+  assert.equal(choices.length, 1);
+  assert.equal(choices[0].text, "Stream the prompt");
+  assert.equal(choices[0].finish_reason, "length");
+  assert.equal(chunks.at(-1)!.usage!.completion_tokens, 0);
+});
+
+test("a max_tokens lowered to fit the context is in the request's log line with both numbers", SLOW, async () => {
+  const records: RequestRecord[] = [];
+  const logged = servedApp({ requestLog: (r) => records.push({ ...r }) });
+  // A prompt that leaves little room, so the clamped request is short to run.
+  const ids = Array.from({ length: 500 }, (_, i) => 100 + i);
+  const res = await logged.request("/v1/completions", postJson({ prompt: ids, max_tokens: 5000 }));
+  assert.equal(res.status, 200);
+  const room = 512 - ids.length;
+  assert.deepEqual(records[0].maxTokensClamp, { requested: 5000, allowed: room });
+  assert.match(formatRequestLine(records[0]), new RegExp(` max_tokens_clamped=5000->${room}( |$)`));
+  assert.equal(requestLogFields(records[0]).max_tokens_requested, 5000);
+  assert.equal(requestLogFields(records[0]).max_tokens, room);
+  // A max_tokens that fits, or none at all, is not noted.
+  await logged.request("/v1/completions", postJson({ prompt: ids, max_tokens: 2 }));
+  assert.equal(records[1].maxTokensClamp, null);
+  assert.doesNotMatch(formatRequestLine(records[1]), /max_tokens_clamped/);
 });
