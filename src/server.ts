@@ -9,14 +9,16 @@ import { createApp } from "./api/app.ts";
 import { errorPayload, errorResponse, HttpParseError, NotReadyError } from "./api/errors.ts";
 import { meteredEngine } from "./api/metrics.ts";
 import { formatRequestLine, RequestTracker, requestLogFields } from "./api/operations.ts";
-import { ChatTokenizer } from "./chat/template.ts";
+import { ChatTokenizer, readChatTemplate } from "./chat/template.ts";
 import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
+import { Rng } from "./engine/rng.ts";
 import { SamplerPool } from "./engine/sampler-pool.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
 import { ServingMetrics } from "./metrics/serving.ts";
 import { setCpuThreads } from "./model/ort/backends.ts";
 import { type ModelInfo, openModel } from "./model/loader.ts";
+import { readSamplingDefaults, type SamplingDefaultsSource } from "./model/generation-defaults.ts";
 import { BUILTIN_MODEL_NAME, defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/runners/engine-kv.ts";
 import { startModelThread } from "./model/thread/model-thread.ts";
@@ -36,6 +38,8 @@ export interface ServedModel {
   layout: RunnerLayout;
   /** The engine behind the control plane (refit, sleep, the queue bound): what the API submits to. */
   control: EngineControl;
+  /** Sampling for what requests leave unset, from the model's generation config (--generation-config). */
+  samplingDefaults: SamplingDefaultsSource;
 }
 
 /** A weights problem as the control plane reports it: the client's mistake, or a forbidden path. */
@@ -54,6 +58,7 @@ export async function loadServedModel(
   options: { hostCache?: boolean } = {},
 ): Promise<ServedModel> {
   const cacheDir = config.cacheDir ?? defaultCacheDir(envRecord());
+  const chatTemplate = config.chatTemplate === undefined ? null : readChatTemplate(config.chatTemplate);
   setCpuThreads(config.threads);
   // The engine runs its own graph: only its runner opens on the device, never the model's standard session.
   const { model: loaded, opened } = await openModel(
@@ -74,13 +79,15 @@ export async function loadServedModel(
         hostCache: options.hostCache,
       };
       // The chat tokenizer (tens of ms over the vocabulary) is made while the graph opens, not once it is open.
-      const chat = model.tokenizer.then((t) => new ChatTokenizer(t));
+      const chat = model.tokenizer.then((t) => new ChatTokenizer(t, { chatTemplate }));
       chat.catch(() => {}); // a tokenizer that failed is openModel's to report
       return { ...await openModelRunner(served), served, maxModelLen, chat };
     },
   );
   const { runner, layout, reason, served, maxModelLen } = opened;
   const tokenizer = await opened.chat;
+  if (chatTemplate !== null) tokenizer.checkChatTemplate();
+  const samplingDefaults = readSamplingDefaults(config.generationConfig, loaded.dir, config.overrideGenerationConfig);
   log.info(`loaded ${loaded.id} on ${loaded.device} via ${loaded.backend.label} (${loaded.dtype})`);
   if (layout === "standard") log.warn(`serving through the model's standard graph, slower at long contexts: ${reason}`);
   if (runner.stepAndSample) log.info("KV cache, logits and sampling stay on the GPU; only token ids and log-probabilities come back");
@@ -117,7 +124,7 @@ export async function loadServedModel(
   });
   tokenizer.limitToContext(maxModelLen);
   await nextTurn();
-  return { loaded, tokenizer, engine, maxModelLen, layout, control };
+  return { loaded, tokenizer, engine, maxModelLen, layout, control, samplingDefaults };
 }
 
 /**
@@ -172,19 +179,41 @@ export interface ServerAppOptions {
   metrics?: ServingMetrics;
 }
 
-/** The model name clients send and see: --served-model-name, else the model path, else the built-in model's. */
-function servedModelNameOf(config: ServerConfig): string {
-  return config.servedModelName ?? config.model ?? BUILTIN_MODEL_NAME;
+/** The names clients send and see: --served-model-name's, else the model path, else the built-in model's. */
+function servedModelNamesOf(config: ServerConfig): string[] {
+  return config.servedModelName ?? [config.model ?? BUILTIN_MODEL_NAME];
+}
+
+/** The seeds of requests that give none: a stream fixed by --seed, or none (each request samples afresh). */
+function seedStream(seed: number | undefined): (() => number) | null {
+  if (seed === undefined) return null;
+  const rng = Rng.fromSeed(seed);
+  return () => rng.nextUint32();
+}
+
+/** --allowed-origins: comma-separated, or a JSON list as vLLM takes it ('["*"]'); null: CORS off. */
+function allowedOriginsOf(value: string | undefined): string[] | null {
+  if (value === undefined) return null;
+  let list: unknown = null;
+  if (value.trim().startsWith("[")) {
+    try {
+      list = JSON.parse(value);
+    } catch { /* read as comma-separated */ }
+  }
+  const origins = Array.isArray(list) ? list.map(String) : value.split(",");
+  return origins.map((o) => o.trim()).filter(Boolean);
 }
 
 /** The HTTP app over a served model, with everything the config asks for (control plane, metrics, request log). */
 export function serverApp(config: ServerConfig, served: ServedModel, options: ServerAppOptions = {}): Hono {
   const log = options.log ?? serverLogger(config);
-  const servedModelName = servedModelNameOf(config);
-  const metrics = options.metrics ?? new ServingMetrics(servedModelName);
+  const servedModelNames = servedModelNamesOf(config);
+  const metrics = options.metrics ?? new ServingMetrics(servedModelNames[0]);
   return createApp({
-    servedModelName,
-    modelRoot: served.loaded.id,
+    servedModelName: servedModelNames[0],
+    servedModelNames,
+    // As the model was asked for (a hub id or a directory), which requests may name too.
+    modelRoot: config.model ?? served.loaded.id,
     maxModelLen: served.maxModelLen,
     tokenizer: served.tokenizer,
     engine: meteredEngine(served.control, metrics),
@@ -196,7 +225,7 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     requestLog: config.logRequests
       ? (r) => log.info(config.logFormat === "json" ? JSON.stringify(requestLogFields(r)) : formatRequestLine(r))
       : null,
-    allowedOrigins: config.allowedOrigins?.split(",").map((o) => o.trim()).filter(Boolean) ?? null,
+    allowedOrigins: allowedOriginsOf(config.allowedOrigins),
     isReady: () => true,
     apiKey: config.apiKey,
     toolCallParser: config.toolCallParser,
@@ -207,6 +236,8 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     requireTopP: config.requireTopP ?? null,
     requireTopK: config.requireTopK ?? null,
     strictMaxTokens: config.strictMaxTokens,
+    samplingDefaults: served.samplingDefaults.defaults,
+    nextSeed: seedStream(config.seed),
   });
 }
 
@@ -236,9 +267,8 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     parseErrorBody: (status, message) => JSON.stringify(errorPayload(new HttpParseError(status, message)).body),
   });
   log.info(`listening on http://${running.hostname}:${running.port}`);
-  const servedModelName = servedModelNameOf(config);
   const tracker = new RequestTracker();
-  const metrics = new ServingMetrics(servedModelName);
+  const metrics = new ServingMetrics(servedModelNamesOf(config)[0]);
   let model: ServedModel | null = null;
   const ready = loadServedModel(config, log).then(async (served) => {
     model = served;

@@ -3,6 +3,7 @@ import type { ChatTokenizer } from "../chat/template.ts";
 import type { SubmittedRequest } from "../engine/engine.ts";
 import type { SamplingParams } from "../engine/sampling-params.ts";
 import type { FinishReason } from "../engine/sequence.ts";
+import type { SamplingDefaults } from "../model/generation-defaults.ts";
 
 /** The engine as the API uses it. */
 export interface GenerationEngine {
@@ -14,9 +15,14 @@ export interface GenerationEngine {
 
 /** The served model, its tokenizer, readiness and the server's request limits. */
 export interface AppDeps {
-  /** The model name clients send as `model` (and see in /v1/models). */
+  /** The model name responses carry: the first served name. */
   servedModelName: string;
-  /** Where the model came from (a hub id or a directory): `root` in /v1/models; defaults to servedModelName. */
+  /** Every name /v1/models lists and requests may send, servedModelName first (default: servedModelName alone). */
+  servedModelNames?: readonly string[];
+  /**
+   * Where the model came from (a hub id or a directory): `root` in /v1/models, and a name requests may send too;
+   * defaults to servedModelName.
+   */
   modelRoot?: string;
   /** The context length: prompt plus generated tokens. */
   maxModelLen: number;
@@ -43,4 +49,8 @@ export interface AppDeps {
   requireTopK?: number | null;
   /** Reject (400) a max_tokens that does not fit the context instead of clamping it. */
   strictMaxTokens?: boolean;
+  /** Sampling for the fields a request leaves unset (the model's generation_config.json); max_tokens caps. */
+  samplingDefaults?: SamplingDefaults | null;
+  /** The seed of a request that gives none (--seed); absent: fresh randomness. */
+  nextSeed?: (() => number) | null;
 }

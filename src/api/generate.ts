@@ -70,8 +70,18 @@ export function samplingParams(deps: AppDeps, fields: SamplingRequestFields, opt
     if (options.maxTokens != null) noteClampedMaxTokens(maxTokens, room);
     maxTokens = room;
   }
+  const defaults = deps.samplingDefaults ?? {};
+  // As vLLM: the model's max_new_tokens caps every request's max_tokens, given or not.
+  if (defaults.max_tokens != null) maxTokens = Math.min(maxTokens, defaults.max_tokens);
   const input: SamplingParamsInput = {
     ...fields,
+    temperature: fields.temperature ?? defaults.temperature,
+    top_p: fields.top_p ?? defaults.top_p,
+    top_k: fields.top_k ?? defaults.top_k,
+    min_p: fields.min_p ?? defaults.min_p,
+    repetition_penalty: fields.repetition_penalty ?? defaults.repetition_penalty,
+    // Seed -1 is "no seed", as in vLLM.
+    seed: (fields.seed == null || fields.seed === -1) && deps.nextSeed ? deps.nextSeed() : fields.seed,
     max_tokens: maxTokens,
     logprobs: options.topLogprobs,
     prompt_logprobs: options.promptLogprobs ?? null,

@@ -1,4 +1,8 @@
-/** The model's tokenizer and its own chat template: text <-> token ids, and conversations -> prompt token ids. */
+/**
+ * The model's tokenizer and its chat template (its own, or one given with --chat-template): text <-> token ids,
+ * and conversations -> prompt token ids.
+ */
+import { readFileSync } from "node:fs";
 import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
 import { type ChatMessage, templateMessages, templateTools, type ToolDefinition } from "./messages.ts";
 
@@ -38,6 +42,20 @@ export class ChatTemplateError extends Error {
 // Template variables a request must not replace: the conversation itself and the choice of template.
 const RESERVED_TEMPLATE_NAMES = new Set(["messages", "chat_template"]);
 
+/**
+ * The template --chat-template gives: a file's text, or the value itself when it holds a template's characters
+ * ({, } or a line break), as vLLM reads the flag. A value like a path that cannot be read is an error.
+ */
+export function readChatTemplate(value: string): string {
+  try {
+    return readFileSync(value, "utf8");
+  } catch (err) {
+    if (/[{}\n]/.test(value)) return value;
+    const why = (err as NodeJS.ErrnoException).code === "ENOENT" ? "there is no such file" : (err as Error).message;
+    throw new ChatTemplateError(`--chat-template '${value}' looks like a file path, but ${why}`);
+  }
+}
+
 /** A transformers.js tokenizer with the operations the server needs, in the server's own terms. */
 export class ChatTokenizer {
   /** The end-of-sequence token id of the tokenizer's configuration, or null when it names none. */
@@ -45,13 +63,17 @@ export class ChatTokenizer {
   /** One more than the largest token id the tokenizer knows. */
   readonly vocabSize: number;
   readonly #tokenizer: PreTrainedTokenizer;
+  /** The template that replaces the tokenizer's own, or null. */
+  readonly #chatTemplate: string | null;
   readonly #tokenStrings: string[];
   /** The most characters one token stands for (its byte-level string is at least as long as its text). */
   readonly #longestToken: number;
   #maxModelLen: number | null = null;
 
-  constructor(tokenizer: PreTrainedTokenizer) {
+  /** `chatTemplate` (Jinja text) replaces the tokenizer's own template wherever a conversation is rendered. */
+  constructor(tokenizer: PreTrainedTokenizer, options: { chatTemplate?: string | null } = {}) {
     this.#tokenizer = tokenizer;
+    this.#chatTemplate = options.chatTemplate ?? null;
     this.eosTokenId = typeof tokenizer.eos_token_id === "number" ? tokenizer.eos_token_id : null;
     const strings: string[] = [];
     for (const [token, id] of tokenizer.get_vocab()) strings[id] = token;
@@ -70,9 +92,35 @@ export class ChatTokenizer {
     }
   }
 
-  /** Whether the tokenizer has a chat template. */
+  /** Whether there is a chat template: the tokenizer's, or one that replaces it. */
   get hasChatTemplate(): boolean {
-    return this.#tokenizer.chat_template != null;
+    return this.#chatTemplate !== null || this.#tokenizer.chat_template != null;
+  }
+
+  /**
+   * Checks that the chat template given in place of the tokenizer's parses, by rendering one user message: a
+   * syntax error is a ChatTemplateError now rather than a 400 on every chat request. An error the template raises
+   * itself (it wants a system message first, say) is for the requests to meet.
+   */
+  checkChatTemplate(): void {
+    const template = this.#chatTemplate;
+    if (template === null) return;
+    try {
+      this.#tokenizer.apply_chat_template([{ role: "user", content: "Hello" }], {
+        chat_template: template,
+        add_generation_prompt: true,
+        tokenize: false,
+      });
+    } catch (err) {
+      // transformers.js caches a template once it has compiled, before rendering it: a template that is not in its
+      // cache after a failure did not compile. (The parser's errors do not tell themselves apart: an unclosed block
+      // is a TypeError.)
+      const compiled = (this.#tokenizer as unknown as { _compiled_template_cache?: unknown })._compiled_template_cache;
+      if (compiled instanceof Map && !compiled.has(template)) {
+        const message = err instanceof Error ? err.message : String(err);
+        throw new ChatTemplateError(`the chat template given with --chat-template does not parse: ${message}`);
+      }
+    }
   }
 
   /** Whether `id` is a token id the tokenizer knows. */
@@ -120,6 +168,7 @@ export class ChatTokenizer {
     try {
       return this.#tokenizer.apply_chat_template(conversation, {
         ...variables,
+        chat_template: this.#chatTemplate ?? undefined,
         add_generation_prompt: options.add_generation_prompt ?? true,
         tools,
         tokenize: false,

@@ -1,10 +1,12 @@
-/** The gym-edge command line: `gym-edge [serve] [flags]`, `gym-edge build-model ...`, `--help`, `--version`. */
+/** The gym-edge command line: `gym-edge [serve [MODEL]] [flags]`, `gym-edge build-model ...`, `--help`, `--version`. */
 import { z } from "zod";
-import { ENV_FLAGS, ServerConfig } from "../config.ts";
-import { parseFlags, renderFlagHelp, UsageError } from "./flags.ts";
+import { ENV_FLAGS, ServerConfig, VLLM_SPELLINGS, VLLM_VALUES } from "../config.ts";
+import { parseFlags, renderFlagHelp, renderSpellingHelp, UsageError } from "./flags.ts";
 import { envRecord, exitProcess, onShutdownSignal } from "../runtime/process.ts";
 import { installForModelThread, runAgain } from "../runtime/bun-install.ts";
 import { serverLogger, startServer } from "../server.ts";
+import { ChatTemplateError, readChatTemplate } from "../chat/template.ts";
+import { GenerationConfigError, readSamplingDefaults } from "../model/generation-defaults.ts";
 import { buildModel } from "../model/builder/build.ts";
 import { PRESETS } from "../model/builder/presets.ts";
 import { VERSION } from "../version.ts";
@@ -19,15 +21,48 @@ const BuildModelFlags = z.object({
 const USAGE = `gym-edge ${VERSION}: an OpenAI-compatible generation server for reinforcement learning.
 
 Usage:
-  gym-edge [serve] [flags]          serve a model (the built-in tiny model when no --model is given)
+  gym-edge serve [MODEL] [flags]    serve a model (MODEL is --model; the built-in tiny model when none is given)
+  gym-edge [flags]                  the same as gym-edge serve [flags]
   gym-edge build-model [flags]      write a random-weight model in the Hugging Face layout
   gym-edge --help | --version
 
 Serve flags:
 ${renderFlagHelp(ServerConfig, ENV_FLAGS)}
 
+vLLM's serve flags:
+${renderSpellingHelp(VLLM_SPELLINGS)}
+
 build-model flags:
 ${renderFlagHelp(BuildModelFlags)}`;
+
+/**
+ * The serve flags, with vLLM's spellings; after `serve` a bare argument is the model, as in `vllm serve MODEL`.
+ * `warnings` are the flags accepted but ignored, for the log.
+ */
+export function parseServeFlags(
+  args: string[],
+  positionalModel = true,
+  env: Record<string, string | undefined> = envRecord(),
+): ServerConfig & { warnings: string[] } {
+  const warnings: string[] = [];
+  const config = parseFlags(ServerConfig, args, env, ENV_FLAGS, {
+    spellings: VLLM_SPELLINGS,
+    values: VLLM_VALUES,
+    positional: positionalModel ? "model" : undefined,
+    onIgnored: (message) => warnings.push(message),
+  });
+  // The files flags name are read now: a wrong path is a usage error, not a start that fails after the model loads.
+  try {
+    if (config.chatTemplate !== undefined) config.chatTemplate = readChatTemplate(config.chatTemplate);
+    const { generationConfig: choice, overrideGenerationConfig: override } = config;
+    if (choice !== "auto" && choice !== "vllm") readSamplingDefaults(choice, ".", override);
+    else if (override !== undefined) readSamplingDefaults("vllm", ".", override);
+  } catch (err) {
+    if (err instanceof ChatTemplateError || err instanceof GenerationConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+  return { ...config, warnings };
+}
 
 /** Runs the command line; resolves with the exit code (a server keeps running until a signal). */
 export async function main(argv: string[]): Promise<number> {
@@ -49,14 +84,20 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`built ${flags.preset} (seed ${flags.seed}, ${flags.dtype}) in ${flags.out} in ${Math.round(performance.now() - started)} ms`);
       return 0;
     }
+    if (first !== undefined && first !== "serve" && !first.startsWith("-")) {
+      throw new UsageError(
+        `'${first}' is not a command (serve, build-model); to serve a model from it, run: gym-edge serve ${first}`,
+      );
+    }
     const serveArgs = first === "serve" ? rest : argv;
     if (serveArgs.includes("--help") || serveArgs.includes("-h")) {
       console.log(USAGE);
       return 0;
     }
-    const config = parseFlags(ServerConfig, serveArgs, envRecord(), ENV_FLAGS);
+    const config = parseServeFlags(serveArgs, first === "serve");
     debug = config.logLevel === "debug";
     const log = serverLogger(config);
+    for (const warning of config.warnings) log.warn(warning);
     const installed = installForModelThread(log.info);
     if (installed !== null) {
       log.info(installed);

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { ModelCard, ModelList } from "../../src/api/schemas.ts";
-import { errorOf, MAX_MODEL_LEN, MODEL, testApp } from "./app-fixture.ts";
+import { errorOf, MAX_MODEL_LEN, MODEL, postJson, testApp } from "./app-fixture.ts";
 
 test("GET /v1/models lists the served model in vLLM's shape", async () => {
   const res = await testApp({ modelRoot: "/models/tiny" }).request("/v1/models");
@@ -50,4 +50,19 @@ test("the official OpenAI client lists the model and sees a wrong name as NotFou
   await assert.rejects(client.models.retrieve("other"), (e: unknown) => {
     return e instanceof OpenAI.NotFoundError && e.code === "model_not_found";
   });
+});
+
+test("several served names: /v1/models lists a card for each, as vLLM; requests may name any of them or the model path", async () => {
+  const app = testApp({ servedModelNames: [MODEL, "policy"], modelRoot: "/models/tiny" });
+  const body = ModelList.parse(await (await app.request("/v1/models")).json());
+  assert.deepEqual(body.data.map((card) => [card.id, card.root]), [[MODEL, "/models/tiny"], ["policy", "/models/tiny"]]);
+  assert.equal(ModelCard.parse(await (await app.request("/v1/models/policy")).json()).id, "policy");
+  // The model path is no card of its own; it answers with the first name's.
+  assert.equal(ModelCard.parse(await (await app.request(`/v1/models/${encodeURIComponent("/models/tiny")}`)).json()).id, MODEL);
+  for (const model of [MODEL, "policy", "/models/tiny", undefined]) {
+    const res = await app.request("/tokenize", postJson({ model, prompt: "Hello" }));
+    assert.equal(res.status, 200, `model ${model}`);
+  }
+  const err = await errorOf(await app.request("/tokenize", postJson({ model: "Qwen/Qwen3-0.6B", prompt: "Hello" })), 404);
+  assert.equal(err.code, "model_not_found");
 });

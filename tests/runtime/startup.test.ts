@@ -80,3 +80,24 @@ test("--log-level debug adds the stack trace of a start-up failure", SLOW, async
   assert.match(stderr, /gym-edge: port \d+ on 127\.0\.0\.1 is in use/);
   assert.match(stderr, STACK_LINE);
 });
+
+test("gym-edge serve MODEL loads MODEL, as vllm serve does", SLOW, async () => {
+  const missing = path.join(notAModel, "missing");
+  const { code, stderr } = await runToExit(["serve", missing, "--device", "cpu", "--port", "0"]);
+  assert.equal(code, 1, stderr);
+  const lines = messageLines(stderr);
+  assert.equal(lines.length, 1, stderr);
+  assert.match(lines[0], new RegExp(`model load failed: .*${missing.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}.*does not exist`));
+});
+
+test("a word that is no command is a usage error that shows the serve command: exit 2", SLOW, async () => {
+  const { code, stderr } = await runToExit(["Qwen/Qwen3-0.6B", "--port", "0"]);
+  assert.equal(code, 2, stderr);
+  assert.deepEqual(messageLines(stderr), [
+    "gym-edge: 'Qwen/Qwen3-0.6B' is not a command (serve, build-model); to serve a model from it, run: gym-edge serve Qwen/Qwen3-0.6B",
+  ]);
+});
+
+test("a vLLM flag that cannot be honoured is a usage error with the reason: exit 2", SLOW, async () => {
+  await failsWith(["--tensor-parallel-size", "2"], 2, /^gym-edge: --tensor-parallel-size 2 cannot be honoured here: a model runs on one device$/);
+});
