@@ -24,6 +24,7 @@ import { engineRowCapacity } from "./model/runners/engine-kv.ts";
 import { startModelThread } from "./model/thread/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
+import { type StartupFacts, startupFields, startupLines } from "./startup-summary.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
 const DEFAULT_KV_CACHE_BYTES = 2 ** 30;
@@ -241,6 +242,32 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
   });
 }
 
+/** The figures of the start-up summary. */
+function startupFacts(config: ServerConfig, served: ServedModel, listening: RunningServer): StartupFacts {
+  const { limits } = served.engine.scheduler;
+  return {
+    hostname: listening.hostname,
+    port: listening.port,
+    servedModelNames: servedModelNamesOf(config),
+    model: config.model ?? served.loaded.id,
+    device: served.loaded.device,
+    backend: served.loaded.backend.label,
+    dtype: served.loaded.dtype,
+    maxModelLen: served.maxModelLen,
+    kvCacheBytes: limits.kvCacheBytes,
+    kvBytesPerToken: limits.bytesPerToken,
+    maxNumSeqs: limits.maxNumSeqs,
+    samplingDefaults: served.samplingDefaults.defaults,
+    samplingDefaultsSource: served.samplingDefaults.source,
+  };
+}
+
+/** Logs the start-up summary: a few lines, or one JSON object with --log-format json. */
+function logStartupSummary(log: Logger, config: ServerConfig, facts: StartupFacts): void {
+  if (config.logFormat === "json") log.info(JSON.stringify(startupFields(facts)));
+  else for (const line of startupLines(facts)) log.info(line);
+}
+
 export interface StartedServer extends RunningServer {
   /** Resolves once the model is loaded and /health answers ok; rejects if loading failed. */
   ready: Promise<ServedModel>;
@@ -266,7 +293,9 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     keepAliveTimeout: config.keepAliveTimeout,
     parseErrorBody: (status, message) => JSON.stringify(errorPayload(new HttpParseError(status, message)).body),
   });
-  log.info(`listening on http://${running.hostname}:${running.port}`);
+  // Listening is not serving: until the model is loaded every route answers 503; the summary says when it serves
+  // (tests and scripts wait for its word "ready", which this line must not hold).
+  log.info(`listening on http://${running.hostname}:${running.port} (loading the model: requests get 503 until it has loaded)`);
   const tracker = new RequestTracker();
   const metrics = new ServingMetrics(servedModelNamesOf(config)[0]);
   let model: ServedModel | null = null;
@@ -275,7 +304,7 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     const app = serverApp(config, served, { log, tracker, metrics });
     await warmUp(config, served);
     handler = (req) => app.fetch(req);
-    log.info("ready");
+    logStartupSummary(log, config, startupFacts(config, served, running));
     return served;
   });
   ready.catch((err) => log.error(`model load failed: ${err instanceof Error ? err.message : String(err)}`));
