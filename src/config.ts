@@ -52,7 +52,7 @@ export const ServerConfig = z.object({
     "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1 up to 7 with 4 cores or more, else 0)",
   ),
   maxModelLen: tokenCount.optional().describe("context length in tokens (default: the model's)"),
-  apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health"),
+  apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health and /metrics (see --metrics-api-key-required)"),
   metricsApiKeyRequired: z.boolean().default(false)
     .describe("/metrics requires the --api-key key too (default: open to Prometheus scrapers, as in vLLM)"),
   cacheDir: z.string().min(1).optional()

@@ -12,6 +12,7 @@ import { formatRequestLine, RequestTracker, requestLogFields } from "./api/opera
 import { ChatTokenizer, readChatTemplate } from "./chat/template.ts";
 import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
+import { cacheConfigOf } from "./metrics/cache-config.ts";
 import { Rng } from "./engine/rng.ts";
 import { SamplerPool } from "./engine/sampler-pool.ts";
 import type { EngineSnapshot } from "./metrics/serving.ts";
@@ -221,6 +222,8 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     control: config.disableControlPlane ? null : served.control,
     adminApiKey: config.adminApiKey ?? null,
     metrics,
+    metricsApiKeyRequired: config.metricsApiKeyRequired,
+    cacheConfig: cacheConfigOf(served.engine),
     engineSnapshot: () => engineSnapshot(served),
     tracker: options.tracker,
     requestLog: config.logRequests

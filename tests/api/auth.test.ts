@@ -91,3 +91,20 @@ test("with --metrics-api-key-required, /metrics takes the API key like every oth
   assert.equal((await open.request("/metrics")).status, 200);
   await errorOf(await open.request("/v1/models"), 401);
 });
+
+test("a real server started with --metrics-api-key-required guards /metrics with the API key", SLOW, async () => {
+  const config = ServerConfig.parse({
+    port: 0, device: "cpu", cacheDir: testCacheDir(), apiKey: KEY, metricsApiKeyRequired: true, logRequests: false,
+  });
+  const server = await startServer(config, silentLogger);
+  try {
+    await server.ready;
+    const base = `http://127.0.0.1:${server.port}`;
+    await errorOf(await fetch(`${base}/metrics`), 401);
+    const res = await fetch(`${base}/metrics`, { headers: bearer(KEY) });
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /^vllm:cache_config_info\{/m);
+  } finally {
+    await server.close();
+  }
+});

@@ -20,7 +20,6 @@ import { type EngineSnapshot, ServingMetrics } from "../../src/metrics/serving.t
 import { createApp } from "../../src/api/app.ts";
 import { ServerConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
-import { cacheConfigOf } from "../../src/metrics/cache-config.ts";
 import { renderProcessMetrics } from "../../src/metrics/process.ts";
 import { type StartedServer, startServer } from "../../src/server.ts";
 import { testCacheDir } from "../support/served.ts";
@@ -374,16 +373,7 @@ describe("a real server's /metrics", () => {
   test("vllm:cache_config_info carries the engine's block size and KV capacity in blocks, as vLLM names them", SLOW, async () => {
     const served = await server.ready;
     const { engine } = served;
-    const metrics = new ServingMetrics(MODEL);
-    const app = createApp({
-      servedModelName: MODEL,
-      maxModelLen: served.maxModelLen,
-      tokenizer: served.tokenizer,
-      isReady: () => true,
-      metrics,
-      cacheConfig: cacheConfigOf(engine),
-    });
-    const text = await (await app.request("/metrics")).text();
+    const text = await scrape();
     assert.match(text, /^# TYPE vllm:cache_config_info gauge$/m);
     const line = text.split("\n").find((l) => l.startsWith("vllm:cache_config_info{"));
     assert.ok(line, text);
