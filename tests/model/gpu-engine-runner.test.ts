@@ -69,6 +69,11 @@ describe("GPU-resident engine runner", { skip }, () => {
 
   const underTest: RunnerUnderTest = { open: () => open(), reference: (ids) => standardRun(tiny, ids), arch };
   test("readKv gives the canonical layout, and writeKv or copyRow move a row's KV", SLOW, canonicalKv(underTest));
+  test(
+    "blocks in shared memory (the prefix cache's) are read and written with the same results",
+    SLOW,
+    canonicalKv(underTest, true),
+  );
   test("chunks of different lengths in rows out of order, run together, match their solo runs", SLOW, mixedChunks(underTest));
   test("a row that asks for all logits gets every fed position's, beside a row that wants only its last", SLOW, allLogits(underTest));
 

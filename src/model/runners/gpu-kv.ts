@@ -121,9 +121,11 @@ export class GpuKv {
     const b = this.#kvh * length * this.#headDim;
     const bytes = this.#numLayers * b * 4;
     const [key, value] = [this.#buffer(bytes, STORAGE | COPY_DST), this.#buffer(bytes, STORAGE | COPY_DST)];
+    // Deno's writeBuffer refuses shared memory, where the prefix cache keeps its blocks: those go through a copy.
+    const src = data.buffer instanceof ArrayBuffer ? data : data.slice(0, 2 * this.#numLayers * b);
     for (let l = 0; l < this.#numLayers; l++) {
-      this.#device.queue.writeBuffer(key, l * b * 4, data.buffer, data.byteOffset + 2 * l * b * 4, b * 4);
-      this.#device.queue.writeBuffer(value, l * b * 4, data.buffer, data.byteOffset + (2 * l + 1) * b * 4, b * 4);
+      this.#device.queue.writeBuffer(key, l * b * 4, src.buffer, src.byteOffset + 2 * l * b * 4, b * 4);
+      this.#device.queue.writeBuffer(value, l * b * 4, src.buffer, src.byteOffset + (2 * l + 1) * b * 4, b * 4);
     }
     const encoder = this.#device.createCommandEncoder({ label: "kv write" });
     this.#encodeBlock(encoder, "into-rows", row, start, length, key, value);
