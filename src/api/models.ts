@@ -14,8 +14,7 @@ function servedNames(deps: AppDeps): readonly string[] {
  * both the served name and the model path, and clients send either).
  */
 export function assertServedModel(deps: AppDeps, model: string | null | undefined): void {
-  if (model == null || model === deps.servedModelName || model === deps.modelRoot) return;
-  if (!servedNames(deps).includes(model)) throw new ModelNotFoundError(model);
+  if (model != null && model !== deps.modelRoot && !servedNames(deps).includes(model)) throw new ModelNotFoundError(model);
 }
 
 /** The model routes. */
