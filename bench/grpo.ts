@@ -4,13 +4,22 @@
  * on a model of this shape (its own tools, 2 threads, fp32: ~17 s, ~120 generated tok/s before any sampling;
  * measured outside this script, it needs a GGUF build), and runs transformers.js generate() on the whole load as one
  * left-padded static batch as the in-script baseline.
+ * With --http it also sends the same load through the HTTP server (gym-edge run as a child process on
+ * --server-runtime, /v1/completions with the prompts' token ids, n samples a request, log-probabilities on) and
+ * reports that figure beside the in-process one: what a client gets against what the engine does.
  * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
+ *      [--http [--server-runtime node|deno|bun] [--no-in-process]]
  */
+import process from "node:process";
+import { z } from "zod";
+import { runtimeName } from "../src/runtime/detect.ts";
+import { ServerProcess } from "./chaos/server.ts";
 import { baselineFigures, baselineVariant, GenerateBaseline } from "./lib/baseline.ts";
 import { benchModel, openBenchEngine, runEngineLoad } from "./lib/engine.ts";
 import { EngineBenchFlags } from "./lib/engine-flags.ts";
 import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
+import { runHttpLoad } from "./lib/http-load.ts";
 import { randomPrompts } from "./lib/prompts.ts";
 import { median, report, round } from "./lib/report.ts";
 
@@ -24,6 +33,9 @@ const GrpoFlags = EngineBenchFlags.extend({
   newTokens: intFlag(64).describe("tokens generated a sample"),
   baselineRuns: intFlag(1).describe("runs of the generate() baseline"),
   baselineTopK: numberListFlag("0").describe("the baseline's top_k, one baseline each (0: the whole vocabulary)"),
+  http: z.boolean().default(false).describe("also send the load through the HTTP server, log-probabilities on"),
+  serverRuntime: z.enum(["node", "deno", "bun"]).default(runtimeName()).describe("the runtime the --http server runs on"),
+  inProcess: z.boolean().default(true).describe("run the load through the engine in this process"),
 });
 
 const flags = benchFlags(
@@ -107,5 +119,52 @@ async function benchBaseline(engineRate: number): Promise<void> {
   }
 }
 
-const engineRate = await benchEngine();
-if (flags.baseline && flags.device === "cpu") await benchBaseline(engineRate);
+/** The same load through the HTTP server, a child process; `engineRate` is the in-process figure (or null). */
+async function benchHttp(engineRate: number | null): Promise<void> {
+  const server = await ServerProcess.start(flags.serverRuntime, [
+    "--port", "0", "--host", "127.0.0.1", "--model", dir, "--device", flags.device,
+    "--max-num-seqs", String(flags.maxNumSeqs), "--max-num-batched-tokens", String(flags.maxNumBatchedTokens),
+    "--kv-cache-memory", String(flags.kvCacheMemory),
+  ], { env: { GYM_EDGE_CACHE: process.env.GYM_EDGE_CACHE ?? flags.cacheDir } });
+  try {
+    const model: string = (await (await fetch(`${server.url}/v1/models`)).json()).data[0].id;
+    const readyMb = server.rssMb();
+    await runHttpLoad(server.url, model, randomPrompts(2, 4, promptLen, 16), 2, { ...sampling, max_tokens: 8 }, 0);
+    let peakMb = 0;
+    const watch = setInterval(() => peakMb = Math.max(peakMb, server.rssMb() ?? 0), 200);
+    const rates: number[] = [];
+    const cores: number[] = [];
+    try {
+      for (let run = 0; run < flags.runs; run++) {
+        const result = await runHttpLoad(server.url, model, promptsOf(run), n, sampling, run * 100);
+        rates.push(result.generated / result.seconds);
+        cores.push(result.cpu.process_cores + (result.cpu.other_cores ?? 0));
+        console.error(`http run ${run}: ${round(rates.at(-1)!, 1)} tok/s, ${round(result.seconds, 1)} s`);
+      }
+    } finally {
+      clearInterval(watch);
+    }
+    const rate = median(rates);
+    report("grpo_http", flags, {
+      engine: "gym-edge through HTTP",
+      server_runtime: flags.serverRuntime,
+      ...load,
+      requests: numPrompts,
+      logprobs: 1,
+      runs: flags.runs,
+      tok_s: round(rate, 1),
+      tok_s_runs: rates.map((r) => round(r, 1)),
+      in_process_tok_s: engineRate === null ? null : round(engineRate, 1),
+      vs_in_process: engineRate === null ? null : round(rate / engineRate, 2),
+      machine_cores_busy_runs: cores.map((c) => round(c)),
+      server_rss_ready_mb: readyMb === null ? null : Math.round(readyMb),
+      server_rss_peak_mb: Math.round(Math.max(peakMb, server.rssMb() ?? 0)),
+    });
+  } finally {
+    await server.stop(10_000);
+  }
+}
+
+const engineRate = flags.inProcess ? await benchEngine() : null;
+if (engineRate !== null && flags.baseline && flags.device === "cpu") await benchBaseline(engineRate);
+if (flags.http) await benchHttp(engineRate);
