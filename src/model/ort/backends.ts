@@ -9,11 +9,13 @@
  */
 import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
+import * as path from "node:path";
 import type { Logger } from "../../log.ts";
 import { DeviceUnavailableError, ModelLoadError } from "../errors.ts";
 import type { ModelDtype, OnnxFiles } from "../sources/model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
+import { splitPackedWeights } from "./packed-weights.ts";
 import { RunQueue } from "./run-queue.ts";
 import { gpuAdapter } from "../../runtime/webgpu.ts";
 
@@ -212,9 +214,13 @@ async function nativeBackend(device: "cpu" | "webgpu", offThread: boolean): Prom
     },
     async openFile(files, options) {
       try {
-        // From a path, onnxruntime-node finds the external data beside the graph itself.
         const threads = threadOptions(device);
-        return await ort.InferenceSession.create(files.model, { executionProviders: [device], ...threads, ...options });
+        const split = device === "cpu" && files.externalData.length > 0 ? splitPackedWeights(await readBytes(files.model)) : null;
+        // From a path, onnxruntime-node finds the external data beside the graph itself; from bytes, in the folder
+        // named here.
+        if (!split) return await ort.InferenceSession.create(files.model, { executionProviders: [device], ...threads, ...options });
+        const extra = { ...options?.extra, "session.model_external_initializers_file_folder_path": path.dirname(files.model) };
+        return await ort.InferenceSession.create(split, { executionProviders: [device], ...threads, ...options, extra });
       } catch (err) {
         return await failed(err, files.model);
       }
