@@ -1,6 +1,8 @@
 /** The one JSON line per measurement every engine benchmark prints, and the figures' rounding and medians. */
 import * as os from "node:os";
+import process from "node:process";
 import { runtimeName, runtimeVersion } from "../../src/runtime/detect.ts";
+import { processUsage } from "../../src/runtime/process-usage.ts";
 
 /** The median (upper middle for an even count). */
 export function median(values: readonly number[]): number {
@@ -18,7 +20,26 @@ export function loadAverage(): number[] {
   return os.loadavg().map((v) => round(v));
 }
 
-/** Prints one measurement as a JSON line: what, runtime, backend, model, then the figures. */
+const MB = 2 ** 20;
+
+/**
+ * The process's resident memory now and at its highest so far, in MB (null where the runtime cannot tell): the
+ * whole process, model thread and weights included, since benchmarks run the engine in their own process.
+ */
+export function residentMemory(): { rss_mb: number | null; peak_rss_mb: number | null } {
+  const now = processUsage().residentBytes;
+  let peak: number | null = null;
+  try {
+    // maxRSS is in kB on Node, Deno and Bun alike.
+    peak = process.resourceUsage().maxRSS * 1024;
+  } catch {
+    // not offered by this runtime
+  }
+  const mb = (bytes: number | null) => (bytes === null || !Number.isFinite(bytes) ? null : Math.round(bytes / MB));
+  return { rss_mb: mb(now), peak_rss_mb: mb(peak) };
+}
+
+/** Prints one measurement as a JSON line: what, runtime, backend, model, then the figures and the process's memory. */
 export function report(
   what: string,
   flags: { device: string; preset: string; hostCache?: boolean },
@@ -32,6 +53,7 @@ export function report(
     model: flags.preset,
     dtype: "fp32",
     ...figures,
+    ...residentMemory(),
     cores: os.cpus().length,
     load_average: loadAverage(),
   }));
