@@ -29,6 +29,7 @@ const cases: [string, SamplingParamsInput][] = [
   ["top_k 50", { temperature: 1, top_k: 50, logprobs: 0 }],
   ["top_p 0.9", { temperature: 1, top_p: 0.9, logprobs: 0 }],
   ["temperature 1 full", { temperature: 1, logprobs: 0 }],
+  ["temperature 1 full + 1 top logprob (the RL load)", { temperature: 1, logprobs: 1 }],
   ["min_p 0.05", { temperature: 1, min_p: 0.05, logprobs: 0 }],
   ["top_k 50 top_p 0.9 + 5 top logprobs", { temperature: 0.7, top_k: 50, top_p: 0.9, logprobs: 5 }],
   ["temperature 1 full, raw logprobs", { temperature: 1, logprobs: 0, logprobs_mode: "raw" }],

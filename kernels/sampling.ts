@@ -33,15 +33,24 @@ export function floorLogprob(x: number): number {
  */
 export function copyLogits(src: Float32Array, dst: Float32Array): number {
   dst.set(src);
-  // Non-finite values are rare: one read-only pass finds them, a second fixes them only if there are any.
-  return finiteCount(dst, src.length) === src.length ? argmax(dst, src.length) : argmax(dst, sanitize(dst, src.length));
+  // Non-finite values are rare: one read-only pass finds the argmax and any of them, a second fixes them only then.
+  const best = argmaxIfOrdered(dst, src.length);
+  return best >= 0 ? best : argmax(dst, sanitize(dst, src.length));
 }
 
-// How many values are finite or -inf (x - x is NaN only for NaN and +-inf).
-function finiteCount(values: Float32Array, n: number): number {
-  let count = 0;
-  for (let i = 0; i < n; i++) if (values[i] - values[i] === 0 || values[i] === -Infinity) count++;
-  return count;
+// The argmax (lowest index among equals), or -1 when a NaN or +inf breaks the total order.
+function argmaxIfOrdered(values: Float32Array, n: number): number {
+  let best = 0;
+  let bestValue = values[0];
+  for (let i = 0; i < n; i++) {
+    const v = values[i];
+    if (v !== v || v === Infinity) return -1;
+    if (v > bestValue) {
+      bestValue = v;
+      best = i;
+    }
+  }
+  return best;
 }
 
 function sanitize(values: Float32Array, n: number): number {

@@ -55,8 +55,23 @@ function sortHeap(ids: Int32Array, vals: Float32Array, size: number): void {
   }
 }
 
-/** Writes the k first tokens in rank order into ids/vals, best first; returns how many (min(k, n)). */
-export function selectTop(values: Float32Array, n: number, k: number, ids: Int32Array, vals: Float32Array): number {
+/**
+ * Writes the k first tokens in rank order into ids/vals, best first; returns how many (min(k, n)). `argmax`, the
+ * row's first token in rank order when the caller knows it already, answers k = 1 without a pass over the row.
+ */
+export function selectTop(
+  values: Float32Array,
+  n: number,
+  k: number,
+  ids: Int32Array,
+  vals: Float32Array,
+  argmax = -1,
+): number {
+  if (k === 1 && argmax >= 0 && n > 0) {
+    ids[0] = argmax;
+    vals[0] = values[argmax];
+    return 1;
+  }
   const size = collectTop(values, n, k, ids, vals);
   sortHeap(ids, vals, size);
   return size;

@@ -20,12 +20,13 @@ export class PromptScorer {
   score(logits: Float32Array, tokenId: number, top: number): PromptLogprob {
     const row = this.#row;
     const n = this.vocabSize;
-    const max = row[copyLogits(logits.subarray(0, n), row)];
+    const best = copyLogits(logits.subarray(0, n), row);
+    const max = row[best];
     const logZ = max + logSumExp(row, n, max);
     const value = row[tokenId];
     let rank = 1;
     for (let i = 0; i < n; i++) if (row[i] > value) rank++;
-    const count = top > 0 ? selectTop(row, n, top, this.#topIds, this.#topVals) : 0;
+    const count = top > 0 ? selectTop(row, n, top, this.#topIds, this.#topVals, best) : 0;
     const topLogprobs = Array.from({ length: count }, (_, k) => ({
       tokenId: this.#topIds[k],
       logprob: floorLogprob(this.#topVals[k] - logZ),

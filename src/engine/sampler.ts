@@ -80,7 +80,7 @@ export class Sampler {
     if (row.logprobsMode === "raw") return this.#rawLogprobs(logits, tokenId, row.topLogprobs);
     const result: SampledToken = { tokenId, logprob: keptLogprob(s, tokenId, logZ) };
     if (row.topLogprobs !== null) {
-      const count = row.topLogprobs > 0 ? selectTop(s.logits, n, row.topLogprobs, this.#topIds, this.#topVals) : 0;
+      const count = row.topLogprobs > 0 ? selectTop(s.logits, n, row.topLogprobs, this.#topIds, this.#topVals, s.argmax) : 0;
       result.topLogprobs = [];
       for (let j = 0; j < count; j++) {
         const id = this.#topIds[j];
@@ -94,11 +94,12 @@ export class Sampler {
   #rawLogprobs(logits: Float32Array, tokenId: number, top: number | null): SampledToken {
     const n = logits.length;
     const raw = this.#scratchFor(n).logits;
-    const max = raw[copyLogits(logits, raw)];
+    const best = copyLogits(logits, raw);
+    const max = raw[best];
     const logZ = logSumExp(raw, n, max);
     const result: SampledToken = { tokenId, logprob: floorLogprob(raw[tokenId] - max - logZ) };
     if (top !== null) {
-      const count = top > 0 ? selectTop(raw, n, top, this.#topIds, this.#topVals) : 0;
+      const count = top > 0 ? selectTop(raw, n, top, this.#topIds, this.#topVals, best) : 0;
       result.topLogprobs = [];
       for (let j = 0; j < count; j++) {
         result.topLogprobs.push({ tokenId: this.#topIds[j], logprob: floorLogprob(this.#topVals[j] - max - logZ) });

@@ -121,6 +121,29 @@ describe("log-probabilities", () => {
     assert.ok(raw.topLogprobs!.every((t) => !Number.isNaN(t.logprob) && t.logprob >= LOGPROB_FLOOR));
   });
 
+  test("one top log-prob is the first of the longer list, ties, NaN, +inf, bias and raw mode included", () => {
+    const rows = [
+      Float32Array.of(1, 5, 3, 5, -Infinity),
+      Float32Array.of(NaN, 2, Infinity, 1, Infinity),
+      Float32Array.of(-Infinity, -Infinity, NaN),
+      randomRow(4000, 11, 8, 0.5),
+    ];
+    const cases: SamplingParamsInput[] = [
+      { temperature: 1 },
+      { temperature: 0 },
+      { temperature: 0.7, logit_bias: { 3: 4 } },
+      { temperature: 1, logprobs_mode: "raw" },
+    ];
+    for (const row of rows) {
+      for (const input of cases) {
+        const one = sampleToken(row, state({ ...input, logprobs: 1 }, { seed: 3 }));
+        const four = sampleToken(row, state({ ...input, logprobs: 4 }, { seed: 3 }));
+        assert.equal(one.tokenId, four.tokenId);
+        assert.deepEqual(one.topLogprobs, four.topLogprobs!.slice(0, 1), `${JSON.stringify(input)} on [${row.slice(0, 5)}]`);
+      }
+    }
+  });
+
   test("a row with every token masked still answers the lowest id, at the floor", () => {
     const out = sampleToken(Float32Array.of(-Infinity, -Infinity, NaN), state({ logprobs: 2 }));
     assert.equal(out.tokenId, 0);
