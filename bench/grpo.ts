@@ -9,7 +9,7 @@
  * reports that figure beside the in-process one: what a client gets against what the engine does.
  * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
- *      [--http [--server-runtime node|deno|bun] [--no-in-process]]
+ *      [--http [--server-runtime node|deno|bun] [--server-flags "..."] [--no-in-process]]
  */
 import process from "node:process";
 import { z } from "zod";
@@ -35,6 +35,7 @@ const GrpoFlags = EngineBenchFlags.extend({
   baselineTopK: numberListFlag("0").describe("the baseline's top_k, one baseline each (0: the whole vocabulary)"),
   http: z.boolean().default(false).describe("also send the load through the HTTP server, log-probabilities on"),
   serverRuntime: z.enum(["node", "deno", "bun"]).default(runtimeName()).describe("the runtime the --http server runs on"),
+  serverFlags: z.string().default("").describe("more flags for the --http server, space-separated (\"--sampler-threads 1\")"),
   inProcess: z.boolean().default(true).describe("run the load through the engine in this process"),
 });
 
@@ -124,7 +125,7 @@ async function benchHttp(engineRate: number | null): Promise<void> {
   const server = await ServerProcess.start(flags.serverRuntime, [
     "--port", "0", "--host", "127.0.0.1", "--model", dir, "--device", flags.device,
     "--max-num-seqs", String(flags.maxNumSeqs), "--max-num-batched-tokens", String(flags.maxNumBatchedTokens),
-    "--kv-cache-memory", String(flags.kvCacheMemory),
+    "--kv-cache-memory", String(flags.kvCacheMemory), ...flags.serverFlags.split(" ").filter(Boolean),
   ], { env: { GYM_EDGE_CACHE: process.env.GYM_EDGE_CACHE ?? flags.cacheDir } });
   try {
     const model: string = (await (await fetch(`${server.url}/v1/models`)).json()).data[0].id;
@@ -148,6 +149,7 @@ async function benchHttp(engineRate: number | null): Promise<void> {
     report("grpo_http", flags, {
       engine: "gym-edge through HTTP",
       server_runtime: flags.serverRuntime,
+      server_flags: flags.serverFlags,
       ...load,
       requests: numPrompts,
       logprobs: 1,
