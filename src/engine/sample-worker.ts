@@ -1,14 +1,15 @@
 /**
- * A thread of the SamplerPool: it samples the rows of logits it is sent (in a shared buffer, one row after another)
+ * A thread of the SamplerPool: it samples the rows of logits it is sent (in a shared buffer, each at its offset)
  * with the settings the engine resolved for each, and answers their tokens.
  */
 import { parentPort } from "node:worker_threads";
 import { type RowSampling, type SampledToken, Sampler } from "./sampler.ts";
 
-/** One batch of rows: `rows.length` rows of `vocabSize` floats from the start of `buffer`. */
+/** One batch of rows: row i is `vocabSize` floats of `buffer` from byte `offsets[i]`. */
 export interface SampleJob {
   buffer: SharedArrayBuffer;
   vocabSize: number;
+  offsets: number[];
   rows: RowSampling[];
 }
 
@@ -19,8 +20,8 @@ const sampler = new Sampler();
 parentPort!.on("message", (job: SampleJob) => {
   let reply: SampleReply;
   try {
-    const { buffer, vocabSize, rows } = job;
-    reply = { tokens: rows.map((row, i) => sampler.sampleRow(new Float32Array(buffer, i * vocabSize * 4, vocabSize), row)) };
+    const { buffer, vocabSize, offsets, rows } = job;
+    reply = { tokens: rows.map((row, i) => sampler.sampleRow(new Float32Array(buffer, offsets[i], vocabSize), row)) };
   } catch (err) {
     reply = { error: err instanceof Error ? err.message : String(err) };
   }

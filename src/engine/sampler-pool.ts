@@ -88,7 +88,7 @@ export function sharedSamplerPool(): SamplerPool {
   return shared ??= new SamplerPool();
 }
 
-/** One helper thread: jobs run one at a time; rows travel in a shared buffer it keeps. */
+/** One helper thread: jobs run one at a time; rows travel in a shared buffer (the caller's, or one it keeps). */
 class Helper {
   readonly #worker: Worker;
   #buffer = new SharedArrayBuffer(0);
@@ -125,14 +125,22 @@ class Helper {
   #run(logits: readonly Float32Array[], rows: readonly RowSampling[]): Promise<SampledToken[]> {
     if (this.#failure) return Promise.reject(this.#failure);
     const vocabSize = logits[0].length;
-    const bytes = rows.length * vocabSize * 4;
-    if (this.#buffer.byteLength < bytes) this.#buffer = new SharedArrayBuffer(bytes);
-    const view = new Float32Array(this.#buffer, 0, rows.length * vocabSize);
-    logits.forEach((row, i) => view.set(row, i * vocabSize));
+    // Rows already in one shared buffer (the model thread's logits) are read there; others are copied into ours.
+    const shared = logits[0].buffer;
+    let job: SampleJob;
+    if (shared instanceof SharedArrayBuffer && logits.every((row) => row.buffer === shared)) {
+      job = { buffer: shared, vocabSize, offsets: logits.map((row) => row.byteOffset), rows: [...rows] };
+    } else {
+      const bytes = rows.length * vocabSize * 4;
+      if (this.#buffer.byteLength < bytes) this.#buffer = new SharedArrayBuffer(bytes);
+      const view = new Float32Array(this.#buffer, 0, rows.length * vocabSize);
+      logits.forEach((row, i) => view.set(row, i * vocabSize));
+      job = { buffer: this.#buffer, vocabSize, offsets: rows.map((_, i) => i * vocabSize * 4), rows: [...rows] };
+    }
     return new Promise<SampledToken[]>((resolve, reject) => {
       this.#reply = (reply) => ("error" in reply ? reject(new Error(reply.error)) : resolve(reply.tokens));
       this.#worker.ref();
-      this.#worker.postMessage({ buffer: this.#buffer, vocabSize, rows: [...rows] } satisfies SampleJob);
+      this.#worker.postMessage(job);
     });
   }
 

@@ -47,6 +47,21 @@ describe("sampler pool", () => {
     assert.equal(pool.helpers, 1, "a helper thread sampled a share of the rows");
   });
 
+  test("rows that already lie in one shared buffer are sampled there, exactly as copied rows", SLOW, async () => {
+    const rows = Array.from({ length: 6 }, (_, i) => logitsRow(i + 40));
+    // Out of order and with a gap, as a runner's rows may lie; the buffer holds one row more than is sampled.
+    const shared = new Float32Array(new SharedArrayBuffer((rows.length + 1) * VOCAB * 4));
+    const views = rows.map((row, i) => {
+      const view = shared.subarray((rows.length - i) * VOCAB, (rows.length - i + 1) * VOCAB);
+      view.set(row);
+      return view;
+    });
+    const spec = (i: number) => new SequenceSampler(SamplingParams.parse({ ...settings[i % settings.length], seed: 7 + i }), [1]).next([], VOCAB);
+    const want = rows.map((row, i) => new Sampler().sampleRow(row, spec(i)));
+    assert.deepEqual(await pool.sample(views, rows.map((_, i) => spec(i))), want);
+    assert.deepEqual(await pool.sample(rows, rows.map((_, i) => spec(i))), want);
+  });
+
   test("a batch too small to share stays on the calling thread; a closed pool starts its thread again", SLOW, async () => {
     const small = new SamplerPool(1);
     const row = logitsRow(99);
