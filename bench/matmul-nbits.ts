@@ -27,7 +27,10 @@ const MatmulFlags = z.object({
     "fp32,q8-32-0,q8-32-4,q8-64-0,q8-64-4,q4-32-0,q4-32-4,q4-64-4",
   ).describe("fp32 or q<bits>-<block>-<accuracy_level>, comma-separated"),
 });
-const flags = benchFlags(MatmulFlags, "Speed of MatMul against MatMulNBits.\nRun: node --import tsx bench/matmul-nbits.ts");
+const flags = benchFlags(
+  MatmulFlags,
+  "Speed of MatMul against MatMulNBits.\nRun: node --import tsx bench/matmul-nbits.ts",
+);
 
 interface Config {
   name: string;
@@ -139,7 +142,16 @@ for (const c of configs) {
 
 for (const rows of flags.rows) {
   const x = new ort.Tensor("float32", smallFloats(rows * HIDDEN), [rows, HIDDEN]);
-  const times = new Map(configs.map((c) => [c.name, { layers: [] as number[], lmHead: [] as number[], layersCpu: [] as number[], lmHeadCpu: [] as number[] }]));
+  const times = new Map(
+    configs.map((
+      c,
+    ) => [c.name, {
+      layers: [] as number[],
+      lmHead: [] as number[],
+      layersCpu: [] as number[],
+      lmHeadCpu: [] as number[],
+    }]),
+  );
   for (let round = -1; round < flags.rounds; round++) {
     for (const s of sessions) {
       const c0 = process.cpuUsage();

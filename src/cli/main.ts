@@ -7,15 +7,22 @@ import { installForModelThread, runAgain } from "../runtime/bun-install.ts";
 import { serverLogger, startServer } from "../server.ts";
 import { ChatTemplateError, readChatTemplate } from "../chat/template.ts";
 import { GenerationConfigError, readSamplingDefaults } from "../model/generation-defaults.ts";
-import { buildModel } from "../model/builder/build.ts";
+import { type BuildDtype, buildModel, ONNX_FILES } from "../model/builder/build.ts";
 import { PRESETS } from "../model/builder/presets.ts";
 import { VERSION } from "../version.ts";
+
+const BUILD_DTYPES = Object.keys(ONNX_FILES) as BuildDtype[];
 
 const BuildModelFlags = z.object({
   preset: z.enum(Object.keys(PRESETS) as [string, ...string[]]).describe("model shape and tokenizer"),
   out: z.string().min(1).describe("directory to write the model into"),
   seed: z.coerce.number().int().min(0).default(0).describe("seed of the random weights"),
-  dtype: z.enum(["fp32", "fp16", "q4"]).default("fp32").describe("weight precision"),
+  dtype: z.string().default("fp32")
+    .refine((list) => list.split(",").every((d) => (BUILD_DTYPES as string[]).includes(d)), {
+      message: "fp32, fp16, q8 or q4, or several of them comma-separated (fp32,q8,q4)",
+    })
+    .transform((list) => list.split(",") as BuildDtype[])
+    .describe("weight precision: fp32, fp16, q8 or q4, or several, comma-separated (fp32,q8,q4)"),
 });
 
 const USAGE = `gym-edge ${VERSION}: an OpenAI-compatible generation server for reinforcement learning.
@@ -81,7 +88,7 @@ export async function main(argv: string[]): Promise<number> {
       const flags = parseFlags(BuildModelFlags, rest);
       const started = performance.now();
       await buildModel({ preset: flags.preset as keyof typeof PRESETS, out: flags.out, seed: flags.seed, dtype: flags.dtype });
-      console.error(`built ${flags.preset} (seed ${flags.seed}, ${flags.dtype}) in ${flags.out} in ${Math.round(performance.now() - started)} ms`);
+      console.error(`built ${flags.preset} (seed ${flags.seed}, ${flags.dtype.join(", ")}) in ${flags.out} in ${Math.round(performance.now() - started)} ms`);
       return 0;
     }
     if (first !== undefined && first !== "serve" && !first.startsWith("-")) {

@@ -219,7 +219,9 @@ describe("model builder", () => {
 
   test("fp16 and q4 files run and stay close to the reference of their own weights", async () => {
     const input = leftPad([[10, 20, 30, 40], [50, 60]], 151643);
-    for (const [dtype, tolerance] of [["fp16", 5e-3], ["q4", 1e-4]] as const) {
+    // q4 multiplies in int8 (MatMulNBits accuracy_level 4): its activations are rounded per block, 8e-3 here, where
+    // its weights alone are 0.13 from fp32's logits.
+    for (const [dtype, tolerance] of [["fp16", 5e-3], ["q4", 2e-2]] as const) {
       const onnx = await runOnnx(dtype, input);
       const ref = referenceForward(reference(dtype), input);
       const diff = maxDiff(onnx.logits, ref.logits);

@@ -15,15 +15,17 @@ import {
   weightSpecs,
 } from "../../src/model/builder/arch.ts";
 import { type BuildDtype, ONNX_FILES } from "../../src/model/builder/build.ts";
-import { Q4_BLOCK } from "../../src/model/builder/layers.ts";
+import { isQuantized, lmHeadCopyName, QUANT_FORMATS, quantizedNames } from "../../src/model/builder/layers.ts";
 import { readInitializers } from "../../src/model/builder/onnx-read.ts";
 import { DataType } from "../../src/model/builder/onnx-proto.ts";
-import { dequantizeQ4, float16ToFloat32 } from "../../src/model/builder/quantize.ts";
+import { dequantizeBlocks, float16ToFloat32 } from "../../src/model/builder/quantize.ts";
 
 /** Architecture plus every weight as float32 (linear weights [in, out]). */
 export interface ReferenceModel {
   arch: DecoderArch;
   weights: Map<string, Float32Array>;
+  /** lm_head's own table [vocab, hidden] where it differs from the stored one (a quantized copy of it). */
+  lmHead?: Float32Array;
 }
 
 /** One layer's cache, [batch, kv_heads, length, head_dim] row-major, as the ONNX graph takes it. */
@@ -57,24 +59,30 @@ function toFloat32(t: { dataType: number; data: Uint8Array }): Float32Array {
   throw new Error(`reference: unsupported weight data type ${t.dataType}`);
 }
 
-/** Loads the architecture from config.json and the weights from the ONNX file of `dtype` (q4 dequantized). */
+/** Loads the architecture from config.json and the weights from the ONNX file of `dtype` (q8, q4 dequantized). */
 export function loadReference(dir: string, dtype: BuildDtype = "fp32"): ReferenceModel {
   const arch = archFromConfig(JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")));
   const tensors = readInitializers(path.join(dir, ONNX_FILES[dtype]));
   const weights = new Map<string, Float32Array>();
+  const dequantized = (stored: string, k: number, n: number, layout: "kn" | "nk") => {
+    if (!isQuantized(dtype)) return undefined;
+    const names = quantizedNames(stored, dtype);
+    const packed = tensors.get(names.codes);
+    const scales = tensors.get(names.scales);
+    if (!packed || !scales) return undefined;
+    const { bits, block } = QUANT_FORMATS[dtype];
+    return dequantizeBlocks({ packed: packed.data, scales: toFloat32(scales) }, k, n, bits, block, layout);
+  };
   for (const spec of weightSpecs(arch)) {
     const plain = tensors.get(spec.name);
-    if (plain) {
-      weights.set(spec.name, toFloat32(plain));
-      continue;
-    }
-    const packed = tensors.get(`${spec.name}_Q4`);
-    const scales = tensors.get(`${spec.name}_scales`);
-    if (!packed || !scales) throw new Error(`reference: weight ${spec.name} not found`);
     const [k, n] = spec.dims;
-    weights.set(spec.name, dequantizeQ4({ packed: packed.data, scales: toFloat32(scales) }, k, n, Q4_BLOCK));
+    const weight = plain ? toFloat32(plain) : dequantized(spec.name, k, n, "kn");
+    if (!weight) throw new Error(`reference: weight ${spec.name} not found`);
+    weights.set(spec.name, weight);
   }
-  return { arch, weights };
+  const table = arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead;
+  const lmHead = dequantized(lmHeadCopyName(table), arch.hiddenSize, arch.vocabSize, "nk");
+  return { arch, weights, lmHead };
 }
 
 /** Left-pads token rows the way transformers.js batches them (position ids count real tokens only). */
@@ -144,7 +152,7 @@ export function referenceForward(model: ReferenceModel, input: ForwardInput): Fo
     value: new Float32Array(batch * nkv * total * d),
   }));
   const logits = new Float32Array(batch * seq * vocab);
-  const table = W(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
+  const table = model.lmHead ?? W(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
 
   for (let b = 0; b < batch; b++) {
     const mask = input.attentionMask[b];

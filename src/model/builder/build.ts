@@ -22,6 +22,7 @@ export type BuildDtype = WeightDtype;
 export const ONNX_FILES: Record<BuildDtype, string> = {
   fp32: "onnx/model.onnx",
   fp16: "onnx/model_fp16.onnx",
+  q8: "onnx/model_quantized.onnx",
   q4: "onnx/model_q4.onnx",
 };
 
@@ -29,6 +30,7 @@ export const ONNX_FILES: Record<BuildDtype, string> = {
 export const ENGINE_FILES: Record<BuildDtype, string> = {
   fp32: "onnx/engine.onnx",
   fp16: "onnx/engine_fp16.onnx",
+  q8: "onnx/engine_quantized.onnx",
   q4: "onnx/engine_q4.onnx",
 };
 
@@ -59,7 +61,7 @@ export interface BuiltModel {
 
 function dtypesOf(dtype: BuildDtype | BuildDtype[] | undefined): BuildDtype[] {
   const list = dtype === undefined ? ["fp32" as const] : Array.isArray(dtype) ? dtype : [dtype];
-  for (const d of list) if (!(d in ONNX_FILES)) throw new Error(`unknown dtype "${d}" (fp32, fp16, q4)`);
+  for (const d of list) if (!(d in ONNX_FILES)) throw new Error(`unknown dtype "${d}" (fp32, fp16, q8, q4)`);
   return [...new Set(list)];
 }
 

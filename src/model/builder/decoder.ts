@@ -5,7 +5,16 @@
  */
 import type { DecoderArch } from "./arch.ts";
 import { GraphBuilder } from "./graph.ts";
-import { attend, DecoderContext, decoderLayer, embed, lmHead, rotaryTables, type WeightDtype } from "./layers.ts";
+import {
+  attend,
+  DecoderContext,
+  decoderLayer,
+  embed,
+  lmHead,
+  type QuantFormat,
+  rotaryTables,
+  type WeightDtype,
+} from "./layers.ts";
 import { DataType, type ModelDef } from "./onnx-proto.ts";
 import type { WeightSource } from "./random-weights.ts";
 
@@ -13,6 +22,8 @@ import type { WeightSource } from "./random-weights.ts";
 export interface EmitOptions {
   dtype: WeightDtype;
   weights: WeightSource;
+  /** The quantized format, when not the dtype's QUANT_FORMATS entry. */
+  format?: QuantFormat;
 }
 
 /** Symbolic dimension names; transformers.js sizes an empty cache from "batch_size" and fixed dims. */
@@ -42,7 +53,7 @@ function standardMask(g: GraphBuilder, inputIds: string, attentionMask: string):
 /** Emits the standard-layout decoder for `arch`. */
 export function emitStandardDecoder(arch: DecoderArch, options: EmitOptions): ModelDef {
   const g = new GraphBuilder(17);
-  const ctx = new DecoderContext(g, arch, options.dtype, options.weights);
+  const ctx = new DecoderContext(g, arch, options.dtype, options.weights, options.format);
   const inputIds = g.input("input_ids", DataType.INT64, [DIMS.batch, DIMS.seq]);
   const attentionMask = g.input("attention_mask", DataType.INT64, [DIMS.batch, DIMS.total]);
   const positionIds = g.input("position_ids", DataType.INT64, [DIMS.batch, DIMS.seq]);

@@ -14,8 +14,19 @@ import * as fs from "node:fs";
 import { type DecoderArch, modelWeightNames } from "./arch.ts";
 import { AtomicFile } from "./atomic-file.ts";
 import { GraphBuilder } from "./graph.ts";
-import { DecoderContext, decoderLayer, embed, rmsNorm, rotaryTables, type WeightDtype } from "./layers.ts";
-import { decodeModel } from "./onnx-read.ts";
+import {
+  DecoderContext,
+  decoderLayer,
+  embed,
+  isQuantized,
+  lmHeadCopyName,
+  type QuantFormat,
+  quantizedNames,
+  rmsNorm,
+  rotaryTables,
+  type WeightDtype,
+} from "./layers.ts";
+import { type DecodedModel, decodeModel } from "./onnx-read.ts";
 import { BYTES_PER_ELEMENT, DataType, encodeModel, type ExternalRef, type ModelDef } from "./onnx-proto.ts";
 import type { WeightSource } from "./random-weights.ts";
 
@@ -111,12 +122,14 @@ function atPositions(g: GraphBuilder, x: string, index: string, hidden: number):
 export interface EngineEmitOptions {
   dtype: WeightDtype;
   weights: WeightSource;
+  /** The quantized format, when not the dtype's QUANT_FORMATS entry. */
+  format?: QuantFormat;
 }
 
 /** Emits the engine-layout decoder for `arch`. */
 export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions): ModelDef {
   const g = new GraphBuilder(17);
-  const ctx = new DecoderContext(g, arch, options.dtype, options.weights);
+  const ctx = new DecoderContext(g, arch, options.dtype, options.weights, options.format);
   const { batch, seq, cache } = ENGINE_DIMS;
   const { numKvHeads: kvh, headDim: d } = arch;
   const inputIds = g.input("input_ids", DataType.INT64, [batch, seq]);
@@ -143,9 +156,8 @@ export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions)
     // [B, S, vocab] tensor and no copy of the logits into the output. Causal attention keeps a row's real tokens
     // blind to the padding after them.
     const last = rmsNorm(ctx, atPositions(g, x, logitIndex, arch.hiddenSize), modelWeightNames.finalNorm);
-    const table = ctx.param(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
-    if (ctx.act === DataType.FLOAT) g.op("Gemm", [last, table], { transB: 1 }, { outputs: ["logits"] });
-    else g.op("Cast", [g.op("Gemm", [last, table], { transB: 1 })], { to: DataType.FLOAT }, { outputs: ["logits"] });
+    const table = arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead;
+    ctx.logits(last, table, "logits");
   });
 
   g.output("logits", DataType.FLOAT, ["logit_rows", arch.vocabSize]);
@@ -162,6 +174,31 @@ export class EngineLayoutError extends Error {
     super(message);
     this.name = "EngineLayoutError";
   }
+}
+
+/**
+ * The quantized format a standard graph was written in (its MatMulNBits attributes, and whether lm_head has its own
+ * quantized table): the engine graph multiplies exactly as the standard graph does, whichever builder wrote it.
+ */
+function quantFormatOf(standard: DecodedModel, arch: DecoderArch, dtype: WeightDtype): QuantFormat | undefined {
+  if (!isQuantized(dtype)) return undefined;
+  const node = standard.graph.nodes.find((n) => n.opType === "MatMulNBits");
+  if (!node) throw new EngineLayoutError(`the ${dtype} standard graph has no MatMulNBits`);
+  const attr = (name: string, fallback?: number) => {
+    const value = node.attributes?.[name] ?? fallback;
+    if (typeof value !== "number") throw new EngineLayoutError(`its MatMulNBits has no ${name}`);
+    return value;
+  };
+  const bits = attr("bits", 4);
+  if (bits !== 4 && bits !== 8) throw new EngineLayoutError(`its MatMulNBits has ${bits} bits`);
+  const table = arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead;
+  const lmHeadCodes = quantizedNames(lmHeadCopyName(table), dtype).codes;
+  return {
+    bits,
+    block: attr("block_size"),
+    accuracyLevel: attr("accuracy_level", 0),
+    lmHead: standard.graph.initializers.some((t) => t.name === lmHeadCodes),
+  };
 }
 
 /** True when `enginePath` holds an engine graph of the current version. */
@@ -191,7 +228,7 @@ export function writeEngineGraph(
   const unread: WeightSource = (name) => {
     throw new Error(`engine graph: weight ${name} must come from ${standardPath}`);
   };
-  const model = emitEngineDecoder(arch, { dtype, weights: unread });
+  const model = emitEngineDecoder(arch, { dtype, weights: unread, format: quantFormatOf(standard, arch, dtype) });
   const externals = new Map<string, ExternalRef>();
   model.graph.initializers = model.graph.initializers.map((t) => {
     if (!t.produce) return t; // the engine graph's own constants

@@ -4,16 +4,57 @@
  * A layout (decoder.ts, or a cache-as-input decode graph) decides where K/V come from and go to.
  */
 import { type DecoderArch, layerWeightNames, modelWeightNames, ropeInvFreq, weightSpecs } from "./arch.ts";
-import type { GraphBuilder } from "./graph.ts";
+import type { GraphBuilder, OpOptions } from "./graph.ts";
 import { DataType } from "./onnx-proto.ts";
-import { float16Bytes, type Q4Weight, quantizeQ4 } from "./quantize.ts";
+import { float16Bytes, type QuantBits, quantizeBlocks, type QuantizedWeight, type WeightLayout } from "./quantize.ts";
 import type { WeightSource } from "./random-weights.ts";
 
 /** How weights are stored and activations computed. */
-export type WeightDtype = "fp32" | "fp16" | "q4";
+export type WeightDtype = "fp32" | "fp16" | "q8" | "q4";
+
+/** The dtypes whose linear weights are MatMulNBits blocks. */
+export type QuantizedDtype = "q8" | "q4";
+
+/** How a quantized dtype's weights are stored and multiplied (com.microsoft MatMulNBits). */
+export interface QuantFormat {
+  bits: QuantBits;
+  /** Weights per block (one scale each) along the input dimension. */
+  block: number;
+  /** MatMulNBits' accuracy_level: 0 multiplies in float32, 4 quantizes activations to int8 per block. */
+  accuracyLevel: number;
+  /** Whether lm_head multiplies by a quantized copy of its table (the float table stays for the embedding). */
+  lmHead: boolean;
+}
+
+/**
+ * The format of each quantized dtype, chosen with bench/matmul-nbits.ts on a 2-core AVX2 CPU (onnxruntime-node 1.30,
+ * CPU time of bench-135m's matmuls): int8 compute (accuracy_level 4) is what makes 8 bits fast at all (at level 0 they
+ * took 5-10x fp32's time), and cuts 4 bits' decode matmuls by a sixth to a half against level 0, while a 512-row
+ * prefill costs 14% (q4) to 60% (q8) more than fp32 there. Block 64 was no faster than 32. A quantized lm_head
+ * takes a quarter to a half off 4 bits' logits; for 8 bits it gains at a few rows and loses at 32.
+ */
+export const QUANT_FORMATS: Record<QuantizedDtype, QuantFormat> = {
+  q8: { bits: 8, block: 32, accuracyLevel: 4, lmHead: false },
+  q4: { bits: 4, block: 32, accuracyLevel: 4, lmHead: true },
+};
 
 /** Block size of q4 weights along the input dimension. */
-export const Q4_BLOCK = 32;
+export const Q4_BLOCK = QUANT_FORMATS.q4.block;
+
+/** True for dtypes whose linear weights are quantized. */
+export function isQuantized(dtype: WeightDtype): dtype is QuantizedDtype {
+  return dtype === "q8" || dtype === "q4";
+}
+
+/** Initializer names of weight `name` quantized as `dtype`: its codes and its scales. */
+export function quantizedNames(name: string, dtype: QuantizedDtype): { codes: string; scales: string } {
+  return { codes: `${name}_${dtype.toUpperCase()}`, scales: `${name}_scales` };
+}
+
+/** The name under which lm_head's quantized copy of `table` is stored, apart from the embedding's float table. */
+export function lmHeadCopyName(table: string): string {
+  return `lm_head.${table}`;
+}
 
 /** Rotary cos/sin tables, [batch, 1, seq, head_dim / 2], in the activation type. */
 export interface Rope {
@@ -28,16 +69,21 @@ export type AttentionStep = (layer: number, q: string, k: string, v: string) => 
 export class DecoderContext {
   /** Element type of activations, KV cache and non-quantized weights. */
   readonly act: number;
+  /** How linear weights are quantized (q8, q4), or undefined for float weights. */
+  readonly format: QuantFormat | undefined;
   private dims: Map<string, number[]>;
   private registered = new Set<string>();
 
+  /** `format` replaces the dtype's QUANT_FORMATS entry (a graph that must match weights already written). */
   constructor(
     readonly g: GraphBuilder,
     readonly arch: DecoderArch,
     readonly dtype: WeightDtype,
     readonly weights: WeightSource,
+    format?: QuantFormat,
   ) {
     this.act = dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    this.format = isQuantized(dtype) ? format ?? QUANT_FORMATS[dtype] : undefined;
     this.dims = new Map(weightSpecs(arch).map((s) => [s.name, s.dims]));
   }
 
@@ -59,22 +105,58 @@ export class DecoderContext {
     });
   }
 
-  /** x [.., in] times the weight `name` [in, out]: MatMul, or MatMulNBits for q4. */
+  /** x [.., in] times the weight `name` [in, out]: MatMul, or MatMulNBits for q8 and q4. */
   linear(x: string, name: string): string {
-    if (this.dtype !== "q4") return this.g.op("MatMul", [x, this.param(name)]);
+    if (!this.format) return this.g.op("MatMul", [x, this.param(name)]);
     const [k, n] = this.dims.get(name)!;
-    const blocks = k / Q4_BLOCK;
+    return this.quantizedMatMul(x, name, name, k, n, "kn");
+  }
+
+  /** Whether lm_head multiplies by a quantized table. */
+  get quantizesLmHead(): boolean {
+    return this.format?.lmHead === true;
+  }
+
+  /**
+   * x [rows, hidden] times the transposed table `name` [vocab, hidden]: float32 logits [rows, vocab], written to the
+   * graph value `output` when given. Gemm with transB reads the table as it is; a dtype whose format quantizes
+   * lm_head multiplies by a quantized copy instead (the table is already MatMulNBits' [N, K]).
+   */
+  logits(x: string, name: string, output?: string): string {
+    const outputs = output === undefined ? {} : { outputs: [output] };
+    if (this.quantizesLmHead) {
+      const [n, k] = this.dims.get(name)!;
+      return this.quantizedMatMul(x, name, lmHeadCopyName(name), k, n, "nk", outputs);
+    }
+    const table = this.param(name);
+    if (this.act === DataType.FLOAT) return this.g.op("Gemm", [x, table], { transB: 1 }, outputs);
+    return this.g.op("Cast", [this.g.op("Gemm", [x, table], { transB: 1 })], { to: DataType.FLOAT }, outputs);
+  }
+
+  /** x times weight `name` quantized, stored as `stored` (quantizedNames). */
+  private quantizedMatMul(
+    x: string,
+    name: string,
+    stored: string,
+    k: number,
+    n: number,
+    layout: WeightLayout,
+    outputs: OpOptions = {},
+  ): string {
+    const format = this.format!;
+    const names = quantizedNames(stored, this.dtype as QuantizedDtype);
+    const blocks = k / format.block;
     // Both initializers come from one quantization, done when the first of them is written.
-    let cached: Q4Weight | undefined;
-    const quantized = () => cached ??= quantizeQ4(this.weights(name), k, n, Q4_BLOCK);
+    let cached: QuantizedWeight | undefined;
+    const quantized = () => cached ??= quantizeBlocks(this.weights(name), k, n, format.bits, format.block, layout);
     const b = this.g.initializer({
-      name: `${name}_Q4`,
+      name: names.codes,
       dataType: DataType.UINT8,
-      dims: [n, blocks, Q4_BLOCK / 2],
+      dims: [n, blocks, (format.block * format.bits) / 8],
       produce: () => quantized().packed,
     });
     const scales = this.g.initializer({
-      name: `${name}_scales`,
+      name: names.scales,
       dataType: DataType.FLOAT,
       dims: [n * blocks],
       produce: () => {
@@ -83,8 +165,8 @@ export class DecoderContext {
         return new Uint8Array(s.buffer);
       },
     });
-    const attributes = { K: k, N: n, bits: 4, block_size: Q4_BLOCK, accuracy_level: 0 };
-    return this.g.op("MatMulNBits", [x, b, scales], attributes, { domain: "com.microsoft" });
+    const attributes = { K: k, N: n, bits: format.bits, block_size: format.block, accuracy_level: format.accuracyLevel };
+    return this.g.op("MatMulNBits", [x, b, scales], attributes, { ...outputs, domain: "com.microsoft" });
   }
 }
 
@@ -200,12 +282,12 @@ export function decoderLayer(ctx: DecoderContext, layer: number, x: string, rope
 export function lmHead(ctx: DecoderContext, x: string, outputName: string): string {
   const { g, arch } = ctx;
   const normed = rmsNorm(ctx, x, modelWeightNames.finalNorm);
-  const table = ctx.param(arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead);
-  // Gemm with transB reads the [vocab, hidden] table as it is: no transposed copy on disk or in memory.
+  const table = arch.tieEmbeddings ? modelWeightNames.embedding : modelWeightNames.lmHead;
+  // A float table is registered before the reshape's constant: the float graphs keep their initializers' order.
+  if (!ctx.quantizesLmHead) ctx.param(table);
   const flat = g.op("Reshape", [normed, g.int64([-1, arch.hiddenSize])]);
-  const logits2d = g.op("Gemm", [flat, table], { transB: 1 });
+  const logits2d = ctx.logits(flat, table);
   const leading = g.op("Slice", [g.op("Shape", [x]), g.int64([0]), g.int64([2])]);
   const shape = g.op("Concat", [leading, g.int64([arch.vocabSize])], { axis: 0 });
-  if (ctx.act === DataType.FLOAT) return g.op("Reshape", [logits2d, shape], {}, { outputs: [outputName] });
-  return g.op("Cast", [g.op("Reshape", [logits2d, shape])], { to: DataType.FLOAT }, { outputs: [outputName] });
+  return g.op("Reshape", [logits2d, shape], {}, { outputs: [outputName] });
 }

@@ -1,5 +1,5 @@
 /**
- * Number formats for weights: float16 conversion and 4-bit block quantization in the layout of
+ * Number formats for weights: float16 conversion and 8- and 4-bit block quantization in the layout of
  * com.microsoft MatMulNBits. Only exact arithmetic is used, so every runtime writes the same bytes.
  */
 
@@ -59,52 +59,111 @@ export function fromFloat16Bits(h: number): number {
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
-/** A [K, N] weight quantized for MatMulNBits: B [N, K/block, block/2] uint8, scales [N * K/block]. */
-export interface Q4Weight {
+/** Bits per weight of the block formats MatMulNBits reads. */
+export type QuantBits = 4 | 8;
+
+/**
+ * A weight quantized for MatMulNBits: B [N, K/block, block * bits / 8] uint8 (codes packed low nibble first for 4
+ * bits), scales [N * K/block]. Codes are symmetric around MatMulNBits' default zero point 2^(bits-1), so no zero
+ * points are stored.
+ */
+export interface QuantizedWeight {
   packed: Uint8Array;
   scales: Float32Array;
   blocks: number;
 }
 
-/** Quantizes `w` ([k rows, n columns], row-major) to symmetric 4-bit blocks along K (zero point 8). */
-export function quantizeQ4(w: Float32Array, k: number, n: number, block = 32): Q4Weight {
-  if (k % block !== 0) throw new Error(`q4: K=${k} is not a multiple of the block size ${block}`);
+/** How a float weight is laid out: [K, N] (a MatMul's B, the builder's linear weights) or [N, K] (an embedding table). */
+export type WeightLayout = "kn" | "nk";
+
+/**
+ * Quantizes a weight to symmetric `bits`-bit blocks of `block` values along K: per block, scale = max|x| / (2^(bits-1)
+ * - 1) rounded to float32 and code = round(x / scale) + 2^(bits-1), clamped to the code range. `w` is [k, n]
+ * row-major, or [n, k] with layout "nk".
+ */
+export function quantizeBlocks(
+  w: Float32Array,
+  k: number,
+  n: number,
+  bits: QuantBits,
+  block: number,
+  layout: WeightLayout = "kn",
+): QuantizedWeight {
+  if (k % block !== 0) throw new Error(`q${bits}: K=${k} is not a multiple of the block size ${block}`);
   const blocks = k / block;
-  const packed = new Uint8Array(n * blocks * (block / 2));
+  const blob = (block * bits) / 8;
+  const zero = 1 << (bits - 1);
+  const maxCode = (1 << bits) - 1;
+  const packed = new Uint8Array(n * blocks * blob);
   const scales = new Float32Array(n * blocks);
+  // Element j of column col: one stride along K and one along N, whichever way the matrix is stored.
+  const [kStride, nStride] = layout === "kn" ? [n, 1] : [1, k];
+  const values = new Float64Array(block);
   for (let col = 0; col < n; col++) {
     for (let b = 0; b < blocks; b++) {
       let amax = 0;
-      for (let j = 0; j < block; j++) amax = Math.max(amax, Math.abs(w[(b * block + j) * n + col]));
-      const scale = Math.fround(amax / 7);
-      scales[col * blocks + b] = scale;
-      const base = (col * blocks + b) * (block / 2);
       for (let j = 0; j < block; j++) {
-        const x = w[(b * block + j) * n + col];
-        const q = scale === 0 ? 8 : Math.min(15, Math.max(0, Math.round(x / scale) + 8));
-        packed[base + (j >> 1)] |= j & 1 ? q << 4 : q;
+        values[j] = w[(b * block + j) * kStride + col * nStride];
+        amax = Math.max(amax, Math.abs(values[j]));
+      }
+      const scale = Math.fround(amax / (zero - 1));
+      scales[col * blocks + b] = scale;
+      const base = (col * blocks + b) * blob;
+      for (let j = 0; j < block; j++) {
+        const q = scale === 0 ? zero : Math.min(maxCode, Math.max(0, Math.round(values[j] / scale) + zero));
+        if (bits === 8) packed[base + j] = q;
+        else packed[base + (j >> 1)] |= j & 1 ? q << 4 : q;
       }
     }
   }
   return { packed, scales, blocks };
 }
 
-/** The [K, N] float weight a Q4Weight stands for (what MatMulNBits multiplies by). */
-export function dequantizeQ4(q: Pick<Q4Weight, "packed" | "scales">, k: number, n: number, block = 32): Float32Array {
+/** The float weight, [k, n] row-major (or [n, k] with layout "nk"), that a QuantizedWeight stands for. */
+export function dequantizeBlocks(
+  q: Pick<QuantizedWeight, "packed" | "scales">,
+  k: number,
+  n: number,
+  bits: QuantBits,
+  block: number,
+  layout: WeightLayout = "kn",
+): Float32Array {
   const blocks = k / block;
+  const blob = (block * bits) / 8;
+  const zero = 1 << (bits - 1);
+  const [kStride, nStride] = layout === "kn" ? [n, 1] : [1, k];
   const w = new Float32Array(k * n);
   for (let col = 0; col < n; col++) {
     for (let b = 0; b < blocks; b++) {
       const scale = q.scales[col * blocks + b];
-      const base = (col * blocks + b) * (block / 2);
+      const base = (col * blocks + b) * blob;
       for (let j = 0; j < block; j++) {
-        const byte = q.packed[base + (j >> 1)];
-        const v = j & 1 ? byte >> 4 : byte & 15;
-        w[(b * block + j) * n + col] = (v - 8) * scale;
+        const code = bits === 8 ? q.packed[base + j] : (q.packed[base + (j >> 1)] >> (j & 1 ? 4 : 0)) & 15;
+        w[(b * block + j) * kStride + col * nStride] = (code - zero) * scale;
       }
     }
   }
   return w;
+}
+
+/** Quantizes `w` ([k rows, n columns], row-major) to symmetric 4-bit blocks along K (zero point 8). */
+export function quantizeQ4(w: Float32Array, k: number, n: number, block = 32): QuantizedWeight {
+  return quantizeBlocks(w, k, n, 4, block);
+}
+
+/** The [K, N] float weight a 4-bit QuantizedWeight stands for (what MatMulNBits multiplies by). */
+export function dequantizeQ4(q: Pick<QuantizedWeight, "packed" | "scales">, k: number, n: number, block = 32): Float32Array {
+  return dequantizeBlocks(q, k, n, 4, block);
+}
+
+/** Quantizes `w` ([k rows, n columns], row-major) to symmetric 8-bit blocks along K (zero point 128). */
+export function quantizeQ8(w: Float32Array, k: number, n: number, block = 32): QuantizedWeight {
+  return quantizeBlocks(w, k, n, 8, block);
+}
+
+/** The [K, N] float weight an 8-bit QuantizedWeight stands for. */
+export function dequantizeQ8(q: Pick<QuantizedWeight, "packed" | "scales">, k: number, n: number, block = 32): Float32Array {
+  return dequantizeBlocks(q, k, n, 8, block);
 }
 
 let halfTable: Float32Array | undefined;
