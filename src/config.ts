@@ -46,7 +46,10 @@ export const ServerConfig = z.object({
   host: z.string().min(1).default("127.0.0.1").describe("address to bind"),
   port: port.default(8000).describe("port to listen on (0 picks a free one)"),
   device: z.enum(DEVICES).default("auto").describe("where the model runs"),
-  dtype: z.enum(DTYPES).default("fp32").describe("weight precision of the ONNX files to load"),
+  dtype: z.enum(DTYPES).default("fp32").describe(
+    "weight precision of the ONNX files to load; the engine serves fp32, q8 and q4 (int8 and 4-bit weights, " +
+      "multiplied in int8 on the cpu)",
+  ),
   threads: positiveInt.optional().describe("CPU threads one model run uses on the cpu and wasm devices (default: every core)"),
   samplerThreads: z.coerce.number().int().min(0).optional().describe(
     "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1 up to 7 with 4 cores or more, else 0)",

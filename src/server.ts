@@ -68,8 +68,8 @@ export async function loadServedModel(
     async (backend, model) => {
       const { maxPositionEmbeddings } = model.config;
       const maxModelLen = Math.min(config.maxModelLen ?? maxPositionEmbeddings, maxPositionEmbeddings);
-      if (model.dtype !== "fp32" && model.dtype !== "q4") {
-        throw new Error(`the engine runs fp32 and q4 models; --dtype ${model.dtype} is not supported yet`);
+      if (model.dtype === "fp16") {
+        throw new Error(`the engine runs fp32, q8 and q4 models; --dtype ${model.dtype} is not supported yet`);
       }
       const served: ServedWeights = {
         dir: model.dir,

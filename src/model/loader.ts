@@ -177,8 +177,8 @@ async function convertedIfCheckpoint(
   log: Logger,
 ): Promise<ModelLocation> {
   if (dtypesIn(location.dir).includes(dtype) || !hasCheckpoint(location.dir)) return location;
-  if (dtype !== "fp32" && dtype !== "q4") {
-    throw new ModelLoadError(location.dir, `a safetensors checkpoint converts to fp32 or q4, not ${dtype}`);
+  if (dtype !== "fp32" && dtype !== "q8" && dtype !== "q4") {
+    throw new ModelLoadError(location.dir, `a safetensors checkpoint converts to fp32, q8 or q4, not ${dtype}`);
   }
   const started = performance.now();
   let dir: string;

@@ -67,7 +67,7 @@ function resolveExisting(p: string): { real: string; missing: boolean } {
 export interface ServedWeights {
   /** The served model's directory (its config.json is the architecture to match). */
   dir: string;
-  dtype: "fp32" | "q4";
+  dtype: "fp32" | "q8" | "q4";
   backend: Backend;
   maxRows: number;
   /** The served context length: the new weights must support it. */

@@ -5,13 +5,14 @@ import * as ort from "onnxruntime-node";
 
 const sessions = new Map<string, Promise<ort.InferenceSession>>();
 
-/** Every position's logits and each layer's present K/V of `ids`, fed in one teacher-forced pass. */
-export async function standardRun(dir: string, ids: number[]) {
+/** Every position's logits and each layer's present K/V of `ids`, fed in one teacher-forced pass through `file`. */
+export async function standardRun(dir: string, ids: number[], file = "onnx/model.onnx") {
   const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
   const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
   const vocab: number = config.vocab_size;
-  let session = sessions.get(dir);
-  if (!session) sessions.set(dir, session = ort.InferenceSession.create(path.join(dir, "onnx/model.onnx")));
+  const graph = path.join(dir, file);
+  let session = sessions.get(graph);
+  if (!session) sessions.set(graph, session = ort.InferenceSession.create(graph));
   const i64 = (values: number[]) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), [1, values.length]);
   const feeds: Record<string, ort.Tensor> = {
     input_ids: i64(ids),

@@ -176,8 +176,8 @@ function heldRows(used: number, maxRows: number): number {
 export interface OpenEngineRunnerOptions {
   /** A model folder whose standard graph has the builder's weight names (one the builder wrote). */
   dir: string;
-  /** fp32 or q4 (the runner's cache is float32). */
-  dtype?: "fp32" | "q4";
+  /** fp32, q8 or q4 (the runner's cache is float32). */
+  dtype?: "fp32" | "q8" | "q4";
   /** The device backend the model was loaded on: the engine graph opens there too. */
   backend: Backend;
   sessionOptions?: OrtSessionOptions;
