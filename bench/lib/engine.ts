@@ -17,8 +17,8 @@ import { type KvPeak, profileRunner, type StepProfile } from "./profile.ts";
 export async function benchModel(flags: EngineBenchFlags): Promise<string> {
   const dir = path.join(flags.cacheDir, flags.preset);
   const t0 = performance.now();
-  await ensureModel({ preset: flags.preset, out: dir, seed: 0 });
-  console.error(`model ${dir} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  await ensureModel({ preset: flags.preset, out: dir, seed: 0, dtype: flags.dtype });
+  console.error(`model ${dir} (${flags.dtype}) ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   return dir;
 }
 
@@ -41,6 +41,7 @@ export async function openBenchEngine(
   const config = ServerConfig.parse({
     model: dir,
     device: flags.device,
+    dtype: flags.dtype,
     cacheDir: flags.cacheDir,
     maxNumSeqs: flags.maxNumSeqs,
     maxNumBatchedTokens: flags.maxNumBatchedTokens,
