@@ -123,9 +123,10 @@ export const ServerConfig = z.object({
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
-/** Environment variables that stand in for a flag not given on the command line. */
-export const ENV_FLAGS: Partial<Record<keyof ServerConfig, string>> = {
-  apiKey: "GYM_EDGE_API_KEY",
+/** Environment variables that stand in for a flag not given on the command line (the first one set, in order). */
+export const ENV_FLAGS: Partial<Record<keyof ServerConfig, string | readonly string[]>> = {
+  // vllm serve reads VLLM_API_KEY when --api-key is not given.
+  apiKey: ["GYM_EDGE_API_KEY", "VLLM_API_KEY"],
   adminApiKey: "GYM_EDGE_ADMIN_API_KEY",
   cacheDir: "GYM_EDGE_CACHE",
 };

@@ -61,7 +61,7 @@ export function parseFlags<S extends z.ZodObject>(
   schema: S,
   argv: string[],
   env: Record<string, string | undefined> = {},
-  envNames: Partial<Record<string, string>> = {},
+  envNames: Partial<Record<string, string | readonly string[]>> = {},
   options: FlagOptions = {},
 ): z.infer<S> {
   const props = properties(schema);
@@ -151,8 +151,10 @@ export function parseFlags<S extends z.ZodObject>(
     if (value === "") throw new UsageError(`${typed} needs a value, and was given an empty one`);
     setValue(key, typed, value);
   }
-  for (const [key, envName] of Object.entries(envNames)) {
-    if (raw[key] === undefined && envName && env[envName]) {
+  for (const [key, names] of Object.entries(envNames)) {
+    // The first variable set, in the order given, stands in for a flag not on the command line.
+    const envName = [names ?? []].flat().find((name) => env[name]);
+    if (raw[key] === undefined && envName) {
       raw[key] = env[envName];
       given[key] = envName;
     }
@@ -212,7 +214,10 @@ function flagProblem(flag: string, value: unknown, issue: z.core.$ZodIssue, p: J
 }
 
 /** Help text for the schema's flags, one per line: name, value kind, description, default. */
-export function renderFlagHelp(schema: z.ZodObject, envNames: Partial<Record<string, string>> = {}): string {
+export function renderFlagHelp(
+  schema: z.ZodObject,
+  envNames: Partial<Record<string, string | readonly string[]>> = {},
+): string {
   const rows = Object.entries(properties(schema)).map(([key, p]) => {
     const kind = p.enum
       ? p.enum.join("|")
@@ -227,7 +232,7 @@ export function renderFlagHelp(schema: z.ZodObject, envNames: Partial<Record<str
     const extra = [
       p.default !== undefined && p.type !== "boolean" ? `default ${p.default}` : "",
       p.type === "boolean" && p.default === true ? `on by default; --no-${kebab(key)} turns it off` : "",
-      envNames[key] ? `env ${envNames[key]}` : "",
+      envNames[key] ? `env ${[envNames[key]].flat().join(" or ")}` : "",
     ].filter(Boolean).join(", ");
     return [left, `${p.description ?? ""}${extra ? ` (${extra})` : ""}`] as const;
   });

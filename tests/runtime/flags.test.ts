@@ -180,6 +180,14 @@ test("the api key comes from the environment when no flag gives it", () => {
   assert.equal(d.apiKey, "flag");
 });
 
+test("VLLM_API_KEY gives the api key as it does to vllm serve; GYM_EDGE_API_KEY comes first", () => {
+  assert.equal(parseFlags(ServerConfig, [], { VLLM_API_KEY: "from-vllm" }, ENV_FLAGS).apiKey, "from-vllm");
+  const both = { GYM_EDGE_API_KEY: "ours", VLLM_API_KEY: "from-vllm" };
+  assert.equal(parseFlags(ServerConfig, [], both, ENV_FLAGS).apiKey, "ours");
+  assert.equal(parseFlags(ServerConfig, ["--api-key", "flag"], both, ENV_FLAGS).apiKey, "flag");
+  assert.match(renderFlagHelp(ServerConfig, ENV_FLAGS), /--api-key .*\(env GYM_EDGE_API_KEY or VLLM_API_KEY\)/);
+});
+
 test("help lists every flag of the schema with its default", () => {
   const help = renderFlagHelp(ServerConfig, ENV_FLAGS);
   for (const key of Object.keys(ServerConfig.shape)) {
