@@ -21,6 +21,7 @@ import { modelRoutes } from "./models.ts";
 import { operations, type RequestRecord, type RequestTracker, ServiceUnavailableError } from "./operations.ts";
 import { responseRoutes } from "./responses.ts";
 import { tokenizeRoutes } from "./tokenize.ts";
+import { tokenRoutes } from "./tokens.ts";
 
 export type { AppDeps } from "./deps.ts";
 
@@ -159,6 +160,7 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   app.route("/", chatCompletionRoutes(deps));
   app.route("/", completionRoutes(deps));
   app.route("/", responseRoutes(deps));
+  app.route("/", tokenRoutes(deps));
   if (deps.metrics) {
     app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null), deps.cacheConfig ?? null));
   }
