@@ -16,8 +16,8 @@
 #   prep  1. llama-server, llama-quantize, llama-perplexity built from the llama.cpp source bundled in the
 #            node-llama-cpp npm tarball (build-llama-cpp.sh, -j1)
 #         2. the model built by gym-edge itself, one dtype at a time:
-#            `gym-edge build-model --preset bench-135m --out $W/bench-135m --dtype D` (seed 0); a dtype that
-#            build-model cannot write yet is skipped with a message, on both servers
+#            `gym-edge build-model --preset bench-135m --out $W/bench-135m --dtype D` (seed 0; q8 and q4 again on every
+#            run); a dtype that build-model cannot write yet is skipped with a message, on both servers
 #         3. $W/bench-135m-f32.gguf written from exactly the fp32 ONNX weights and checked bit for bit
 #            (gguf-from-gym-edge.ts); q8_0 / q4_0 GGUFs from it by llama-quantize (its default tensor choices)
 #         4. QUALITY=1: mean KL divergence from fp32 over the second half of each CTX-token chunk of one text:
@@ -40,7 +40,8 @@
 #      QUANTIZE_EXTRA (llama-quantize flags, e.g. "--token-embedding-type f32"; names its own GGUFs),
 #      QUALITY (1; 0 skips the KL divergences), QUALITY_CTX (256), QUALITY_CHUNKS (12), QUALITY_TEXT ($W/quality-text.md,
 #      a copy of the project's README.md made once), RSS_EVERY (1 s between memory samples during a load),
-#      SKIP_PREP (1: fail instead of building), SERVER_WAIT (600 s for a server to answer /health).
+#      REBUILD_QUANTIZED (1: gym-edge's q8 / q4 files are written anew each run, from this checkout's builder; 0 keeps
+#      them), SKIP_PREP (1: fail instead of building), SERVER_WAIT (600 s for a server to answer /health).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 W=${W:-${TMPDIR:-/tmp}/gym-edge-vs-llama}
@@ -56,6 +57,7 @@ DTYPES=${DTYPES:-fp32}
 LLAMA_NP=${LLAMA_NP:-32}; LLAMA_CTX=${LLAMA_CTX:-8192}; LLAMA_B=${LLAMA_B:-2048}; LLAMA_UB=${LLAMA_UB:-512}
 LLAMA_KV=${LLAMA_KV:-f32}; LLAMA_FA=${LLAMA_FA:-off}
 QUANTIZE_EXTRA=${QUANTIZE_EXTRA:-}
+REBUILD_QUANTIZED=${REBUILD_QUANTIZED:-1}
 QUALITY=${QUALITY:-1}; QUALITY_CTX=${QUALITY_CTX:-256}; QUALITY_CHUNKS=${QUALITY_CHUNKS:-12}
 QUALITY_TEXT=${QUALITY_TEXT:-$W/quality-text.md}
 RSS_EVERY=${RSS_EVERY:-1}
@@ -88,13 +90,39 @@ for tool in llama-server llama-quantize llama-perplexity; do
   fi
 done
 
-has_dtype() { [ -f "$MODEL/gym-edge-build.json" ] && node -e 'process.exit(JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")).dtypes.includes(process.argv[2])?0:1)' "$MODEL/gym-edge-build.json" "$1"; }
+# the build record lists the dtypes and the size of every file; a dtype counts when it is listed and all files match
+RECORD=$MODEL/gym-edge-build.json
+has_dtype() {
+  node -e '
+    const fs = require("fs"), path = require("path"); const [dir, dtype] = process.argv.slice(1);
+    let r; try { r = JSON.parse(fs.readFileSync(path.join(dir, "gym-edge-build.json"), "utf8")); } catch { process.exit(1); }
+    const size = (f) => { try { return fs.statSync(path.join(dir, f)).size; } catch { return -1; } };
+    process.exit(r.dtypes.includes(dtype) && Object.entries(r.files).every(([f, n]) => size(f) === n) ? 0 : 1);
+  ' "$MODEL" "$1"
+}
+# a failed build leaves the folder without a record: put the old one back, less the dtype and any file it changed
+restore_record() { # saved-record dtype
+  node -e '
+    const fs = require("fs"), path = require("path"); const [saved, dir, dtype] = process.argv.slice(1);
+    const r = JSON.parse(fs.readFileSync(saved, "utf8"));
+    const size = (f) => { try { return fs.statSync(path.join(dir, f)).size; } catch { return -1; } };
+    r.dtypes = r.dtypes.filter((d) => d !== dtype);
+    r.files = Object.fromEntries(Object.entries(r.files).filter(([f, n]) => size(f) === n));
+    fs.writeFileSync(path.join(dir, "gym-edge-build.json"), JSON.stringify(r, null, 2) + "\n");
+  ' "$1" "$MODEL" "$2"
+}
 build_dtype() { # dtype -> 0 when the model folder holds it
-  has_dtype "$1" && return 0
+  # quantized files are rebuilt every run (under a minute), so they always hold this checkout's formats
+  if has_dtype "$1" && { [ "$1" = fp32 ] || [ "$REBUILD_QUANTIZED" != 1 ] || [ "${SKIP_PREP:-0}" = 1 ]; }; then return 0; fi
   need_build "$MODEL ($1)"
   log "gym-edge build-model --preset bench-135m --out $MODEL --dtype $1"
-  (cd "$GYM" && node --import tsx mod.ts build-model --preset bench-135m --out "$MODEL" --dtype "$1") >> "$OUT/prep.log" 2>&1 || true
-  has_dtype "$1"
+  local saved=""
+  if [ -f "$RECORD" ]; then saved=$OUT/.build-record.json; cp "$RECORD" "$saved"; fi
+  if (cd "$GYM" && node --import tsx mod.ts build-model --preset bench-135m --out "$MODEL" --dtype "$1") >> "$OUT/prep.log" 2>&1; then
+    has_dtype "$1"; return
+  fi
+  if [ -n "$saved" ] && [ ! -f "$RECORD" ]; then restore_record "$saved" "$1"; fi
+  return 1
 }
 build_dtype fp32 || { log "gym-edge build-model --dtype fp32 failed (see $OUT/prep.log)"; exit 1; }
 RUN_DTYPES=""
@@ -145,6 +173,7 @@ done
 # ---------------------------------------------------------------- quality: KL divergence from fp32
 # One text, cut into QUALITY_CHUNKS chunks of QUALITY_CTX tokens; in each chunk the tokens of the second half are
 # scored (what llama-perplexity does), the fp32 model's next-token distribution against the quantized one's.
+# shellcheck disable=SC2016 # the ${...} are JavaScript's
 kl_llama() { # dtype -> quality.jsonl line
   local d=$1 g base logf
   g=$(gguf_of "$d")
@@ -170,7 +199,8 @@ kl_llama() { # dtype -> quality.jsonl line
     const top = /Same top p:\s*([-\d.]+)/.exec(text);
     console.log(JSON.stringify({ server: "llama-server", dtype, mean_kl: kl ? +kl[1] : null, mean_kl_se: kl ? +kl[2] : null,
       ppl: ppl ? +ppl[1] : null, ppl_fp32: pplBase ? +pplBase[1] : null, same_top_pct: top ? +top[1] : null,
-      chunks: +chunks, ctx: +ctx, model: gguf, tool: "llama-perplexity --kl-divergence" }));
+      chunks: +chunks, ctx: +ctx, model: gguf, tool: "llama-perplexity --kl-divergence",
+      ...(kl ? {} : { note: `no "Mean KLD" in ${require("path").basename(file)}` }) }));
   ' "$logf" "$d" "$QUALITY_CHUNKS" "$QUALITY_CTX" "$(basename "$g")" >> "$OUT/quality.jsonl"
 }
 kl_gym() { # dtype -> quality.jsonl line (bench/quality.ts, when the checkout has it)
@@ -194,12 +224,12 @@ kl_gym() { # dtype -> quality.jsonl line (bench/quality.ts, when the checkout ha
     return 0
   fi
   node -e '
-    const [file, dtype, chunksAsked] = process.argv.slice(1);
+    const [file, dtype, chunksAsked, ctx] = process.argv.slice(1);
     const lines = require("fs").readFileSync(file, "utf8").split("\n").filter((l) => l.startsWith("{"));
     let j = {}; for (const l of lines) { try { const x = JSON.parse(l); if ("mean_kl" in x) j = x; } catch {} }
     console.log(JSON.stringify({ ...j, server: "gym-edge", dtype, mean_kl: j.mean_kl ?? null, chunks_asked: +chunksAsked,
-      tool: "bench/quality.ts" }));
-  ' "$logf" "$d" "$QUALITY_CHUNKS" >> "$OUT/quality.jsonl"
+      ctx: j.ctx ?? +ctx, tool: "bench/quality.ts" }));
+  ' "$logf" "$d" "$QUALITY_CHUNKS" "$QUALITY_CTX" >> "$OUT/quality.jsonl"
 }
 if [ "$QUALITY" = 1 ]; then
   [ -f "$QUALITY_TEXT" ] || cp "$GYM/README.md" "$QUALITY_TEXT"

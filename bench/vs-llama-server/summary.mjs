@@ -144,6 +144,9 @@ if (quality.length) {
         q.note,
         q.ppl != null ? `ppl ${q.ppl.toFixed(2)} vs fp32 ${q.ppl_fp32?.toFixed(2)}` : "",
         q.same_top_pct != null ? `same top token ${q.same_top_pct}%` : "",
+        q.top1_agreement != null ? `same top token ${(100 * q.top1_agreement).toFixed(1)}%` : "",
+        q.p99_kl != null ? `p99 KL ${q.p99_kl.toPrecision(3)}` : "",
+        q.positions != null ? `${q.positions} positions` : "",
       ].filter(Boolean).join("; ");
       p(`| ${q.server} | ${d} | ${meanKl(q.server, d)} | ${q.tool ?? "-"} | ${q.chunks ?? q.chunks_asked ?? "-"} x ${
         q.ctx ?? "-"
