@@ -27,8 +27,8 @@ import {
 import { ChatCompletionRequest } from "./schemas.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
 
-/** Checks the fields that are valid one by one but not together, and those not supported. */
-function checkRequest(request: ChatCompletionRequest, body: Record<string, unknown>): void {
+/** Checks the fields that are valid one by one but not together, and those not supported (render checks the same). */
+export function checkRequest(request: ChatCompletionRequest, body: Record<string, unknown>): void {
   if (request.logprobs && "top_logprobs" in body && body.top_logprobs === null) {
     throw new InvalidRequestError("`top_logprobs` must be an integer from 0 to 20 when `logprobs` is true, not null", "top_logprobs");
   }

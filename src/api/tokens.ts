@@ -16,7 +16,7 @@ import { AssistantOutput, type ToolChoice, toolCalling } from "../chat/tools/par
 import { SamplingParamsError } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
 import { readJson } from "./body.ts";
-import { outputParsers } from "./chat-completions.ts";
+import { checkRequest as checkChatRequest, outputParsers } from "./chat-completions.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { describeIssues } from "./issues.ts";
@@ -205,10 +205,6 @@ export function tokenRoutes(deps: AppDeps): Hono {
     checkGenerateRequest(request);
     const engine = engineOf(deps);
     const ids = request.token_ids;
-    const bad = ids.findIndex((id) => !deps.tokenizer.isKnownId(id));
-    if (bad >= 0) {
-      throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary (${deps.tokenizer.vocabSize} tokens)`, `token_ids[${bad}]`);
-    }
     const sp = request.sampling_params;
     const top = sp.logprobs ?? null;
     const params = withinSamplingParams(() => samplingParams(deps, sp, {
@@ -220,6 +216,11 @@ export function tokenRoutes(deps: AppDeps): Hono {
       promptLogprobs: sp.prompt_logprobs ?? null,
       promptParam: "token_ids",
     }));
+    // After the context check, so that a prompt far too long is refused without a look at each of its ids.
+    const bad = ids.findIndex((id) => !deps.tokenizer.isKnownId(id));
+    if (bad >= 0) {
+      throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary (${deps.tokenizer.vocabSize} tokens)`, `token_ids[${bad}]`);
+    }
     const generation = new Generation({ engine, tokenizer: deps.tokenizer, params, text: textOptions(sp), signal: c.req.raw.signal }, ids);
     const requestId = request.request_id ?? crypto.randomUUID();
     if (!request.stream) {
@@ -245,8 +246,10 @@ export function tokenRoutes(deps: AppDeps): Hono {
   });
 
   routes.post("/v1/chat/completions/render", async (c) => {
-    const request = ChatCompletionRequest.parse(await readJson(c));
+    const body = await readJson(c);
+    const request = ChatCompletionRequest.parse(body);
     assertServedModel(deps, request.model);
+    checkChatRequest(request, body as Record<string, unknown>);
     // Tools are checked as the chat route checks them (a named tool_choice must name a tool).
     toolCalling(parsers.tools, request.tools, request.tool_choice as ToolChoice, request.parallel_tool_calls);
     const tokenIds = chatPromptIds(deps.tokenizer, request);

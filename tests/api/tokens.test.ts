@@ -283,6 +283,10 @@ test("render applies the on-policy splice as chat does; without max_tokens it fi
   assert.deepEqual(rendered.token_ids, tokenized);
   assert.equal(rendered.sampling_params.max_tokens, MAX_MODEL_LEN - rendered.token_ids.length);
   assert.equal(rendered.sampling_params.seed, null);
+  // stream and its options are carried to the GenerateRequest, as vLLM's render carries them.
+  const streamed = await ok("/v1/chat/completions/render", { ...first, stream: true, stream_options: { include_usage: true } }, GenerateRequest);
+  assert.equal(streamed.stream, true);
+  assert.equal(streamed.stream_options?.include_usage, true);
 });
 
 test("derender parses tool calls and reasoning with the server's parsers; without chat_request the plain text", SLOW, async () => {
@@ -373,6 +377,10 @@ test("bad input is a 4xx in OpenAI's error shape naming the field", SLOW, async 
   assert.match((await refused(render, { messages: [] })).param ?? "", /^messages/);
   assert.match((await refused(render, { messages: [{ role: "user", content: "x".repeat(10) }], max_tokens: "many" })).param ?? "", /^max_tokens/);
   assert.match((await refused(render, { messages: [{ role: "user", content: "word ".repeat(MAX_MODEL_LEN) }] })).message, /context length/);
+  // What the chat route refuses, render refuses too.
+  assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } })).param, "response_format");
+  assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], top_logprobs: 2 })).param, "top_logprobs");
+  assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], tool_choice: { type: "function", function: { name: "nope" } }, tools: TOOLS })).type, "invalid_request_error");
 
   const derender = "/v1/chat/completions/derender";
   const response = (ids: unknown) => ({ choices: [{ index: 0, token_ids: ids, finish_reason: "length" }] });
