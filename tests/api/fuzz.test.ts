@@ -72,9 +72,39 @@ const GENERATING: Record<string, { body: Record<string, unknown>; fields: string
   },
   "/tokenize": { body: { prompt: "hi" }, fields: ["prompt", "messages", "add_special_tokens", "tools", "add_generation_prompt"] },
   "/detokenize": { body: { tokens: [1, 2] }, fields: ["tokens"] },
+  // vLLM's tokens-in / tokens-out routes; a dotted field is one inside an object of the body.
+  "/inference/v1/generate": {
+    body: { token_ids: [9707, 1879], sampling_params: { max_tokens: 2 } },
+    fields: ["token_ids", "sampling_params", "model", "stream", "stream_options", "priority", "cache_salt", "request_id",
+      "features", "kv_transfer_params", "sampling_params.n", "sampling_params.temperature", "sampling_params.top_p",
+      "sampling_params.top_k", "sampling_params.seed", "sampling_params.max_tokens", "sampling_params.min_tokens",
+      "sampling_params.stop", "sampling_params.stop_token_ids", "sampling_params.logprobs", "sampling_params.prompt_logprobs",
+      "sampling_params.logit_bias", "sampling_params.best_of", "sampling_params.thinking_token_budget",
+      "sampling_params.repetition_detection", "sampling_params.output_kind"],
+  },
+  "/v1/chat/completions/render": {
+    body: { messages: [{ role: "user", content: "hi" }], max_tokens: 2 },
+    fields: ["messages", "model", "tools", "tool_choice", "max_tokens", "seed", "logprobs", "top_logprobs", "stream",
+      "required_prefix_token_ids", "chat_template_kwargs", "response_format"],
+  },
+  "/v1/chat/completions/derender": {
+    body: {
+      generate_response: { request_id: "g", choices: [{ index: 0, token_ids: [9707], finish_reason: "length" }] },
+      chat_request: { messages: [{ role: "user", content: "hi" }] },
+    },
+    fields: ["generate_response", "chat_request", "prompt_tokens", "stream", "model", "generate_response.choices",
+      "generate_response.request_id", "chat_request.tools", "chat_request.tool_choice"],
+  },
   // Never valid weights, whatever the mutation: nothing gets loaded.
   "/update_weights": { body: { path: "/nonexistent/weights" }, fields: ["path", "mode", "policy_version", "model_path"] },
 };
+
+/** `body` with `field` (a dotted path for one inside an object of the body) set to `value`. */
+function withField(body: Record<string, unknown>, field: string, value: unknown): Record<string, unknown> {
+  const [head, ...rest] = field.split(".");
+  if (rest.length === 0) return { ...body, [head]: value };
+  return { ...body, [head]: withField((body[head] ?? {}) as Record<string, unknown>, rest.join("."), value) };
+}
 
 /** Messages that are wrong in every way a client gets them wrong. */
 const MESSAGES: unknown[] = [
@@ -155,7 +185,7 @@ test("generating and tokenizing routes: every field broken every way is a 4xx or
   for (const [path, { body, fields }] of Object.entries(GENERATING)) {
     for (const field of fields) {
       const values = field === "messages" || field === "input" ? [...VALUES, ...MESSAGES] : VALUES;
-      for (const value of values) await probe({ method: "POST", path, body: JSON.stringify({ ...body, [field]: value }) });
+      for (const value of values) await probe({ method: "POST", path, body: JSON.stringify(withField(body, field, value)) });
     }
     // Fields dropped one at a time, and unknown ones added.
     for (const field of Object.keys(body)) {
@@ -205,6 +235,7 @@ test("a text or id prompt far longer than the context is refused before tokenizi
     ["/v1/completions", { prompt: word, max_tokens: 1 }],
     // Two million ids (12 MB of JSON): refused by their count, never decoded to text.
     ["/v1/completions", { prompt: new Array(2_000_000).fill(9707), max_tokens: 1 }],
+    ["/inference/v1/generate", { token_ids: new Array(2_000_000).fill(9707), sampling_params: { max_tokens: 1 } }],
     ["/tokenize", { prompt: word }],
   ] as const) {
     const res = await fetch(base + route, { method: "POST", body: JSON.stringify(body) });
