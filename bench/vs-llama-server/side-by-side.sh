@@ -203,42 +203,48 @@ kl_llama() { # dtype -> quality.jsonl line
       ...(kl ? {} : { note: `no "Mean KLD" in ${require("path").basename(file)}` }) }));
   ' "$logf" "$d" "$QUALITY_CHUNKS" "$QUALITY_CTX" "$(basename "$g")" >> "$OUT/quality.jsonl"
 }
-kl_gym() { # dtype -> quality.jsonl line (bench/quality.ts, when the checkout has it)
-  local d=$1 help logf args=()
+kl_gym() { # dtypes... -> one quality.jsonl line each (bench/quality.ts, when the checkout has it)
+  local help logf args=() d
+  local list; list=$(IFS=,; echo "$*")
   if [ ! -f "$GYM/bench/quality.ts" ]; then
-    echo "{\"server\":\"gym-edge\",\"dtype\":\"$d\",\"mean_kl\":null,\"note\":\"no bench/quality.ts in this checkout\"}" >> "$OUT/quality.jsonl"
+    for d in "$@"; do
+      echo "{\"server\":\"gym-edge\",\"dtype\":\"$d\",\"mean_kl\":null,\"note\":\"no bench/quality.ts in this checkout\"}" >> "$OUT/quality.jsonl"
+    done
     return 0
   fi
-  # pass what the script takes (its --help lists its flags)
+  # pass what the script takes (its --help lists its flags); one call for all dtypes scores the fp32 model once
   help=$(cd "$GYM" && { node --import tsx bench/quality.ts --help 2>&1 || true; })
-  args=(--text "$QUALITY_TEXT" --ctx "$QUALITY_CTX" --dtype "$d")
+  args=(--text "$QUALITY_TEXT" --ctx "$QUALITY_CTX" --dtype "$list")
   if grep -q -- '--model' <<< "$help"; then args+=(--model "$MODEL")
   elif grep -q -- '--cache-dir' <<< "$help"; then args+=(--cache-dir "$(dirname "$MODEL")"); fi
   if grep -q -- '--chunks' <<< "$help"; then args+=(--chunks "$QUALITY_CHUNKS"); fi
   if grep -q -- '--threads' <<< "$help"; then args+=(--threads "$THREADS"); fi
-  logf=$OUT/kl_gym-edge_$d.log
+  logf=$OUT/kl_gym-edge.log
   log "node --import tsx bench/quality.ts ${args[*]}"
   if ! (cd "$GYM" && nice -n 5 node --import tsx bench/quality.ts "${args[@]}") > "$logf" 2>&1; then
     log "bench/quality.ts failed: $(tail -3 "$logf")"
-    echo "{\"server\":\"gym-edge\",\"dtype\":\"$d\",\"mean_kl\":null,\"note\":\"bench/quality.ts failed\"}" >> "$OUT/quality.jsonl"
-    return 0
   fi
   node -e '
-    const [file, dtype, chunksAsked, ctx] = process.argv.slice(1);
+    const [file, chunksAsked, ctx, ...dtypes] = process.argv.slice(1);
     const lines = require("fs").readFileSync(file, "utf8").split("\n").filter((l) => l.startsWith("{"));
-    let j = {}; for (const l of lines) { try { const x = JSON.parse(l); if ("mean_kl" in x) j = x; } catch {} }
-    console.log(JSON.stringify({ ...j, server: "gym-edge", dtype, mean_kl: j.mean_kl ?? null, chunks_asked: +chunksAsked,
-      ctx: j.ctx ?? +ctx, tool: "bench/quality.ts" }));
-  ' "$logf" "$d" "$QUALITY_CHUNKS" "$QUALITY_CTX" >> "$OUT/quality.jsonl"
+    const found = new Map();
+    for (const l of lines) { try { const x = JSON.parse(l); if ("mean_kl" in x) found.set(x.dtype ?? dtypes[0], x); } catch {} }
+    for (const dtype of dtypes) {
+      const j = found.get(dtype) ?? { note: "no figure from bench/quality.ts (see kl_gym-edge.log)" };
+      console.log(JSON.stringify({ ...j, server: "gym-edge", dtype, mean_kl: j.mean_kl ?? null, chunks_asked: +chunksAsked,
+        ctx: j.ctx ?? +ctx, tool: "bench/quality.ts" }));
+    }
+  ' "$logf" "$QUALITY_CHUNKS" "$QUALITY_CTX" "$@" >> "$OUT/quality.jsonl"
 }
 if [ "$QUALITY" = 1 ]; then
   [ -f "$QUALITY_TEXT" ] || cp "$GYM/README.md" "$QUALITY_TEXT"
   log "quality text: $QUALITY_TEXT ($(wc -c < "$QUALITY_TEXT") bytes, sha256 $(sha256sum "$QUALITY_TEXT" | cut -c1-12))"
-  for d in $RUN_DTYPES; do
-    [ "$d" = fp32 ] && continue # the reference: 0 by definition
-    kl_llama "$d"
-    kl_gym "$d"
-  done
+  quantized=()
+  for d in $RUN_DTYPES; do [ "$d" = fp32 ] || quantized+=("$d"); done # fp32 is the reference: 0 by definition
+  if [ ${#quantized[@]} -gt 0 ]; then
+    for d in "${quantized[@]}"; do kl_llama "$d"; done
+    kl_gym "${quantized[@]}"
+  fi
 fi
 
 # ---------------------------------------------------------------- servers
