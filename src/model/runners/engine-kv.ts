@@ -1,8 +1,9 @@
 /**
  * The KV cache rows of the engine graph, kept in the layout it reads: per layer one K buffer
  * [rows, kvHeads, headDim, capacity] (transposed) and one V buffer [rows, kvHeads, capacity, headDim], so a
- * contiguous range of rows is a single subarray of each (other sets of rows are gathered into a copy). Outside this file KV moves in the canonical layout
- * [layers][K, V][kvHeads][token][headDim] (what the prefix cache stores).
+ * contiguous range of rows is a single subarray of each (other sets of rows, or rows cut to fewer slots, are copied
+ * out). Outside this file KV moves in the canonical layout [layers][K, V][kvHeads][token][headDim] (what the prefix
+ * cache stores).
  */
 
 /** The cache dimensions of a model. */
@@ -103,16 +104,30 @@ export class EngineKv {
     return { key: this.#keys[layer].subarray(from, to), value: this.#values[layer].subarray(from, to) };
   }
 
-  /** Layer `layer`'s K and V of the given rows, in that order, as copies (for rows that are not one range). */
-  gatherRows(layer: number, rows: readonly number[]): { key: Float32Array; value: Float32Array } {
-    const stride = this.shape.numKvHeads * this.shape.headDim * this.#capacity;
-    const key = new Float32Array(rows.length * stride);
-    const value = new Float32Array(rows.length * stride);
+  /**
+   * Layer `layer`'s K and V of the given rows, in that order, cut to each row's first `slots` slots: written into
+   * `key` as [rows, kvHeads, headDim, slots] and into `value` as [rows, kvHeads, slots, headDim] (for a run that
+   * copies the cache anyway, so that it copies only the slots its rows use).
+   */
+  copyRows(layer: number, rows: readonly number[], slots: number, key: Float32Array, value: Float32Array): void {
+    const { numKvHeads: kvh, headDim: d } = this.shape;
+    const cap = this.#capacity;
+    if (slots > cap) throw new Error(`${slots} slots asked of rows of ${cap}`);
+    const [keys, values] = [this.#keys[layer], this.#values[layer]];
     rows.forEach((row, b) => {
-      key.set(this.#keys[layer].subarray(row * stride, (row + 1) * stride), b * stride);
-      value.set(this.#values[layer].subarray(row * stride, (row + 1) * stride), b * stride);
+      for (let h = 0; h < kvh; h++) {
+        const [from, to] = [row * kvh + h, b * kvh + h];
+        value.set(values.subarray(from * cap * d, (from * cap + slots) * d), to * slots * d);
+        if (slots === cap) {
+          key.set(keys.subarray(from * d * cap, (from + 1) * d * cap), to * d * cap);
+          continue;
+        }
+        for (let i = 0; i < d; i++) {
+          const src = (from * d + i) * cap;
+          key.set(keys.subarray(src, src + slots), (to * d + i) * slots);
+        }
+      }
     });
-    return { key, value };
   }
 
   /**

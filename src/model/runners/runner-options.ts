@@ -18,8 +18,8 @@ export interface EngineRunnerOptions {
   /** Most tokens a row may hold (the model's context length). */
   maxLength: number;
   /**
-   * Feed each cache slice as its own copy. onnxruntime-web copies every input into its heap anyway, and feeding
-   * views that share one buffer gave wrong results there; onnxruntime-node reads views in place.
+   * The runtime copies every input (onnxruntime-web, into its heap): rows holding few of their slots are then fed
+   * a copy cut to the slots they hold rather than all of them. onnxruntime-node reads views in place.
    */
   copyInputs?: boolean;
   /** The queue runs go through (share the backend's where sessions must not overlap). */
