@@ -25,6 +25,9 @@ export interface PrefixCacheStats {
 
 const ROOT = -1;
 
+/** Most bytes one slab of block storage takes (a slab holds one block at least). */
+const SLAB_BYTES = 64 * 2 ** 20;
+
 /** Block store for automatic prefix caching. */
 export class PrefixCache {
   readonly blockSize: number;
@@ -38,6 +41,10 @@ export class PrefixCache {
   #stats = { queriedTokens: 0, hitTokens: 0, evictions: 0 };
   /** Storage of evicted blocks, reused by the next inserts. */
   #free: Float32Array[] = [];
+  /** The slab new blocks are cut from, and how many blocks it has given out; blocks cut from slabs so far. */
+  #slab: Float32Array = new Float32Array(0);
+  #slabUsed = 0;
+  #allocated = 0;
 
   constructor(opts: { blockSize: number; floatsPerToken: number; capacityBlocks: number }) {
     this.blockSize = opts.blockSize;
@@ -154,7 +161,7 @@ export class PrefixCache {
     this.#blocks.clear();
     this.#byKey.clear();
     this.#version = version;
-    this.#free = [];
+    [this.#free, this.#slab, this.#slabUsed, this.#allocated] = [[], new Float32Array(0), 0, 0];
   }
 
   stats(): PrefixCacheStats {
@@ -168,14 +175,19 @@ export class PrefixCache {
   }
 
   /**
-   * Storage for a new block: shared memory of its own, which a runner on another thread reads and writes in place.
-   * Evicted blocks' storage is reused (#free) rather than allocated again. One buffer a block, not blocks cut from
-   * larger slabs: a slab lives while any of its blocks does, and once the cache shrinks for the running rows its
-   * survivors are scattered over every slab, so slabs kept the cache's largest size in memory (984 MB held for
-   * 700 blocks of 0.7 MB) on top of the rows that took its place.
+   * Storage for a new block, cut from slabs of shared memory that grow with the blocks in use: no allocation per
+   * block for the garbage collector to chase, and a runner on another thread reads and writes blocks in place.
    */
   #cut(): Float32Array {
-    return new Float32Array(new SharedArrayBuffer(this.bytesPerBlock));
+    const n = this.floatsPerBlock;
+    if (this.#slabUsed * n >= this.#slab.length) {
+      const most = Math.max(1, Math.floor(SLAB_BYTES / this.bytesPerBlock));
+      const blocks = Math.max(1, Math.min(most, this.#allocated, this.#capacity - this.#allocated));
+      this.#slab = new Float32Array(new SharedArrayBuffer(blocks * this.bytesPerBlock)) as Float32Array;
+      this.#slabUsed = 0;
+    }
+    this.#allocated++;
+    return this.#slab.subarray(n * this.#slabUsed, n * ++this.#slabUsed);
   }
 
   /** Evicts the least recently used unreferenced block that has no children. */
