@@ -60,6 +60,9 @@ export const ServerConfig = z.object({
     .describe("/metrics requires the --api-key key too (default: open to Prometheus scrapers, as in vLLM)"),
   cacheDir: z.string().min(1).optional()
     .describe("where models are built and downloaded (default $XDG_CACHE_HOME/gym-edge or ~/.cache/gym-edge)"),
+  hubUrl: z.url({ protocol: /^https?$/ }).optional()
+    .describe("address of the Hugging Face hub or a mirror that hub ids are downloaded from (default https://huggingface.co)"),
+  hfToken: z.string().min(1).optional().describe("token for gated and private hub repositories"),
   logLevel: z.enum(["debug", "info", "warn", "error"]).default("info").describe("least severe log level printed"),
   // Engine
   maxNumSeqs: positiveInt.default(32).describe("most sequences decoded together in one batch"),
@@ -129,6 +132,9 @@ export const ENV_FLAGS: Partial<Record<keyof ServerConfig, string | readonly str
   apiKey: ["GYM_EDGE_API_KEY", "VLLM_API_KEY"],
   adminApiKey: "GYM_EDGE_ADMIN_API_KEY",
   cacheDir: "GYM_EDGE_CACHE",
+  // The variables huggingface_hub (and so vllm serve) reads.
+  hubUrl: "HF_ENDPOINT",
+  hfToken: ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"],
 };
 
 /** vLLM's names of flags gym-edge has, and what happens to its flags that mean nothing here (README lists them). */

@@ -2,6 +2,7 @@
 import * as path from "node:path";
 import type { ServerConfig } from "./config.ts";
 import { serve, type FetchHandler, type RunningServer } from "./runtime/serve.ts";
+import process from "node:process";
 import { envRecord } from "./runtime/process.ts";
 import { createLogger, type Logger, type LogLevel } from "./log.ts";
 import type { Hono } from "hono";
@@ -62,9 +63,11 @@ export async function loadServedModel(
   const cacheDir = config.cacheDir ?? defaultCacheDir(envRecord());
   const chatTemplate = config.chatTemplate === undefined ? null : readChatTemplate(config.chatTemplate);
   setCpuThreads(config.threads);
+  // Hub downloads (transformers.js's and the checkpoint's) read the token from HF_TOKEN.
+  if (config.hfToken !== undefined) process.env.HF_TOKEN = config.hfToken;
   // The engine runs its own graph: only its runner opens on the device, never the model's standard session.
   const { model: loaded, opened } = await openModel(
-    { model: config.model, device: config.device, dtype: config.dtype, cacheDir, log },
+    { model: config.model, device: config.device, dtype: config.dtype, cacheDir, hubUrl: config.hubUrl, log },
     async (backend, model) => {
       const { maxPositionEmbeddings } = model.config;
       const maxModelLen = Math.min(config.maxModelLen ?? maxPositionEmbeddings, maxPositionEmbeddings);

@@ -18,6 +18,7 @@ type JsonProp = {
   exclusiveMinimum?: number;
   exclusiveMaximum?: number;
   anyOf?: JsonProp[];
+  format?: string;
 };
 
 function properties(schema: z.ZodObject): Record<string, JsonProp> {
@@ -202,6 +203,7 @@ function expectation(issue: z.core.$ZodIssue, p: JsonProp): string {
   if (p.enum) return `one of ${oneOf(p.enum)}`;
   if (p.type === "integer" || p.type === "number") return numberExpectation(p);
   if (isList(p)) return "one or more non-empty values";
+  if (p.format === "uri") return "an http:// or https:// address";
   if (types.includes("string")) return "a non-empty value";
   return issue.message;
 }
@@ -225,6 +227,8 @@ export function renderFlagHelp(
       ? ""
       : p.type === "integer"
       ? "N"
+      : p.format === "uri"
+      ? "URL"
       : isList(p)
       ? "NAME [NAME...]"
       : "VALUE";

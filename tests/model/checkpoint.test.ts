@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import process from "node:process";
 import { SamplingParams } from "../../src/engine/sampling-params.ts";
 import { unsupportedFeatures } from "../../src/model/builder/architectures/registry.ts";
 import { Checkpoint, writeSafetensors } from "../../src/model/sources/safetensors.ts";
@@ -139,6 +140,55 @@ describe("a checkpoint of the built-in model's weights", () => {
     } finally {
       transformersEnv.remoteHost = remoteHost;
       if (!closed) await hub.close();
+    }
+  });
+
+  test("from a gated repository: refused without HF_TOKEN, with the token named; downloaded with it", SLOW, async () => {
+    // A stand-in for a gated hub repository: every file needs the bearer token.
+    const hub = await serve((req) => {
+      if (req.headers.get("authorization") !== "Bearer hf_secret") return new Response("Unauthorized", { status: 401 });
+      const match = new URL(req.url).pathname.match(/^\/test-org\/gated\/resolve\/main\/(.+)$/);
+      const file = match && path.join(dir, decodeURIComponent(match[1]));
+      if (!file || !fs.existsSync(file)) return new Response("not found", { status: 404 });
+      return new Response(req.method === "HEAD" ? null : fs.readFileSync(file));
+    }, { hostname: "127.0.0.1", port: 0 });
+    const remoteHost = transformersEnv.remoteHost;
+    const saved = { HF_TOKEN: process.env.HF_TOKEN, HF_ACCESS_TOKEN: process.env.HF_ACCESS_TOKEN };
+    const cacheDir = path.join(root, "gated-cache");
+    try {
+      delete process.env.HF_TOKEN;
+      delete process.env.HF_ACCESS_TOKEN;
+      const hubUrl = `http://127.0.0.1:${hub.port}`;
+      const load = () => loadModel({ model: "test-org/gated", device: "cpu", cacheDir, hubUrl, log: silentLogger });
+      await assert.rejects(load(), /test-org\/gated.*refused the request.*HF_TOKEN or --hf-token/s);
+      process.env.HF_TOKEN = "hf_secret";
+      const loaded = await load();
+      assert.ok(fs.existsSync(path.join(cacheDir, "hub", "test-org", "gated", "model.safetensors")));
+      await loaded.dispose();
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      transformersEnv.remoteHost = remoteHost;
+      await hub.close();
+    }
+  });
+
+  test("from a hub that cannot be reached: the error says how to start without it", async () => {
+    const remoteHost = transformersEnv.remoteHost;
+    // A port that was free a moment ago: nothing answers there.
+    const gone = await serve(() => new Response(""), { hostname: "127.0.0.1", port: 0 });
+    const hubUrl = `http://127.0.0.1:${gone.port}`;
+    await gone.close();
+    try {
+      const cacheDir = path.join(root, "unreachable-cache");
+      await assert.rejects(
+        loadModel({ model: "test-org/elsewhere", device: "cpu", cacheDir, hubUrl, log: silentLogger }),
+        /could not be reached\. Without network access, give --model a local directory.*HF_ENDPOINT or --hub-url/s,
+      );
+    } finally {
+      transformersEnv.remoteHost = remoteHost;
     }
   });
 

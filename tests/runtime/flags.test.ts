@@ -188,6 +188,17 @@ test("VLLM_API_KEY gives the api key as it does to vllm serve; GYM_EDGE_API_KEY 
   assert.match(renderFlagHelp(ServerConfig, ENV_FLAGS), /--api-key .*\(env GYM_EDGE_API_KEY or VLLM_API_KEY\)/);
 });
 
+test("the hub's address and token come from HF_ENDPOINT and HF_TOKEN as they do to vllm serve", () => {
+  const env = { HF_ENDPOINT: "https://hf-mirror.example", HUGGING_FACE_HUB_TOKEN: "hf_old", HF_TOKEN: "hf_new" };
+  const c = parseFlags(ServerConfig, [], env, ENV_FLAGS);
+  assert.equal(c.hubUrl, "https://hf-mirror.example");
+  assert.equal(c.hfToken, "hf_new");
+  assert.equal(parseFlags(ServerConfig, [], { HUGGING_FACE_HUB_TOKEN: "hf_old" }, ENV_FLAGS).hfToken, "hf_old");
+  assert.equal(parseFlags(ServerConfig, ["--hub-url", "http://127.0.0.1:9"], env, ENV_FLAGS).hubUrl, "http://127.0.0.1:9");
+  assert.throws(() => parseFlags(ServerConfig, ["--hub-url", "ftp://mirror"], {}, ENV_FLAGS), /--hub-url must be an http:\/\/ or https:\/\/ address, not .ftp:\/\/mirror./);
+  assert.throws(() => parseFlags(ServerConfig, [], { HF_ENDPOINT: "not a url" }, ENV_FLAGS), /HF_ENDPOINT/);
+});
+
 test("help lists every flag of the schema with its default", () => {
   const help = renderFlagHelp(ServerConfig, ENV_FLAGS);
   for (const key of Object.keys(ServerConfig.shape)) {

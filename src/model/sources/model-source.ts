@@ -5,6 +5,7 @@
 import { AutoConfig, env as transformersEnv } from "@huggingface/transformers";
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeSync } from "node:fs";
 import * as path from "node:path";
+import { envVar } from "../../runtime/process.ts";
 import { ModelLoadError } from "../errors.ts";
 
 /** A model named on the command line, resolved. */
@@ -35,9 +36,55 @@ export function locateModel(model: string, cacheDir: string): ModelLocation {
   throw new ModelLoadError(model, `model ${model} is neither an existing directory nor a hub id (owner/name)`);
 }
 
+/** The token for gated and private repositories: the variables transformers.js reads itself, HF_TOKEN first. */
+export function hubToken(): string | undefined {
+  return envVar("HF_TOKEN") ?? envVar("HF_ACCESS_TOKEN");
+}
+
+/**
+ * What a failed hub request says, with what to do about it: a hub that cannot be reached at all (no network, a
+ * proxy, a wrong mirror) gets the ways to start without it; a refused one (401, 403) the token.
+ */
+function hubFailure(what: string, location: ModelLocation, err: unknown, hubUrl?: string): ModelLoadError {
+  const message = err instanceof Error ? err.message : String(err);
+  const host = hubUrl ?? transformersEnv.remoteHost;
+  const unreachable = /fetch failed|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|connection|network|dns/i
+    .test(`${message} ${err instanceof Error && err.cause instanceof Error ? err.cause.message : ""}`);
+  const refused = /\b(401|403)\b|unauthori[sz]ed|forbidden|gated/i.test(message);
+  const hint = unreachable
+    ? `: the hub at ${host} could not be reached. Without network access, give --model a local directory (a ` +
+      `model folder or a safetensors checkpoint); to use a mirror, set HF_ENDPOINT or --hub-url`
+    : refused
+    ? `: the hub refused the request; a gated or private repository needs a token (HF_TOKEN or --hf-token)`
+    : "";
+  return new ModelLoadError(location.id, `could not ${what} of ${location.id} from the hub (${message})${hint}`, {
+    cause: err,
+  });
+}
+
+let plainFetch: typeof transformersEnv.fetch | null = null;
+
+/**
+ * Has transformers.js send the token to the hub it downloads from, a mirror included (it sends one only to
+ * huggingface.co itself, as huggingface_hub sends one to HF_ENDPOINT too).
+ */
+function authorizeHubFetches(): void {
+  if (plainFetch) return;
+  const fetch = plainFetch = transformersEnv.fetch;
+  transformersEnv.fetch = (input: string | URL, init: RequestInit = {}) => {
+    const token = hubToken();
+    const headers = new Headers(init.headers);
+    if (token && !headers.has("authorization") && String(input).startsWith(transformersEnv.remoteHost)) {
+      headers.set("authorization", `Bearer ${token}`);
+    }
+    return fetch(input, { ...init, headers });
+  };
+}
+
 /** Fetches a hub model's config.json into the cache (the tokenizer and ONNX files follow when they load). */
 export async function fetchHubConfig(location: ModelLocation, hubUrl?: string): Promise<void> {
   if (hubUrl) transformersEnv.remoteHost = hubUrl.endsWith("/") ? hubUrl : hubUrl + "/";
+  authorizeHubFetches();
   // A hub id must be fetched, whatever an earlier caller in this process set.
   transformersEnv.allowRemoteModels = true;
   // Deno has the web Cache API, which transformers.js would prefer to the cache directory.
@@ -45,10 +92,7 @@ export async function fetchHubConfig(location: ModelLocation, hubUrl?: string): 
   try {
     await AutoConfig.from_pretrained(location.id, { cache_dir: location.cacheDir });
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    throw new ModelLoadError(location.id, `could not fetch config.json of ${location.id} from the hub: ${message}`, {
-      cause: err,
-    });
+    throw hubFailure("fetch config.json", location, err, hubUrl);
   }
 }
 
@@ -72,6 +116,9 @@ export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: stri
   if (existsSync(path.join(location.dir, CHECKPOINT_DOWNLOADED))) return true;
   const base = hubUrl ? (hubUrl.endsWith("/") ? hubUrl : hubUrl + "/") : transformersEnv.remoteHost;
   const url = (file: string) => `${base}${location.id}/resolve/main/${file}`;
+  const token = hubToken();
+  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers });
   try {
     if ((await fetch(url(onnxFile), { method: "HEAD" })).ok) return false;
     const index = await fetch(url("model.safetensors.index.json"));
@@ -89,8 +136,7 @@ export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: stri
     await writeDownload(location.dir, CHECKPOINT_DOWNLOADED, new Response(""));
     return true;
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    throw new ModelLoadError(location.id, `could not download the checkpoint of ${location.id}: ${message}`, { cause: err });
+    throw hubFailure("download the checkpoint", location, err, base);
   }
 }
 
