@@ -21,7 +21,7 @@ import { EngineBenchFlags } from "./lib/engine-flags.ts";
 import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
 import { runHttpLoad } from "./lib/http-load.ts";
 import { randomPrompts } from "./lib/prompts.ts";
-import { median, report, round } from "./lib/report.ts";
+import { median, report, residentMemory, round } from "./lib/report.ts";
 
 /** llama.cpp on this load (same shape and weights, 2 threads, fp32): generated tokens / wall seconds. */
 const LLAMA_CPP_TOK_S = 120;
@@ -53,6 +53,8 @@ const dir = await benchModel(flags);
 
 async function benchEngine(): Promise<number> {
   const bench = await openBenchEngine(dir, flags);
+  // Once loaded, before any request: what the weights and the engine hold (peak_rss_mb includes the loading).
+  const loadedMb = residentMemory().rss_mb;
   const { engine, profile } = bench;
   await runEngineLoad(engine, randomPrompts(2, 4, promptLen, 16), 2, { ...sampling, max_tokens: 8 }, 0);
   const rates: number[] = [];
@@ -87,6 +89,7 @@ async function benchEngine(): Promise<number> {
     preemptions: after.preemptions - before.preemptions,
     prefix_cache_hit_tokens: after.cache.hitTokens - before.cache.hitTokens,
     peak_kv_rows_mb: round(bench.kvPeak.rows / 2 ** 20, 1),
+    rss_loaded_mb: loadedMb,
     profile_of_median_run: profiles[rates.indexOf(rate)],
   });
   await bench.close();
