@@ -85,7 +85,8 @@ need_build() { if [ "${SKIP_PREP:-0}" = 1 ]; then log "missing $1 (SKIP_PREP=1)"
 for tool in llama-server llama-quantize llama-perplexity; do
   if [ ! -x "$BIN/$tool" ]; then
     need_build "$BIN/$tool"; log "building the llama.cpp tools (-j1; log in $OUT/prep.log)"
-    JOBS=1 bash "$HERE/build-llama-cpp.sh" "$W" >> "$OUT/prep.log" 2>&1
+    JOBS=1 bash "$HERE/build-llama-cpp.sh" "$W" >> "$OUT/prep.log" 2>&1 \
+      || { log "building the llama.cpp tools failed: $(tail -3 "$OUT/prep.log")"; exit 1; }
     break
   fi
 done
