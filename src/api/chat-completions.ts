@@ -9,6 +9,7 @@ import { readJson } from "./body.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { engineOf, Generation, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
+import { nameRequest } from "./request-names.ts";
 import { assertServedModel } from "./models.ts";
 import {
   type ChatChoice,
@@ -87,7 +88,7 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
       signal: c.req.raw.signal,
     }, promptIds);
     const shape: ChatShape = {
-      id: randomId("chatcmpl-"),
+      id: nameRequest(randomId("chatcmpl-"), generation),
       created: nowSeconds(),
       model: deps.servedModelName,
       promptIds: generation.promptIds,

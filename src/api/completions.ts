@@ -10,6 +10,7 @@ import { MAX_TOP_LOGPROBS } from "../engine/sampling-params.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
+import { nameRequests } from "./request-names.ts";
 import { assertServedModel } from "./models.ts";
 import {
   type Completion,
@@ -112,7 +113,7 @@ export function completionRoutes(deps: AppDeps): Hono {
       throw err;
     }
     const shape: CompletionShape = {
-      id: randomId("cmpl-"),
+      id: nameRequests(randomId("cmpl-"), generations),
       created: nowSeconds(),
       model: deps.servedModelName,
       prompts,

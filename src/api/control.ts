@@ -3,20 +3,25 @@
  * /reset_prefix_cache, GET /is_sleeping; and GET /version, always on, with the policy version.
  * Names and shapes follow vLLM's (sleep level as a query parameter or a field); /update_weights_from_disk
  * with `model_path` is SGLang's spelling of the same refit.
+ *
+ * Pausing generation: vLLM's POST /pause (?mode=abort|wait|keep), /resume, GET /is_paused, and SGLang's
+ * /pause_generation ({"mode": "abort"|"retract"|"in_place"}), /continue_generation. Aborting requests by id:
+ * POST /abort_requests {"request_ids": [...]} (empty: all) and SGLang's /abort_request {"rid", "abort_all"}.
  */
 import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { ControlStatus, EngineControl } from "../engine/control.ts";
-import { REFIT_MODES } from "../engine/control.ts";
+import { type PauseMode, REFIT_MODES } from "../engine/control.ts";
 import type { ServingMetrics } from "../metrics/serving.ts";
 import { VERSION } from "../version.ts";
 import { MalformedJsonError } from "./errors.ts";
 import { httpErrorOf } from "./operations.ts";
+import { abortNamed } from "./request-names.ts";
 
 /** What the control routes drive (an EngineControl). */
 export type ControlPlane = Pick<
   EngineControl,
-  "policyVersion" | "status" | "updateWeights" | "sleep" | "wakeUp" | "resetPrefixCache"
+  "policyVersion" | "status" | "updateWeights" | "sleep" | "wakeUp" | "resetPrefixCache" | "pause" | "resume" | "abortAll"
 >;
 
 /** Paths of the routes that change the server's state (guarded by --admin-api-key, off with --disable-control-plane). */
@@ -27,6 +32,13 @@ export const CONTROL_PATHS = [
   "/wake_up",
   "/is_sleeping",
   "/reset_prefix_cache",
+  "/pause",
+  "/resume",
+  "/is_paused",
+  "/abort_requests",
+  "/pause_generation",
+  "/continue_generation",
+  "/abort_request",
 ] as const;
 
 const UpdateWeightsRequest = z.object({
@@ -45,6 +57,23 @@ const SleepRequest = z.object({
   level: SleepLevel.default(1),
   mode: z.enum(["finish", "abort"]).default("finish"),
 });
+
+// vLLM's booleans come as query strings ("true", "false", "1", "0"); a JSON body may send real ones.
+const Flag = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1")]);
+
+/** vLLM's /pause: `mode`, and its deprecated `wait_for_inflight_requests` (true: mode wait) and `clear_cache`. */
+const PauseRequest = z.object({
+  mode: z.enum(["abort", "wait", "keep"]).optional(),
+  wait_for_inflight_requests: Flag.default(false),
+  clear_cache: Flag.default(true),
+});
+
+/** SGLang's /pause_generation: retract drops the KV of the requests in flight, in_place keeps it. */
+const SGLANG_PAUSE: Record<string, PauseMode> = { abort: "abort", retract: "retract", in_place: "keep" };
+const PauseGenerationRequest = z.object({ mode: z.enum(["abort", "retract", "in_place"]).default("abort") });
+
+const AbortRequestsRequest = z.object({ request_ids: z.array(z.string()).max(100_000) });
+const AbortRequestRequest = z.object({ rid: z.string().default(""), abort_all: z.boolean().default(false) });
 
 /** The JSON body, or {} when there is none (these routes take their options from the query too). */
 async function optionalJson(req: Request): Promise<Record<string, unknown>> {
@@ -120,6 +149,40 @@ export function controlRoutes(control: ControlPlane, guard: MiddlewareHandler | 
     return c.json(statusBody(await run(() => control.wakeUp())));
   });
   routes.get("/is_sleeping", (c) => c.json(statusBody(control.status())));
+  routes.post("/pause", async (c) => {
+    const request = PauseRequest.parse({ ...c.req.query(), ...await optionalJson(c.req.raw) });
+    const mode = request.mode ?? (request.wait_for_inflight_requests ? "wait" : "abort");
+    await run(() => control.pause(mode, request.clear_cache));
+    return c.json({ status: "paused" });
+  });
+  routes.post("/resume", async (c) => {
+    await optionalJson(c.req.raw);
+    await run(() => control.resume());
+    return c.json({ status: "resumed" });
+  });
+  routes.get("/is_paused", (c) => c.json({ is_paused: control.status().paused !== null }));
+  routes.post("/pause_generation", async (c) => {
+    const request = PauseGenerationRequest.parse(await optionalJson(c.req.raw));
+    await run(() => control.pause(SGLANG_PAUSE[request.mode], false));
+    return c.json({ message: "Generation paused successfully.", status: "ok" });
+  });
+  routes.post("/continue_generation", async (c) => {
+    await optionalJson(c.req.raw);
+    await run(() => control.resume());
+    return c.json({ message: "Generation continued successfully.", status: "ok" });
+  });
+  routes.post("/abort_requests", async (c) => {
+    const { request_ids: ids } = AbortRequestsRequest.parse(await optionalJson(c.req.raw));
+    if (ids.length === 0) return c.json({ status: "ok", aborted: control.abortAll(), not_found: [] });
+    const found = abortNamed(ids);
+    return c.json({ status: "ok", aborted: found.length, not_found: ids.filter((id) => !found.includes(id)) });
+  });
+  routes.post("/abort_request", async (c) => {
+    const request = AbortRequestRequest.parse(await optionalJson(c.req.raw));
+    if (request.abort_all) control.abortAll();
+    else if (request.rid !== "") abortNamed([request.rid]);
+    return c.body(null, 200);
+  });
   routes.post("/reset_prefix_cache", async (c) => {
     await optionalJson(c.req.raw);
     control.resetPrefixCache();

@@ -11,7 +11,8 @@ import { SamplingParams, type SamplingParamsInput } from "../engine/sampling-par
 import type { TokenEvent } from "../engine/sequence.ts";
 import type { AppDeps, GenerationEngine } from "./deps.ts";
 import { InvalidRequestError, NotReadyError } from "./errors.ts";
-import { noteClampedMaxTokens } from "./operations.ts";
+import { noteClampedMaxTokens, requestInContext } from "./operations.ts";
+import { nameRequest } from "./request-names.ts";
 import type { FinishReason, StopReason } from "./protocol.ts";
 import type { SamplingRequestFields } from "./schemas.ts";
 
@@ -169,6 +170,14 @@ export class Generation {
     }
     setup.signal?.addEventListener("abort", () => this.abort(), { once: true });
     if (setup.signal?.aborted) this.abort();
+    // POST /abort_requests finds it by the HTTP request's id (the client's x-request-id, or the one it was given).
+    const record = requestInContext();
+    if (record) nameRequest(record.id, this);
+  }
+
+  /** Whether every sample has ended. */
+  get done(): boolean {
+    return this.requests.every((request) => request.finishReason !== null);
   }
 
   /** The prompt the engine runs on. */

@@ -16,6 +16,7 @@ import { InvalidRequestError } from "./errors.ts";
 import { engineOf, Generation, type SampleResult, samplingParams, textOptions } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
 import { nowSeconds, randomId, TokenNames } from "./protocol.ts";
+import { nameRequest } from "./request-names.ts";
 import { type ResponseInputItem, ResponsesRequest } from "./schemas.ts";
 import { sseResponse } from "./sse.ts";
 import { ResponseItems } from "./response-items.ts";
@@ -122,7 +123,7 @@ export function responseRoutes(deps: AppDeps): Hono {
       signal: c.req.raw.signal,
     }, promptIds);
     const items = new ResponseItems({
-      id: randomId("resp_"),
+      id: nameRequest(randomId("resp_"), generation),
       createdAt: nowSeconds(),
       model: deps.servedModelName,
       request,

@@ -13,6 +13,15 @@
  *           weights, their KV recomputed from their tokens (never stale KV). Each token's policy version tells
  *           which weights produced it.
  * The swap empties the prefix cache and bumps the policy version; then the held requests run on the new weights.
+ *
+ * Pause (vLLM's /pause, SGLang's /pause_generation) stops generation until resume(); requests that arrive meanwhile
+ * wait (held), within the queue bound. The requests in flight are handled by the mode:
+ *   abort    they end at once with finish reason "abort", keeping the tokens they have (no error).
+ *   wait     they run to their end; pause() resolves once they have.
+ *   keep     they stop after the current step and stay in place, KV and all; resume() continues them.
+ *   retract  as keep, but their KV is dropped: resume() recomputes it from their tokens.
+ * A weight update while paused swaps at once: kept requests are retracted for it (KV from the old weights is never
+ * reused) and continue on the new weights after resume(), their later tokens carrying the new policy version.
  */
 import type { FinishReason } from "./sequence.ts";
 import { type Engine, EngineRequestError } from "./engine.ts";
@@ -23,6 +32,10 @@ import type { SubmittedRequest } from "./request.ts";
 /** How requests in flight are handled while weights are swapped. */
 export type RefitMode = "finish" | "abort" | "pause";
 export const REFIT_MODES: readonly RefitMode[] = ["finish", "abort", "pause"];
+
+/** How pause() handles the requests in flight (see the file comment). */
+export type PauseMode = "abort" | "wait" | "keep" | "retract";
+export const PAUSE_MODES: readonly PauseMode[] = ["abort", "wait", "keep", "retract"];
 
 /** Why the engine turned a request away or ended it early. */
 export type UnavailableReason = "queue_full" | "sleeping" | "weights_updated" | "shutting_down";
@@ -82,6 +95,8 @@ export interface ControlStatus {
   weightsSource: string;
   /** A weight update, sleep or wake-up is in progress. */
   busy: boolean;
+  /** How generation is paused (pause()), or null when it is not. */
+  paused: PauseMode | null;
 }
 
 /** An Engine behind the control plane: submit/abort for the API, and the operations of the control routes. */
@@ -95,6 +110,7 @@ export class EngineControl {
   #sleepLevel = 0;
   #stopping = false;
   #busy = 0;
+  #paused: PauseMode | null = null;
   /** The tail of the operation chain: each operation starts once the previous one has settled. */
   #last: Promise<unknown> = Promise.resolve();
 
@@ -158,7 +174,58 @@ export class EngineControl {
       sleepLevel: this.#sleepLevel,
       weightsSource: this.#source,
       busy: this.#busy > 0,
+      paused: this.#paused,
     };
+  }
+
+  /** Whether requests in flight are frozen in place (paused with keep or retract): no step runs until resume(). */
+  get #frozen(): boolean {
+    return this.#paused === "keep" || this.#paused === "retract";
+  }
+
+  /**
+   * Stops generation until resume() (see the file comment for the modes). Requests submitted from now on wait.
+   * With `clearCache` (abort and wait only, as vLLM's clear_cache) the prefix cache is emptied once drained.
+   * Pausing again changes the mode; only wait is refused while requests are frozen (they could never finish).
+   */
+  pause(mode: PauseMode = "abort", clearCache = false): Promise<ControlStatus> {
+    return this.#serialized(async () => {
+      const engine = this.#engine;
+      if (mode === "wait" && this.#frozen && engine.stats().running + engine.stats().waiting > 0) {
+        throw new ControlError("conflict", `requests are frozen by a pause with mode=${this.#paused}: resume first, or pause with mode=abort`);
+      }
+      engine.hold();
+      this.#paused ??= mode;
+      if (mode === "abort") engine.abortAll(undefined);
+      else if (mode === "wait") await engine.idle();
+      else {
+        await engine.freeze();
+        if (mode === "retract") engine.preemptAll();
+      }
+      // A later pause may only make it stricter: keep/retract freeze, which outlasts abort or wait.
+      if (mode === "keep" || mode === "retract" || !this.#frozen) this.#paused = mode;
+      if (clearCache && !this.#frozen) engine.resetPrefixCache();
+      return this.status();
+    });
+  }
+
+  /** Undoes pause(): frozen requests continue, those that waited are queued, in arrival order. */
+  resume(): Promise<ControlStatus> {
+    return this.#serialized(() => {
+      if (this.#paused !== null && !this.#stopping) {
+        this.#paused = null;
+        this.#engine.thaw();
+        this.#engine.release();
+      }
+      return Promise.resolve(this.status());
+    });
+  }
+
+  /**
+   * Ends every request now with finish reason "abort" (their tokens so far kept), without pausing; returns how many.
+   */
+  abortAll(): number {
+    return this.#engine.abortAll(undefined);
   }
 
   /**
@@ -185,7 +252,8 @@ export class EngineControl {
         loaded = performance.now();
         outcome = await this.#swap(runner, next, mode);
       } finally {
-        this.#engine.release();
+        // Paused, requests keep waiting until resume().
+        if (this.#paused === null) this.#engine.release();
       }
       const { aborted, preempted } = outcome;
       this.#source = source;
@@ -210,6 +278,9 @@ export class EngineControl {
     return this.#serialized(async () => {
       if (this.#sleepLevel >= level) return this.status();
       const engine = this.#engine;
+      if (mode === "finish" && this.#frozen && engine.stats().running > 0) {
+        throw new ControlError("conflict", `requests are frozen by a pause with mode=${this.#paused}: resume first, or sleep with mode=abort`);
+      }
       this.#sleepLevel = level;
       if (mode === "abort") {
         engine.abortAll(this.#unavailable("sleeping", "the request was aborted because the server was put to sleep"));
@@ -240,6 +311,8 @@ export class EngineControl {
   async shutdown(timeoutMs: number): Promise<void> {
     this.#stopping = true;
     const engine = this.#engine;
+    this.#paused = null;
+    engine.thaw();
     engine.release();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<"expired">((resolve) => (timer = setTimeout(() => resolve("expired"), timeoutMs)));
@@ -257,8 +330,10 @@ export class EngineControl {
     const engine = this.#engine;
     let aborted = 0;
     let preempted = 0;
+    // Requests frozen by a pause cannot finish first: they are retracted, to continue on the new weights.
+    const frozen = this.#frozen;
     try {
-      if (mode === "finish") await engine.idle();
+      if (mode === "finish" && !frozen) await engine.idle();
       else {
         if (mode === "abort") {
           const reason = `the request was aborted because the policy weights are being updated to version ${version}; retry it`;
@@ -274,7 +349,7 @@ export class EngineControl {
       await runner.dispose();
       throw err;
     } finally {
-      engine.thaw();
+      if (!frozen) engine.thaw();
     }
     return { aborted, preempted };
   }
