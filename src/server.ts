@@ -156,6 +156,7 @@ function engineSnapshot(served: ServedModel): EngineSnapshot {
     steps: stats.steps,
     policyVersion: engine.policyVersion,
     sleepLevel: control.status().sleepLevel,
+    paused: control.status().paused !== null,
   };
 }
 

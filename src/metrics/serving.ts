@@ -31,6 +31,8 @@ export interface EngineSnapshot {
   policyVersion: number;
   /** 0 awake, 1 or 2 the sleep level. */
   sleepLevel: number;
+  /** Generation is paused (POST /pause, /pause_generation). */
+  paused?: boolean;
 }
 
 /** One finished engine sequence, as the metrics see it. */
@@ -70,6 +72,7 @@ export class ServingMetrics {
       steps: r.counter("gym_edge:engine_steps_total", "Model steps the engine ran."),
       policyVersion: r.gauge("gym_edge:policy_version", "Version of the weights serving now (bumped by each weight update)."),
       sleepLevel: r.gauge("gym_edge:sleep_level", "0 awake; 1 the KV cache is freed; 2 the weights are dropped too."),
+      paused: r.gauge("gym_edge:paused", "1 while generation is paused (POST /pause until /resume), else 0."),
       refits: r.counter("gym_edge:weight_updates_total", "Weight updates by mode and result (ok, failed)."),
       refitTime: r.histogram("gym_edge:weight_update_seconds", "Duration of successful weight updates.", REFIT_BUCKETS),
       rejected: r.counter("gym_edge:requests_rejected_total", "Requests refused with 503 by reason."),
@@ -140,6 +143,7 @@ export class ServingMetrics {
       m.steps.advanceTo(snapshot.steps);
       m.policyVersion.set(snapshot.policyVersion);
       m.sleepLevel.set(snapshot.sleepLevel);
+      m.paused.set(snapshot.paused ? 1 : 0);
     }
     return this.registry.render();
   }

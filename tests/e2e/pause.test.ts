@@ -88,6 +88,11 @@ describe("pause, resume and abort by id", () => {
   let base: string;
   let seed1: string;
   const isPaused = async () => (await call(base, "GET", "/is_paused")).is_paused;
+  const pausedGauge = async () => {
+    const line = (await (await fetch(`${base}/metrics`)).text()).split("\n").find((l) => l.startsWith("gym_edge:paused"));
+    assert.ok(line, "gym_edge:paused is served");
+    return Number(line.split(" ").at(-1));
+  };
 
   before(async () => {
     seed1 = await tinyWithSeed(1);
@@ -106,6 +111,7 @@ describe("pause, resume and abort by id", () => {
     await Promise.all(runs.map((r) => r.started));
     assert.deepEqual(await call(base, "POST", "/pause?mode=abort"), { status: "paused" });
     assert.equal(await isPaused(), true);
+    assert.equal(await pausedGauge(), 1);
     for (const run of runs) {
       assert.equal(await run.finished, "abort");
       assert.ok(run.ids.length > 0 && run.ids.length < 1500, `partial tokens: ${run.ids.length}`);
@@ -116,6 +122,7 @@ describe("pause, resume and abort by id", () => {
     assert.equal(served.engine.stats().held, 1, "the late request waits, not refused");
     assert.deepEqual(await call(base, "POST", "/resume"), { status: "resumed" });
     assert.equal(await isPaused(), false);
+    assert.equal(await pausedGauge(), 0);
     assert.equal(await late.finished, "length");
     assert.equal(late.ids.length, 5);
   });
