@@ -9,6 +9,7 @@ import { ChatTemplateError, readChatTemplate } from "../chat/template.ts";
 import { GenerationConfigError, readSamplingDefaults } from "../model/generation-defaults.ts";
 import { type BuildDtype, buildModel, ONNX_FILES } from "../model/builder/build.ts";
 import { PRESETS } from "../model/builder/presets.ts";
+import { Progress } from "../progress.ts";
 import { VERSION } from "../version.ts";
 
 const BUILD_DTYPES = Object.keys(ONNX_FILES) as BuildDtype[];
@@ -87,7 +88,16 @@ export async function main(argv: string[]): Promise<number> {
     if (first === "build-model") {
       const flags = parseFlags(BuildModelFlags, rest);
       const started = performance.now();
-      await buildModel({ preset: flags.preset as keyof typeof PRESETS, out: flags.out, seed: flags.seed, dtype: flags.dtype });
+      // One progress per weights file: a bar on a terminal, else a line every few seconds.
+      const files = new Map<string, Progress>();
+      const onProgress = (file: string, written: number, total: number) => {
+        let progress = files.get(file);
+        if (!progress) files.set(file, progress = new Progress(`writing ${file}`, total, "bytes", { log: console.error }));
+        progress.set(written);
+        if (written >= total) progress.finish();
+      };
+      const preset = flags.preset as keyof typeof PRESETS;
+      await buildModel({ preset, out: flags.out, seed: flags.seed, dtype: flags.dtype, onProgress });
       console.error(`built ${flags.preset} (seed ${flags.seed}, ${flags.dtype.join(", ")}) in ${flags.out} in ${Math.round(performance.now() - started)} ms`);
       return 0;
     }

@@ -8,7 +8,7 @@ import { isBuiltModel } from "./builder/build.ts";
 import { BUILTIN_MODEL, builtinModelDir, ensureBuiltinModel } from "./builtin.ts";
 import { ModelLoadError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig } from "./model-config.ts";
-import { ensureConverted } from "./builder/convert.ts";
+import { conversionOf, ensureConverted } from "./builder/convert.ts";
 import { checkModelDir, dtypesIn, type ModelDtype, onnxFileName, type OnnxFiles, onnxFilesIn } from "./sources/model-files.ts";
 import { hasCheckpoint } from "./sources/safetensors.ts";
 import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } from "./sources/model-source.ts";
@@ -112,7 +112,7 @@ export async function openModel<T>(
 ): Promise<{ model: ModelInfo; opened: T }> {
   const log = options.log ?? createLogger();
   const dtype = options.dtype ?? "fp32";
-  const asked = locateModel(options.model ?? await builtinModel(options.cacheDir), options.cacheDir);
+  const asked = locateModel(options.model ?? await builtinModel(options.cacheDir, log), options.cacheDir);
   let location = asked;
   if (!asked.local) {
     await fetchHubConfig(asked, options.hubUrl);
@@ -161,8 +161,9 @@ async function closeOpened(opened: unknown): Promise<void> {
 }
 
 /** The built-in model's directory, built on the model thread on first use. */
-function builtinModel(cacheDir: string): Promise<string> {
+function builtinModel(cacheDir: string, log: Logger): Promise<string> {
   if (isBuiltModel(builtinModelDir(cacheDir), BUILTIN_MODEL)) return Promise.resolve(builtinModelDir(cacheDir));
+  log.info(`building the built-in model (${BUILTIN_MODEL.preset}, random weights) into ${builtinModelDir(cacheDir)}: once, a few seconds`);
   return offThread("builtin.ensure", { cacheDir }, () => ensureBuiltinModel(cacheDir));
 }
 
@@ -181,6 +182,10 @@ async function convertedIfCheckpoint(
     throw new ModelLoadError(location.dir, `a safetensors checkpoint converts to fp32, q8 or q4, not ${dtype}`);
   }
   const started = performance.now();
+  const { out, current } = conversionOf(location.dir, cacheDir, dtype);
+  if (!current) {
+    log.info(`converting checkpoint ${location.dir} to ${dtype} into ${out}: once, later starts reuse it (a minute or more for a big model)`);
+  }
   let dir: string;
   try {
     const args = { src: location.dir, cacheDir, dtype };

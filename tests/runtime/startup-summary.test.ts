@@ -5,7 +5,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { ServerConfig } from "../../src/config.ts";
 import type { Logger } from "../../src/log.ts";
@@ -103,6 +104,28 @@ test("the summary is logged once /health answers 200, with the served model's ow
     assert.equal(await healthAtSummary, 200);
   } finally {
     await server.close();
+  }
+});
+
+test("the first start says it builds the built-in model, once; later starts say nothing of it", SLOW, async () => {
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), "gym-edge-first-start-"));
+  try {
+    for (const first of [true, false]) {
+      const lines: string[] = [];
+      const capture: Logger = { debug() {}, info: (m) => lines.push(m), warn() {}, error: (m) => lines.push(m) };
+      const config = ServerConfig.parse({ port: 0, device: "cpu", cacheDir, maxModelLen: 64, maxNumSeqs: 2, logRequests: false });
+      const server = await startServer(config, capture);
+      try {
+        await server.ready;
+        const building = lines.filter((l) => l.startsWith("building the built-in model"));
+        const dir = path.join(cacheDir, "models", "tiny");
+        assert.deepEqual(building, first ? [`building the built-in model (tiny, random weights) into ${dir}: once, a few seconds`] : []);
+      } finally {
+        await server.close();
+      }
+    }
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
   }
 });
 

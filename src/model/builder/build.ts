@@ -47,6 +47,8 @@ export interface BuildOptions {
   seed?: number;
   /** One or more weight formats; defaults to fp32. */
   dtype?: BuildDtype | BuildDtype[];
+  /** Told each weights file's bytes written so far and their total, as it is written. */
+  onProgress?: (file: string, written: number, total: number) => void;
 }
 
 /** What a build wrote: the content of the build record. */
@@ -128,7 +130,9 @@ export async function buildModel(options: BuildOptions): Promise<BuiltModel> {
   for (const dtype of dtypes) {
     const model = emitStandardDecoder(preset.arch, { dtype, weights });
     const onnxPath = path.join(dir, ONNX_FILES[dtype]);
-    const written = await writeOnnx(onnxPath, model, { externalData: preset.externalData });
+    const onProgress = options.onProgress && ((done: number, total: number) =>
+      options.onProgress!(`${ONNX_FILES[dtype]}_data`, done, total));
+    const written = await writeOnnx(onnxPath, model, { externalData: preset.externalData, onProgress });
     for (const [name, size] of Object.entries(written)) files[`onnx/${name}`] = size;
     const enginePath = path.join(dir, ENGINE_FILES[dtype]);
     files[ENGINE_FILES[dtype]] = writeEngineGraph(onnxPath, enginePath, preset.arch, dtype);

@@ -106,15 +106,20 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<BuiltM
   return { ...record, dir: out };
 }
 
+/** Where checkpoint `src` converts to under `cacheDir`/converted, and whether a complete conversion of the same files is there. */
+export function conversionOf(src: string, cacheDir: string, dtype: WeightDtype = "fp32"): { out: string; current: boolean } {
+  const real = fs.realpathSync(src);
+  const out = path.join(cacheDir, "converted", createHash("sha256").update(real).digest("hex").slice(0, 16));
+  const record = readBuildRecord(out) as (BuiltModel & { fingerprint?: string }) | undefined;
+  return { out, current: record?.fingerprint === fingerprint(real) && isBuiltModel(out, { dtype }) };
+}
+
 /**
  * The converted folder of checkpoint `src` under `cacheDir`/converted, converting only when no complete
  * conversion of the same files is there.
  */
 export async function ensureConverted(src: string, cacheDir: string, dtype: WeightDtype = "fp32"): Promise<string> {
-  const real = fs.realpathSync(src);
-  const out = path.join(cacheDir, "converted", createHash("sha256").update(real).digest("hex").slice(0, 16));
-  const record = readBuildRecord(out) as (BuiltModel & { fingerprint?: string }) | undefined;
-  const current = record?.fingerprint === fingerprint(real) && isBuiltModel(out, { dtype });
-  if (!current) await convertCheckpoint({ src: real, out, dtype });
+  const { out, current } = conversionOf(src, cacheDir, dtype);
+  if (!current) await convertCheckpoint({ src: fs.realpathSync(src), out, dtype });
   return out;
 }

@@ -12,6 +12,8 @@ export interface WriteOnnxOptions {
   externalThreshold?: number;
   /** Alignment of each external tensor's offset, so runtimes can map it directly. */
   alignment?: number;
+  /** Told the external bytes written so far and their total after each tensor (the long part of a big build). */
+  onProgress?: (written: number, total: number) => void;
 }
 
 /** The files a writeOnnx call produced (relative names) and their sizes. */
@@ -35,13 +37,16 @@ export async function writeOnnx(
       const location = path.basename(dataFile.filePath);
       const threshold = options.externalThreshold ?? 1024;
       const alignment = options.alignment ?? 4096;
-      for (const t of model.graph.initializers) {
+      const external = model.graph.initializers.filter((t) => tensorByteLength(t) >= threshold);
+      const total = external.reduce((sum, t) => sum + tensorByteLength(t), 0);
+      let done = 0;
+      for (const t of external) {
         const length = tensorByteLength(t);
-        if (length < threshold) continue;
         const offset = Math.ceil(dataFile.size / alignment) * alignment;
         if (offset > dataFile.size) dataFile.write(new Uint8Array(offset - dataFile.size));
         dataFile.write(tensorBytes(t));
         externals.set(t.name, { location, offset, length });
+        options.onProgress?.(done += length, total);
         await breathe();
       }
     }
