@@ -196,6 +196,21 @@ describe("pause, resume and abort by id", () => {
     assert.equal(await isPaused(), false, "aborting does not pause");
   });
 
+  test("SGLang's retract: requests stop and drop their KV, recomputed on continue_generation", SLOW, async () => {
+    const run = stream(base, [1900, 1901, 1902], 100);
+    await run.started;
+    await call(base, "POST", "/pause_generation", { mode: "retract" });
+    const stats = served.engine.stats();
+    assert.deepEqual([stats.running, stats.waiting], [0, 1], "back in the queue, holding no row");
+    await sleep(100);
+    const frozenAt = run.ids.length;
+    await sleep(200);
+    assert.equal(run.ids.length, frozenAt);
+    await call(base, "POST", "/continue_generation");
+    assert.equal(await run.finished, "length");
+    assert.equal(run.ids.length, 100);
+  });
+
   test("SGLang's spellings: pause_generation in_place, continue_generation, abort_request", SLOW, async () => {
     const a = stream(base, [1700, 1701], 1500, { "x-request-id": "sgl-a" });
     const b = stream(base, [1800, 1801], 120);
