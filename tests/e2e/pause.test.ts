@@ -232,3 +232,37 @@ describe("pause, resume and abort by id", () => {
     assert.equal(await isPaused(), false);
   });
 });
+
+describe("pause with a bounded queue", () => {
+  let server: StartedServer;
+  let base: string;
+
+  before(async () => {
+    const config = ServerConfig.parse({ port: 0, device: "cpu", cacheDir: testCacheDir(), maxQueue: 1, logRequests: false });
+    server = await startServer(config, silentLogger);
+    await server.ready;
+    base = `http://127.0.0.1:${server.port}`;
+  });
+  after(async () => {
+    await server.close();
+  });
+
+  test("requests sent while paused wait up to --max-queue; beyond it they get 503 with Retry-After", SLOW, async () => {
+    const bad = await fetch(`${base}/pause?mode=sideways`, { method: "POST" });
+    assert.equal(bad.status, 400);
+    await call(base, "POST", "/pause", { mode: "wait" });
+    const waiting = stream(base, [1000, 1001], 4);
+    await sleep(200);
+    const refused = await fetch(`${base}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: [2000, 2001], max_tokens: 4 }),
+    });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    await refused.body?.cancel();
+    await call(base, "POST", "/resume");
+    assert.equal(await waiting.finished, "length");
+    assert.equal(waiting.ids.length, 4);
+  });
+});
