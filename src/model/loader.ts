@@ -117,7 +117,7 @@ export async function openModel<T>(
   if (!asked.local) {
     await fetchHubConfig(asked, options.hubUrl);
     // A hub model published as a safetensors checkpoint only: downloaded, then converted like a local one.
-    const checkpoint = await fetchHubCheckpoint(asked, `onnx/${onnxFileName(dtype)}`, options.hubUrl);
+    const checkpoint = await fetchHubCheckpoint(asked, `onnx/${onnxFileName(dtype)}`, options.hubUrl, log.info);
     if (checkpoint) location = { ...asked, id: asked.dir, local: true };
   }
   if (location.local) location = await convertedIfCheckpoint(location, dtype, options.cacheDir, log);

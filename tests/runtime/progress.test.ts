@@ -9,6 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildModel } from "../../src/model/builder/build.ts";
 import { getPreset } from "../../src/model/builder/presets.ts";
+import { writeDownload } from "../../src/model/sources/model-source.ts";
 import { Progress } from "../../src/progress.ts";
 
 const MB = 2 ** 20;
@@ -91,5 +92,28 @@ test("build-model reports each weights file's bytes written, up to the file's si
     }
   } finally {
     fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
+test("a hub download of a big file reports its progress in lines; a small one stays quiet", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-download-"));
+  try {
+    const lines: string[] = [];
+    const big = new Uint8Array(20 * MB).fill(7);
+    const body = (bytes: Uint8Array) =>
+      new ReadableStream<Uint8Array>({
+        start(controller) {
+          for (let at = 0; at < bytes.length; at += MB) controller.enqueue(bytes.subarray(at, at + MB));
+          controller.close();
+        },
+      });
+    await writeDownload(dir, "model.safetensors", new Response(body(big)), (l) => lines.push(l));
+    await writeDownload(dir, "tokenizer.json", new Response(body(new Uint8Array(1000))), (l) => lines.push(l));
+    assert.equal(fs.statSync(path.join(dir, "model.safetensors")).size, 20 * MB);
+    assert.equal(fs.statSync(path.join(dir, "tokenizer.json")).size, 1000);
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.match(lines[0], /^downloading model\.safetensors: done, 20 MB in \d+\.\d s/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -6,6 +6,7 @@ import { AutoConfig, env as transformersEnv } from "@huggingface/transformers";
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeSync } from "node:fs";
 import * as path from "node:path";
 import { envVar } from "../../runtime/process.ts";
+import { Progress } from "../../progress.ts";
 import { ModelLoadError } from "../errors.ts";
 
 /** A model named on the command line, resolved. */
@@ -111,7 +112,12 @@ const CHECKPOINT_DOWNLOADED = "gym-edge-checkpoint-downloaded";
  * converted like a local one. What an earlier load cached (the ONNX graph or the whole checkpoint) asks nothing of the
  * hub, so cached models start offline.
  */
-export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: string, hubUrl?: string): Promise<boolean> {
+export async function fetchHubCheckpoint(
+  location: ModelLocation,
+  onnxFile: string,
+  hubUrl?: string,
+  log: (message: string) => void = () => {},
+): Promise<boolean> {
   if (existsSync(path.join(location.dir, onnxFile))) return false;
   if (existsSync(path.join(location.dir, CHECKPOINT_DOWNLOADED))) return true;
   const base = hubUrl ? (hubUrl.endsWith("/") ? hubUrl : hubUrl + "/") : transformersEnv.remoteHost;
@@ -130,7 +136,7 @@ export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: stri
     } else if (!(await fetch(url("model.safetensors"), { method: "HEAD" })).ok) return false;
     for (const file of [...weights, ...CHECKPOINT_FILES.required, ...CHECKPOINT_FILES.optional]) {
       const res = await fetch(url(file));
-      if (res.ok) await writeDownload(location.dir, file, res);
+      if (res.ok) await writeDownload(location.dir, file, res, log);
       else if (!CHECKPOINT_FILES.optional.includes(file)) throw new Error(`${file}: HTTP ${res.status}`);
     }
     await writeDownload(location.dir, CHECKPOINT_DOWNLOADED, new Response(""));
@@ -140,16 +146,30 @@ export async function fetchHubCheckpoint(location: ModelLocation, onnxFile: stri
   }
 }
 
-/** Streams a response body into `dir/name` (through a temporary file, so a cut download never looks complete). */
-async function writeDownload(dir: string, name: string, res: Response): Promise<void> {
+/** Files at least this big say when their download is done. */
+const REPORTED_DOWNLOAD = 16 * 2 ** 20;
+
+/**
+ * Streams a response body into `dir/name` (through a temporary file, so a cut download never looks complete);
+ * its progress goes to `log` in lines every few seconds, and a big one's end too.
+ */
+export async function writeDownload(dir: string, name: string, res: Response, log?: (message: string) => void): Promise<void> {
   const target = path.resolve(dir, name);
   if (path.dirname(target) !== path.resolve(dir)) throw new Error(`${name} would land outside ${dir}`);
   mkdirSync(dir, { recursive: true });
   const partial = `${target}.partial`;
   const fd = openSync(partial, "w");
+  const length = Number(res.headers.get("content-length") ?? NaN);
+  const total = Number.isFinite(length) ? length : null;
+  const progress = log ? new Progress(`downloading ${name}`, total, "bytes", { log, bar: false }) : null;
   try {
     const reader = res.body!.getReader();
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) writeSync(fd, chunk.value);
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      writeSync(fd, chunk.value);
+      progress?.add(chunk.value.byteLength);
+    }
+    // A small file is not worth a line (a long one has said so every few seconds already).
+    if (progress && (total ?? progress.done) >= REPORTED_DOWNLOAD) progress.finish();
   } finally {
     closeSync(fd);
   }
