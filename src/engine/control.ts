@@ -186,13 +186,15 @@ export class EngineControl {
   /**
    * Stops generation until resume() (see the file comment for the modes). Requests submitted from now on wait.
    * With `clearCache` (abort and wait only, as vLLM's clear_cache) the prefix cache is emptied once drained.
-   * Pausing again changes the mode; only wait is refused while requests are frozen (they could never finish).
+   * Pausing again applies the new mode to what is in flight, and a pause that froze requests stays frozen until
+   * resume(); wait is refused (a ControlError) while requests are frozen, as they could never finish.
    */
   pause(mode: PauseMode = "abort", clearCache = false): Promise<ControlStatus> {
     return this.#serialized(async () => {
       const engine = this.#engine;
       if (mode === "wait" && this.#frozen && engine.stats().running + engine.stats().waiting > 0) {
-        throw new ControlError("conflict", `requests are frozen by a pause with mode=${this.#paused}: resume first, or pause with mode=abort`);
+        const message = `requests are frozen by a pause with mode=${this.#paused}: resume first, or pause with mode=abort`;
+        throw new ControlError("conflict", message);
       }
       engine.hold();
       this.#paused ??= mode;
@@ -202,7 +204,7 @@ export class EngineControl {
         await engine.freeze();
         if (mode === "retract") engine.preemptAll();
       }
-      // A later pause may only make it stricter: keep/retract freeze, which outlasts abort or wait.
+      // Once frozen (keep, retract), a later abort or wait leaves the engine frozen, and so the mode.
       if (mode === "keep" || mode === "retract" || !this.#frozen) this.#paused = mode;
       if (clearCache && !this.#frozen) engine.resetPrefixCache();
       return this.status();
@@ -279,7 +281,8 @@ export class EngineControl {
       if (this.#sleepLevel >= level) return this.status();
       const engine = this.#engine;
       if (mode === "finish" && this.#frozen && engine.stats().running > 0) {
-        throw new ControlError("conflict", `requests are frozen by a pause with mode=${this.#paused}: resume first, or sleep with mode=abort`);
+        const message = `requests are frozen by a pause with mode=${this.#paused}: resume first, or sleep with mode=abort`;
+        throw new ControlError("conflict", message);
       }
       this.#sleepLevel = level;
       if (mode === "abort") {

@@ -69,10 +69,10 @@ function stream(base: string, prompt: number[], maxTokens: number, headers: Reco
   return run;
 }
 
-async function call(base: string, method: string, path: string, body?: unknown): Promise<Json> {
+async function call(base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Json> {
   const res = await fetch(base + path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers: body === undefined ? headers : { "content-type": "application/json", ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
@@ -238,7 +238,14 @@ describe("pause with a bounded queue", () => {
   let base: string;
 
   before(async () => {
-    const config = ServerConfig.parse({ port: 0, device: "cpu", cacheDir: testCacheDir(), maxQueue: 1, logRequests: false });
+    const config = ServerConfig.parse({
+      port: 0,
+      device: "cpu",
+      cacheDir: testCacheDir(),
+      maxQueue: 1,
+      adminApiKey: "admin-key",
+      logRequests: false,
+    });
     server = await startServer(config, silentLogger);
     await server.ready;
     base = `http://127.0.0.1:${server.port}`;
@@ -247,10 +254,30 @@ describe("pause with a bounded queue", () => {
     await server.close();
   });
 
+  const ADMIN = { authorization: "Bearer admin-key" };
+
+  test("the pause and abort routes take the admin key", SLOW, async () => {
+    const routes = [
+      ["POST", "/pause"],
+      ["POST", "/resume"],
+      ["GET", "/is_paused"],
+      ["POST", "/abort_requests"],
+      ["POST", "/pause_generation"],
+      ["POST", "/continue_generation"],
+      ["POST", "/abort_request"],
+    ];
+    for (const [method, path] of routes) {
+      const res = await fetch(base + path, { method });
+      assert.equal(res.status, 401, `${method} ${path} without the admin key`);
+      await res.body?.cancel();
+    }
+    assert.deepEqual(await call(base, "GET", "/is_paused", undefined, ADMIN), { is_paused: false });
+  });
+
   test("requests sent while paused wait up to --max-queue; beyond it they get 503 with Retry-After", SLOW, async () => {
-    const bad = await fetch(`${base}/pause?mode=sideways`, { method: "POST" });
+    const bad = await fetch(`${base}/pause?mode=sideways`, { method: "POST", headers: ADMIN });
     assert.equal(bad.status, 400);
-    await call(base, "POST", "/pause", { mode: "wait" });
+    await call(base, "POST", "/pause", { mode: "wait" }, ADMIN);
     const waiting = stream(base, [1000, 1001], 4);
     await sleep(200);
     const refused = await fetch(`${base}/v1/completions`, {
@@ -261,7 +288,7 @@ describe("pause with a bounded queue", () => {
     assert.equal(refused.status, 503);
     assert.equal(refused.headers.get("retry-after"), "1");
     await refused.body?.cancel();
-    await call(base, "POST", "/resume");
+    await call(base, "POST", "/resume", undefined, ADMIN);
     assert.equal(await waiting.finished, "length");
     assert.equal(waiting.ids.length, 4);
   });
