@@ -58,8 +58,15 @@ const SleepRequest = z.object({
   mode: z.enum(["finish", "abort"]).default("finish"),
 });
 
-// vLLM's booleans come as query strings ("true", "false", "1", "0"); a JSON body may send real ones.
-const Flag = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1")]);
+// vLLM's booleans come as query strings, spelled as pydantic reads them ("true", "1", "yes", "on", ... any case); a
+// JSON body may send real ones.
+const TRUE = ["true", "1", "yes", "on", "t", "y"];
+const FALSE = ["false", "0", "no", "off", "f", "n"];
+const Flag = z.union([
+  z.boolean(),
+  z.string().transform((v) => v.toLowerCase()).pipe(z.enum([...TRUE, ...FALSE] as [string, ...string[]]))
+    .transform((v) => TRUE.includes(v)),
+]);
 
 /** vLLM's /pause: `mode`, and its deprecated `wait_for_inflight_requests` (true: mode wait) and `clear_cache`. */
 const PauseRequest = z.object({

@@ -274,6 +274,20 @@ describe("pause with a bounded queue", () => {
     assert.deepEqual(await call(base, "GET", "/is_paused", undefined, ADMIN), { is_paused: false });
   });
 
+  test("vLLM's deprecated query flags: wait_for_inflight_requests and clear_cache, spelled as pydantic reads them", SLOW, async () => {
+    const bad = await fetch(`${base}/pause?wait_for_inflight_requests=maybe`, { method: "POST", headers: ADMIN });
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    assert.equal((await call(base, "GET", "/is_paused", undefined, ADMIN)).is_paused, false, "a refused pause pauses nothing");
+    const run = stream(base, [1000, 1001], 30);
+    await run.started;
+    await call(base, "POST", "/pause?wait_for_inflight_requests=True&clear_cache=off", undefined, ADMIN);
+    assert.equal(await run.finished, "length", "it waited (the default mode, abort, would end the request)");
+    assert.equal(run.ids.length, 30);
+    assert.equal((await call(base, "GET", "/is_paused", undefined, ADMIN)).is_paused, true);
+    await call(base, "POST", "/resume", undefined, ADMIN);
+  });
+
   test("requests sent while paused wait up to --max-queue; beyond it they get 503 with Retry-After", SLOW, async () => {
     const bad = await fetch(`${base}/pause?mode=sideways`, { method: "POST", headers: ADMIN });
     assert.equal(bad.status, 400);
