@@ -42,7 +42,7 @@ export function residentMemory(): { rss_mb: number | null; peak_rss_mb: number |
 /** Prints one measurement as a JSON line: what, runtime, backend, model, then the figures and the process's memory. */
 export function report(
   what: string,
-  flags: { device: string; preset: string; hostCache?: boolean },
+  flags: { device: string; preset: string; hostCache?: boolean; dtype?: string },
   figures: Record<string, unknown>,
 ): void {
   console.log(JSON.stringify({
@@ -51,7 +51,7 @@ export function report(
     version: runtimeVersion(),
     backend: flags.device === "webgpu" && flags.hostCache ? "webgpu (host cache)" : flags.device,
     model: flags.preset,
-    dtype: "fp32",
+    dtype: flags.dtype ?? "fp32",
     ...figures,
     ...residentMemory(),
     cores: os.cpus().length,
