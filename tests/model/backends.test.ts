@@ -11,6 +11,7 @@ import { type LoadedModel, loadModel, type LoadModelOptions } from "../../src/mo
 import type { OrtTensor } from "../../src/model/ort/ort-types.ts";
 import { RunQueue } from "../../src/model/ort/run-queue.ts";
 import { type Logger, silentLogger } from "../../src/log.ts";
+import { gpuDevicePresent } from "../../src/runtime/webgpu.ts";
 import { leftPad } from "./reference.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-backends-"));
@@ -180,12 +181,32 @@ describe("device backends", () => {
     const auto = await load("auto", log);
     try {
       assert.equal(lines.length, 1);
-      // A hardware WebGPU adapter wins; a software one (lavapipe) or none leaves the CPU.
-      const expected = webgpu && !lines[0].includes("only a software adapter") ? "webgpu" : "cpu";
+      // A hardware WebGPU adapter wins; a software one (lavapipe), no GPU device, or none leaves the CPU.
+      const expected = webgpu && !/only a software adapter|no GPU device/.test(lines[0]) ? "webgpu" : "cpu";
+      if (gpuDevicePresent() === false) assert.match(lines[0], /webgpu skipped: this machine has no GPU device/);
       assert.equal(auto.device, expected);
       assert.match(lines[0], new RegExp(`^device auto: using ${auto.device} via onnxruntime-`));
     } finally {
       await auto.dispose();
+    }
+  });
+
+  test("a GPU device node is a DRM render node, an NVIDIA device or WSL's dxg; only Linux tells", () => {
+    const dev = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-dev-"));
+    try {
+      assert.equal(gpuDevicePresent(dev, "linux"), false);
+      fs.mkdirSync(path.join(dev, "dri"));
+      fs.writeFileSync(path.join(dev, "dri", "card0"), "");
+      fs.writeFileSync(path.join(dev, "nvidiactl"), "");
+      assert.equal(gpuDevicePresent(dev, "linux"), false, "a card node or nvidiactl alone is no GPU to render on");
+      fs.writeFileSync(path.join(dev, "dri", "renderD128"), "");
+      assert.equal(gpuDevicePresent(dev, "linux"), true);
+      fs.rmSync(path.join(dev, "dri"), { recursive: true });
+      fs.writeFileSync(path.join(dev, "nvidia0"), "");
+      assert.equal(gpuDevicePresent(dev, "linux"), true);
+      assert.equal(gpuDevicePresent(dev, "darwin"), null);
+    } finally {
+      fs.rmSync(dev, { recursive: true, force: true });
     }
   });
 

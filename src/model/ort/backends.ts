@@ -17,7 +17,7 @@ import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
 import { splitPackedWeights } from "./packed-weights.ts";
 import { RunQueue } from "./run-queue.ts";
-import { gpuAdapter } from "../../runtime/webgpu.ts";
+import { gpuAdapter, gpuDevicePresent } from "../../runtime/webgpu.ts";
 
 /** CPU threads one model run uses (cpu and wasm devices): every core unless setCpuThreads says otherwise. */
 let cpuThreads = availableParallelism();
@@ -154,6 +154,11 @@ type Candidate = () => Promise<Backend>;
 
 async function autoCandidates(skipped: string[]): Promise<Candidate[]> {
   const candidates: Candidate[] = [];
+  if (gpuDevicePresent() === false) {
+    skipped.push("webgpu skipped: this machine has no GPU device (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg)");
+    candidates.push(() => backendFor("cpu"), () => backendFor("wasm"));
+    return candidates;
+  }
   const gpu = await gpuAdapter();
   if (gpu === "no-navigator-gpu") {
     // Only opening a session tells whether onnxruntime-node's WebGPU finds an adapter.
