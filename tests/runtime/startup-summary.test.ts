@@ -12,6 +12,7 @@ import { ServerConfig } from "../../src/config.ts";
 import type { Logger } from "../../src/log.ts";
 import { startServer } from "../../src/server.ts";
 import { openAiBaseUrl, type StartupFacts, startupFields, startupLines } from "../../src/startup-summary.ts";
+import { gpuDevicePresent } from "../../src/runtime/webgpu.ts";
 import { runGymEdge } from "../support/child-server.ts";
 import { testCacheDir, tinyModelDir } from "../support/served.ts";
 
@@ -128,6 +129,27 @@ test("the first start says it builds the built-in model, once; later starts say 
     rmSync(cacheDir, { recursive: true, force: true });
   }
 });
+
+test(
+  "--device auto on a machine without a GPU device, XDG_RUNTIME_DIR unset: the JSON log stays JSON",
+  { ...SLOW, skip: gpuDevicePresent() !== false && "this machine has a GPU device node" },
+  async () => {
+    const run = runGymEdge(["--device", "auto", "--port", "0", "--log-format", "json"], ["XDG_RUNTIME_DIR"]);
+    try {
+      const deadline = performance.now() + 60_000;
+      while (!/"msg":"ready"/.test(run.stderr())) {
+        assert.ok(run.child.exitCode === null && performance.now() < deadline, `not ready:\n${run.stderr()}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const lines = run.stderr().split("\n").filter((l) => l.trim() !== "");
+      for (const line of lines) assert.doesNotThrow(() => JSON.parse(line), `not a JSON line: ${line}`);
+      assert.ok(lines.some((l) => l.includes("webgpu skipped: this machine has no GPU device")), lines.join("\n"));
+    } finally {
+      run.signal("SIGKILL");
+      await run.exited;
+    }
+  },
+);
 
 test("--log-format json: every line is JSON, and the summary is one object with the figures", SLOW, async () => {
   const dir = await tinyModelDir();

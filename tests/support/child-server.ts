@@ -29,12 +29,14 @@ export interface ChildRun {
   signal(sig: NodeJS.Signals): void;
 }
 
-/** Starts `gym-edge ARGS` (the test model cache in its environment). */
-export function runGymEdge(args: string[]): ChildRun {
+/** Starts `gym-edge ARGS` (the test model cache in its environment; `unset` names variables to leave out of it). */
+export function runGymEdge(args: string[], unset: readonly string[] = []): ChildRun {
   const [cmd, pre] = programCommand();
+  const env: Record<string, string | undefined> = { ...process.env, GYM_EDGE_CACHE: testCacheDir(), NO_COLOR: "1" };
+  for (const name of unset) delete env[name];
   const child = spawn(cmd, [...pre, ...args], {
     cwd: ROOT,
-    env: { ...process.env, GYM_EDGE_CACHE: testCacheDir(), NO_COLOR: "1" },
+    env,
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
