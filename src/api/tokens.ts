@@ -22,6 +22,7 @@ import { InvalidRequestError } from "./errors.ts";
 import { describeIssues } from "./issues.ts";
 import { engineOf, Generation, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
+import { nameRequest } from "./request-names.ts";
 import {
   type ChatChoice,
   type ChatCompletion,
@@ -222,7 +223,8 @@ export function tokenRoutes(deps: AppDeps): Hono {
       throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary (${deps.tokenizer.vocabSize} tokens)`, `token_ids[${bad}]`);
     }
     const generation = new Generation({ engine, tokenizer: deps.tokenizer, params, text: textOptions(sp), signal: c.req.raw.signal }, ids);
-    const requestId = request.request_id ?? crypto.randomUUID();
+    // The body's request_id names the generation for /abort_requests, as the x-request-id header does.
+    const requestId = nameRequest(request.request_id ?? crypto.randomUUID(), generation);
     if (!request.stream) {
       const results = await generation.collect();
       const tokens = results.flatMap((r) => r.tokens);

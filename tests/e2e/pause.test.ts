@@ -196,6 +196,28 @@ describe("pause, resume and abort by id", () => {
     assert.equal(await isPaused(), false, "aborting does not pause");
   });
 
+  test("abort_requests ends a tokens-in generate request by the request_id of its body", SLOW, async () => {
+    const generating = fetch(`${base}/inference/v1/generate`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        request_id: "rollout-7",
+        token_ids: [1700, 1701, 1702],
+        sampling_params: { max_tokens: 1500, temperature: 0, ignore_eos: true },
+      }),
+    }).then((res) => res.json());
+    let aborted: Json = { aborted: 0 };
+    for (let tries = 0; tries < 200 && aborted.aborted === 0; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      aborted = await call(base, "POST", "/abort_requests", { request_ids: ["rollout-7"] });
+    }
+    assert.deepEqual(aborted, { status: "ok", aborted: 1, not_found: [] });
+    const body = await generating;
+    assert.equal(body.request_id, "rollout-7");
+    assert.equal(body.choices[0].finish_reason, "abort");
+    assert.ok(body.choices[0].token_ids.length < 1500);
+  });
+
   test("SGLang's retract: requests stop and drop their KV, recomputed on continue_generation", SLOW, async () => {
     const run = stream(base, [1900, 1901, 1902], 100);
     await run.started;
