@@ -65,7 +65,8 @@ SERVER_WAIT=${SERVER_WAIT:-600}
 MODEL=$W/bench-135m
 GGUF_F32=$W/bench-135m-f32.gguf
 BIN=$W/llama-src/build/bin
-OUT=${OUT:-$W/results/$(date +%Y%m%d-%H%M%S)$([ "${SMOKE:-0}" = 1 ] && echo -smoke)}
+# (an if, not `[ ] && echo`: a failing test in the substitution would end the script under set -e)
+if [ "${SMOKE:-0}" = 1 ]; then OUT=${OUT:-$W/results/$(date +%Y%m%d-%H%M%S)-smoke}; else OUT=${OUT:-$W/results/$(date +%Y%m%d-%H%M%S)}; fi
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log" >&2; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
