@@ -31,7 +31,9 @@ for rt in "${runtimes[@]}"; do
     deno) "$bin/deno" test -A --no-check "${files[@]}" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
           line=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -aE '\| [0-9]+ passed.*\| [0-9]+ failed' | tail -1)
           p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); f=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
-          s=$(echo "$line" | grep -oE '[0-9]+ ignored' | grep -oE '[0-9]+') ;;
+          # Skips inside a describe block are ignored steps: "| 0 ignored (2 steps)".
+          s=$(echo "$line" | grep -oE '[0-9]+ ignored( \([0-9]+ steps?\))?' | grep -oE '[0-9]+' | paste -sd+)
+          s=$((${s:-0})) ;;
     bun)  "$bin/bun" test --timeout 120000 "${files[@]/#/./}" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
           p=$(grep -aE '^ *[0-9]+ pass$' "$log" | tail -1 | grep -oE '[0-9]+'); f=$(grep -aE '^ *[0-9]+ fail$' "$log" | tail -1 | grep -oE '[0-9]+')
           s=$(grep -aE '^ *[0-9]+ skip$' "$log" | tail -1 | grep -oE '[0-9]+') ;;
