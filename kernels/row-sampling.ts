@@ -91,6 +91,13 @@ export interface RowSampling {
   logprobsMode: "processed" | "raw";
   /** The logits processors' edits (logitEdits), applied before the cuts. */
   edits?: readonly LogitEdit[];
+  /**
+   * Which tokens may be sampled (a grammar's next-token bitmask): token t is allowed when bit t & 31 of word
+   * t >>> 5 is set; ceil(vocabSize / 32) words, bits past the vocabulary ignored, words missing from a short mask
+   * allowing nothing. Forbidden tokens are -inf before anything else (bias, penalties, temperature, cuts); null or
+   * absent: every token is allowed.
+   */
+  allowed?: Uint32Array | null;
 }
 
 /** One token and its log-probability. */

@@ -61,6 +61,20 @@ function sanitize(values: Float32Array, n: number): number {
   return n;
 }
 
+/**
+ * Sets the tokens that `allowed` (a bitmask of ceil(n / 32) words; missing words allow nothing) forbids to -inf;
+ * words of all ones, the common case of a grammar's mask, cost one comparison.
+ */
+export function maskForbidden(logits: Float32Array, n: number, allowed: Uint32Array): void {
+  const words = Math.ceil(n / 32);
+  for (let w = 0; w < words; w++) {
+    const word = w < allowed.length ? allowed[w] : 0;
+    if (word === 0xffffffff) continue;
+    const end = Math.min(n, (w + 1) * 32);
+    for (let i = w * 32; i < end; i++) if (((word >>> (i & 31)) & 1) === 0) logits[i] = -Infinity;
+  }
+}
+
 /** Index of the largest value (the lowest index among equals). */
 export function argmax(values: Float32Array, n: number): number {
   let best = 0;

@@ -127,15 +127,16 @@ class Helper {
     const vocabSize = logits[0].length;
     // Rows already in one shared buffer (the model thread's logits) are read there; others are copied into ours.
     const shared = logits[0].buffer;
+    const settings = rows.map(compactMask);
     let job: SampleJob;
     if (shared instanceof SharedArrayBuffer && logits.every((row) => row.buffer === shared)) {
-      job = { buffer: shared, vocabSize, offsets: logits.map((row) => row.byteOffset), rows: [...rows] };
+      job = { buffer: shared, vocabSize, offsets: logits.map((row) => row.byteOffset), rows: settings };
     } else {
       const bytes = rows.length * vocabSize * 4;
       if (this.#buffer.byteLength < bytes) this.#buffer = new SharedArrayBuffer(bytes);
       const view = new Float32Array(this.#buffer, 0, rows.length * vocabSize);
       logits.forEach((row, i) => view.set(row, i * vocabSize));
-      job = { buffer: this.#buffer, vocabSize, offsets: rows.map((_, i) => i * vocabSize * 4), rows: [...rows] };
+      job = { buffer: this.#buffer, vocabSize, offsets: rows.map((_, i) => i * vocabSize * 4), rows: settings };
     }
     return new Promise<SampledToken[]>((resolve, reject) => {
       this.#reply = (reply) => ("error" in reply ? reject(new Error(reply.error)) : resolve(reply.tokens));
@@ -155,4 +156,14 @@ class Helper {
     this.#failure ??= err instanceof Error ? err : new Error(String(err));
     this.#settle({ error: this.#failure.message });
   }
+}
+
+/**
+ * A row's settings as sent to a helper: an allowed mask that is a view into a larger buffer (a grammar's memory,
+ * one buffer for every row) travels as a copy of its own words, as a message would otherwise copy the whole buffer.
+ */
+function compactMask(row: RowSampling): RowSampling {
+  const mask = row.allowed;
+  if (!mask || mask.buffer instanceof SharedArrayBuffer || mask.byteLength === mask.buffer.byteLength) return row;
+  return { ...row, allowed: mask.slice() };
 }

@@ -9,6 +9,7 @@ import {
   floorLogprob,
   keptLogprob,
   logSumExp,
+  maskForbidden,
   pickKept,
   SamplingScratch,
   selectTop,
@@ -55,10 +56,11 @@ export class Sampler {
     if (n === 0) throw new RangeError("cannot sample from an empty row of logits");
     const s = this.#scratchFor(n);
     s.argmax = copyLogits(logits, s.logits);
-    if (row.edits && row.edits.length > 0) {
-      applyEdits(s.logits, row.edits);
-      s.argmax = argmax(s.logits, n);
-    }
+    const edited = row.edits !== undefined && row.edits.length > 0;
+    // The allowed mask comes first: bias and penalties never bring a forbidden token back.
+    if (row.allowed) maskForbidden(s.logits, n, row.allowed);
+    if (edited) applyEdits(s.logits, row.edits!);
+    if (row.allowed || edited) s.argmax = argmax(s.logits, n);
     s.max = s.logits[s.argmax];
     let tokenId: number;
     let logZ: number;
