@@ -3,7 +3,9 @@
  * model's output leaves them) -> one token per row, with the log-probabilities the CPU twin (kernels/sampling.ts)
  * gives. One step is one submission: the logits processors' edits (logit-edits.wgsl, in place), then one
  * workgroup per row (sample-rows.wgsl) for max, top-k, top-p, min-p, the draw and the top-N; a raw-mode row also
- * gets a pass over its logits before the edits. Only OUT_WORDS words per row come back; the host computes
+ * gets a pass over its logits before the edits. A row's allowed mask (RowSampling.allowed) travels in one more
+ * buffer, bound to a second build of the sampling kernel only in calls where some row has one: it turns the
+ * forbidden tokens' logits to -inf as the kernel reads them. Only OUT_WORDS words per row come back; the host computes
  * (l - max) / T - ln Z in float64 from them, as the CPU twin does (sample-record.ts).
  *
  * Agreement with the CPU twin: the same ranking, cuts and ties (integer keys, lowest id first), the same token for
@@ -17,7 +19,7 @@ import { COPY_DST, COPY_SRC, kernelPipeline, MAP_MODE_READ, MAP_READ, STORAGE, U
 
 /** The most top log-probabilities a row may ask for (the kernel's record has room for these). */
 export const GPU_MAX_TOP = 20;
-const ROW_WORDS = 12;
+const ROW_WORDS = 16;
 /** Words of one logit edit (edit-record.wgsl's Edit). */
 const EDIT_WORDS = 8;
 const WORKGROUP = 256;
@@ -56,6 +58,9 @@ export class GpuSampler {
   readonly #readback: GPUBuffer;
   #edits: GPUBuffer;
   #upload: GPUBuffer | null = null;
+  // The rows' allowed masks, and the sampling kernel that reads them (compiled on the first call with a mask).
+  #rowWords: GPUBuffer | null = null;
+  #sampleWithWords: Promise<GPUComputePipeline> | null = null;
   #queue: Promise<unknown> = Promise.resolve();
 
   private constructor(device: GPUDevice, sample: GPUComputePipeline, edit: GPUComputePipeline, options: GpuSamplerOptions) {
@@ -89,7 +94,7 @@ export class GpuSampler {
       throw new RangeError(`maxRows ${maxRows} is not in 1..${MAX_GROUPS}`);
     }
     const [sample, edit] = await Promise.all([
-      kernelPipeline(device, ["edit-record.wgsl", "sample-rows.wgsl"], "sample rows"),
+      kernelPipeline(device, ["edit-record.wgsl", "row-words-off.wgsl", "sample-rows.wgsl"], "sample rows"),
       kernelPipeline(device, ["edit-record.wgsl", "logit-edits.wgsl"], "logit edits"),
     ]);
     return new GpuSampler(device, sample, edit, options);
@@ -129,6 +134,7 @@ export class GpuSampler {
       b.destroy();
     }
     this.#upload?.destroy();
+    this.#rowWords?.destroy();
   }
 
   // `bytes`: how much of `logits` holds rows.
@@ -138,6 +144,9 @@ export class GpuSampler {
     if (count > this.maxRows) throw new RangeError(`${count} rows is more than this sampler's ${this.maxRows}`);
     const device = this.#device;
     const plan = this.#plan(rows, bytes);
+    const sample = plan.words.length > 0 ? await this.#wordsPipeline() : this.#sample;
+    const rowWords = plan.words.length > 0 ? this.#ensureRowWords(plan.words.length) : null;
+    if (rowWords) device.queue.writeBuffer(rowWords, 0, plan.words);
     device.queue.writeBuffer(this.#rows, 0, plan.params);
     if (plan.anyRaw) device.queue.writeBuffer(this.#rawRows, 0, plan.rawParams);
     if (plan.editCount > 0) {
@@ -154,18 +163,19 @@ export class GpuSampler {
     const logitsBinding = { buffer: logits, offset: 0, size: plan.logitsBytes };
     const sampleGroup = (params: GPUBuffer, out: GPUBuffer) =>
       device.createBindGroup({
-        layout: this.#sample.getBindGroupLayout(0),
+        layout: sample.getBindGroupLayout(0),
         entries: [
           { binding: 0, resource: { buffer: this.#shape } },
           { binding: 1, resource: logitsBinding },
           { binding: 2, resource: { buffer: params } },
           { binding: 3, resource: { buffer: this.#edits } },
           { binding: 4, resource: { buffer: out } },
+          ...(rowWords ? [{ binding: 5, resource: { buffer: rowWords } }] : []),
         ],
       });
     const encoder = device.createCommandEncoder({ label: "sample rows" });
     const pass = encoder.beginComputePass();
-    pass.setPipeline(this.#sample);
+    pass.setPipeline(sample);
     if (plan.anyRaw) {
       // The model's own logits, before the edits below change them.
       pass.setBindGroup(0, sampleGroup(this.#rawRows, this.#rawOut));
@@ -186,7 +196,7 @@ export class GpuSampler {
       );
       const groups = Math.ceil(plan.editCount / WORKGROUP);
       pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
-      pass.setPipeline(this.#sample);
+      pass.setPipeline(sample);
     }
     pass.setBindGroup(0, sampleGroup(this.#rows, this.#out));
     pass.dispatchWorkgroups(count);
@@ -213,6 +223,11 @@ export class GpuSampler {
     const editCount = rows.reduce((sum, row) => sum + (row.edits?.length ?? 0), 0);
     const editBuffer = new ArrayBuffer(editCount * EDIT_WORDS * 4);
     const [editU32, editF32] = [new Uint32Array(editBuffer), new Float32Array(editBuffer)];
+    // Each masked row's mask: ceil(n / 32) words, missing ones 0 (nothing allowed).
+    const maskWords = Math.ceil(n / 32);
+    const masked = rows.filter((row) => row.allowed).length;
+    const words = new Uint32Array(masked * maskWords);
+    let m = 0;
     let anyRaw = false;
     let lastRow = 0;
     let e = 0;
@@ -245,6 +260,12 @@ export class GpuSampler {
         e++;
       }
       u32[at + 10] = e;
+      if (row.allowed) {
+        const mask = row.allowed.length > maskWords ? row.allowed.subarray(0, maskWords) : row.allowed;
+        words.set(mask, m * maskWords);
+        u32[at + 11] = 1 + m * maskWords;
+        m++;
+      }
       if (raw) {
         anyRaw = true;
         rawU32[at] = logitsRow;
@@ -257,7 +278,25 @@ export class GpuSampler {
     if (logitsBytes > bufferBytes) {
       throw new RangeError(`logits row ${lastRow} is past the ${bufferBytes / (n * 4)} rows of the logits buffer`);
     }
-    return { params, rawParams, anyRaw, edits: editU32, editCount, logitsBytes };
+    return { params, rawParams, anyRaw, edits: editU32, editCount, words, logitsBytes };
+  }
+
+  #wordsPipeline(): Promise<GPUComputePipeline> {
+    return this.#sampleWithWords ??= kernelPipeline(
+      this.#device,
+      ["edit-record.wgsl", "row-words.wgsl", "sample-rows.wgsl"],
+      "sample rows with masks",
+    );
+  }
+
+  #ensureRowWords(count: number): GPUBuffer {
+    const bytes = Math.max(16, count * 4);
+    if (this.#rowWords === null || this.#rowWords.size < bytes) {
+      const size = Math.max(bytes, 2 * (this.#rowWords?.size ?? 0));
+      this.#rowWords?.destroy();
+      this.#rowWords = this.#device.createBuffer({ size, usage: STORAGE | COPY_DST | COPY_SRC, label: "sampler row words" });
+    }
+    return this.#rowWords;
   }
 
   #ensureEdits(count: number): void {

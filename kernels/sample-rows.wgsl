@@ -13,7 +13,8 @@
 //   the id among tokens with the cut's key (lowest id first): the cut is one (key, id), as on the CPU;
 // - the sample is the first kept token, in id order, at which the running weight exceeds u * Z.
 //
-// The Edit struct is edit-record.wgsl's, put before this file by the loader.
+// The Edit struct is edit-record.wgsl's, put before this file by the loader; so is masked(), row-words.wgsl's (the
+// rows' allowed masks) or row-words-off.wgsl's (no row of the call has one).
 
 const WG: u32 = 256u;
 const MAX_TOP: u32 = 20u;
@@ -54,7 +55,12 @@ struct Row {
   // The row's logit edits (their original values give the chosen token's raw logit).
   editStart: u32,
   editEnd: u32,
-  pad: u32,
+  // 1 + the word offset of the row's allowed mask in row-words.wgsl's buffer; 0: every token allowed.
+  mask: u32,
+  pad0: u32,
+  pad1: u32,
+  pad2: u32,
+  pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> shape: Shape;
@@ -92,6 +98,8 @@ var<private> n: u32;
 var<private> maxF: f32;
 var<private> invT: f32;
 var<private> lnMinP: f32;
+// The row's Row.mask, read by row-words.wgsl's masked().
+var<private> maskAt: u32;
 
 fn sanitize(b: u32) -> u32 {
   if ((b & 0x7fffffffu) > 0x7f800000u) { return NEG_INF_BITS; }
@@ -111,8 +119,9 @@ fn bitsOf(k: u32) -> u32 {
   return ~k;
 }
 
+// Token i's logit bits as this row samples them: sanitized, and -inf where its allowed mask forbids the token.
 fn rowBits(i: u32) -> u32 {
-  return sanitize(logits[base + i]);
+  return masked(i, sanitize(logits[base + i]));
 }
 
 fn add64(a: vec2u, b: vec2u) -> vec2u {
@@ -368,6 +377,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
   lid = li;
   n = shape.vocab;
   base = row.logitsRow * shape.vocab;
+  maskAt = row.mask;
   invT = 1.0;
   lnMinP = 0.0;
   let best = rowMax();
@@ -391,7 +401,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
   if (!allMasked) { walk(useMinP, cut.x, cut.y, row.uniformBits, sampling); }
   workgroupBarrier();
   let chosen = workgroupUniformLoad(&wChosen);
-  if (lid == 0u) { wRawBits = rowBits(chosen); }
+  // The model's own logit, whatever the mask says (raw log-probabilities).
+  if (lid == 0u) { wRawBits = sanitize(logits[base + chosen]); }
   workgroupBarrier();
   for (var e = row.editStart + lid; e < row.editEnd; e += WG) {
     if (edits[e].index == base + chosen) { wRawBits = edits[e].orig; }

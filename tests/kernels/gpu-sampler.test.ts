@@ -256,6 +256,56 @@ describe("GPU sampler against its CPU twin", () => {
     buffer.destroy();
   });
 
+  test("allowed masks: masked rows, mixed with unmasked ones, agree token for token and log-prob for log-prob", { ...SLOW, skip: noGpu }, async () => {
+    const words = Math.ceil(VOCAB / 32);
+    const rng = Rng.fromSeed(77);
+    // A grammar's masks: a few dozen tokens, a third of the vocabulary, all but the row's favourites, none at all.
+    const few = new Uint32Array(words);
+    for (let j = 0; j < 40; j++) {
+      const t = Math.floor(rng.nextUniform() * VOCAB);
+      few[t >>> 5] |= 1 << (t & 31);
+    }
+    const third = Uint32Array.from({ length: words }, () => Math.floor(rng.nextUniform() * 2 ** 32) & Math.floor(rng.nextUniform() * 2 ** 32) | 0x11111111);
+    const row = modelLikeRow(VOCAB, 78);
+    const favourites = Array.from(row.keys()).sort((a, b) => row[b] - row[a]).slice(0, 30);
+    const most = new Uint32Array(words).fill(0xffffffff);
+    for (const t of favourites) most[t >>> 5] &= ~(1 << (t & 31));
+    const none = new Uint32Array(words);
+    const cases: [SamplingParamsInput, Uint32Array | null][] = [
+      [{ temperature: 1, logprobs: 5 }, few],
+      [{ temperature: 0.7, top_k: 50, logprobs: 20 }, third],
+      [{ temperature: 1, top_p: 0.9, logprobs: 3 }, most],
+      [{ temperature: 1, min_p: 0.05, logprobs: 2 }, third],
+      [{ temperature: 0.6, top_k: 40, top_p: 0.8, min_p: 0.02, logprobs: 20 }, most],
+      [{ temperature: 0, logprobs: 4 }, most],
+      [{ temperature: 1, top_p: 0.95, logprobs: 6, logprobs_mode: "raw", logit_bias: { [favourites[0]]: 5 } }, few],
+      [{ temperature: 1, top_k: 5000, logprobs: 3 }, few],
+      [{ temperature: 1, logprobs: 3 }, none],
+      [{ temperature: 0.8, top_p: 0.9, logprobs: 5 }, null],
+    ];
+    const cpu = new Sampler();
+    for (let call = 0; call < 3; call++) {
+      const rows = cases.map(([params, allowed], r): GpuSampleRow => ({
+        ...gpuRow(stateOf({ params, seed: 1000 * call + r }), VOCAB),
+        allowed,
+      }));
+      const expected = rows.map((settings) => cpu.sampleRow(row, settings));
+      const actual = await (await gpuSampler(VOCAB)).sampleArrays(cases.map(() => row), rows);
+      rows.forEach((settings, r) => {
+        const what = `call ${call} row ${r} ${JSON.stringify(cases[r][0])}`;
+        assertSame(actual[r], expected[r], what);
+        const allowed = settings.allowed;
+        if (allowed && r !== 8) assert.ok((allowed[actual[r].tokenId >>> 5] >>> (actual[r].tokenId & 31)) & 1, `${what}: allowed`);
+      });
+      assert.ok(!favourites.includes(actual[2].tokenId), "the favourites are forbidden");
+      assert.equal(actual[8].tokenId, 0, "nothing allowed: the lowest id");
+      assert.equal(actual[8].logprob, LOGPROB_FLOOR);
+    }
+    // A call without masks afterwards still samples with every token allowed.
+    await agree([row], [{ params: { temperature: 0 }, seed: 1 }]);
+    assert.equal((await agree([row], [{ params: { temperature: 0 }, seed: 1 }]))[0].tokenId, favourites[0]);
+  });
+
   test("many draws with mixed parameters agree token for token", { ...SLOW, skip: noGpu }, async () => {
     const pick = <T>(rng: Rng, xs: T[]) => xs[Math.floor(rng.nextUniform() * xs.length)];
     for (let call = 0; call < 4; call++) {
