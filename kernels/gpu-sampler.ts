@@ -4,8 +4,9 @@
  * gives. One step is one submission: the logits processors' edits (logit-edits.wgsl, in place), then one
  * workgroup per row (sample-rows.wgsl) for max, top-k, top-p, min-p, the draw and the top-N; a raw-mode row also
  * gets a pass over its logits before the edits. A row's allowed mask (RowSampling.allowed) travels in one more
- * buffer, bound to a second build of the sampling kernel only in calls where some row has one: it turns the
- * forbidden tokens' logits to -inf as the kernel reads them. Only OUT_WORDS words per row come back; the host computes
+ * buffer, bound to a second build of the sampling kernel only in calls where some row has one or asks for its kept
+ * set: the mask turns the forbidden tokens' logits to -inf as the kernel reads them, and the kept set comes back
+ * there as a bitmask of the vocabulary. Only OUT_WORDS words per row come back; the host computes
  * (l - max) / T - ln Z in float64 from them, as the CPU twin does (sample-record.ts).
  *
  * Agreement with the CPU twin: the same ranking, cuts and ties (integer keys, lowest id first), the same token for
@@ -58,8 +59,9 @@ export class GpuSampler {
   readonly #readback: GPUBuffer;
   #edits: GPUBuffer;
   #upload: GPUBuffer | null = null;
-  // The rows' allowed masks, and the sampling kernel that reads them (compiled on the first call with a mask).
+  // The rows' allowed masks and kept sets, and the sampling kernel that uses them (compiled on first use).
   #rowWords: GPUBuffer | null = null;
+  #keptReadback: GPUBuffer | null = null;
   #sampleWithWords: Promise<GPUComputePipeline> | null = null;
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -135,6 +137,7 @@ export class GpuSampler {
     }
     this.#upload?.destroy();
     this.#rowWords?.destroy();
+    this.#keptReadback?.destroy();
   }
 
   // `bytes`: how much of `logits` holds rows.
@@ -204,13 +207,31 @@ export class GpuSampler {
     const recordBytes = count * OUT_WORDS * 4;
     encoder.copyBufferToBuffer(this.#out, 0, this.#readback, 0, recordBytes);
     if (plan.anyRaw) encoder.copyBufferToBuffer(this.#rawOut, 0, this.#readback, recordBytes, recordBytes);
+    const keptBytes = (plan.words.length - plan.keptFrom) * 4;
+    const keptReadback = keptBytes > 0 ? this.#ensureKeptReadback(keptBytes) : null;
+    if (keptReadback) encoder.copyBufferToBuffer(rowWords!, plan.keptFrom * 4, keptReadback, 0, keptBytes);
     device.queue.submit([encoder.finish()]);
     const error = await device.popErrorScope();
     if (error) throw new Error(`GPU sampling failed: ${error.message}`);
     await this.#readback.mapAsync(MAP_MODE_READ, 0, 2 * recordBytes);
     const words = new Uint32Array(this.#readback.getMappedRange(0, 2 * recordBytes).slice(0));
     this.#readback.unmap();
-    return rows.map((row, r) => readRecord(row, words, r, count));
+    const tokens = rows.map((row, r) => readRecord(row, words, r, count));
+    if (plan.keptAt.some((at) => at >= 0)) {
+      let kept: Uint32Array | null = null;
+      if (keptReadback) {
+        await keptReadback.mapAsync(MAP_MODE_READ, 0, keptBytes);
+        kept = new Uint32Array(keptReadback.getMappedRange(0, keptBytes).slice(0));
+        keptReadback.unmap();
+      }
+      rows.forEach((row, r) => {
+        if (!row.keepSet) return;
+        const at = plan.keptAt[r];
+        const allMasked = (words[r * OUT_WORDS + 2] & 1) !== 0;
+        tokens[r].kept = at < 0 || allMasked ? Int32Array.of(tokens[r].tokenId) : idsOf(kept!, at - plan.keptFrom, this.vocabSize);
+      });
+    }
+    return tokens;
   }
 
   // Both passes' row parameters and the edits, packed as the kernels read them.
@@ -223,10 +244,17 @@ export class GpuSampler {
     const editCount = rows.reduce((sum, row) => sum + (row.edits?.length ?? 0), 0);
     const editBuffer = new ArrayBuffer(editCount * EDIT_WORDS * 4);
     const [editU32, editF32] = [new Uint32Array(editBuffer), new Float32Array(editBuffer)];
-    // Each masked row's mask: ceil(n / 32) words, missing ones 0 (nothing allowed).
+    // Each masked row's mask: ceil(n / 32) words, missing ones 0 (nothing allowed); then the kept sets asked for,
+    // as many words each (greedy rows keep the argmax alone: nothing to write).
     const maskWords = Math.ceil(n / 32);
     const masked = rows.filter((row) => row.allowed).length;
-    const words = new Uint32Array(masked * maskWords);
+    const keptFrom = masked * maskWords;
+    const keptAt = rows.map(() => -1);
+    let keptCount = 0;
+    rows.forEach((row, r) => {
+      if (row.keepSet && row.temperature !== 0) keptAt[r] = keptFrom + maskWords * keptCount++;
+    });
+    const words = new Uint32Array(keptFrom + keptCount * maskWords);
     let m = 0;
     let anyRaw = false;
     let lastRow = 0;
@@ -266,6 +294,7 @@ export class GpuSampler {
         u32[at + 11] = 1 + m * maskWords;
         m++;
       }
+      if (keptAt[r] >= 0) u32[at + 12] = 1 + keptAt[r];
       if (raw) {
         anyRaw = true;
         rawU32[at] = logitsRow;
@@ -278,7 +307,7 @@ export class GpuSampler {
     if (logitsBytes > bufferBytes) {
       throw new RangeError(`logits row ${lastRow} is past the ${bufferBytes / (n * 4)} rows of the logits buffer`);
     }
-    return { params, rawParams, anyRaw, edits: editU32, editCount, words, logitsBytes };
+    return { params, rawParams, anyRaw, edits: editU32, editCount, words, keptFrom, keptAt, logitsBytes };
   }
 
   #wordsPipeline(): Promise<GPUComputePipeline> {
@@ -289,11 +318,21 @@ export class GpuSampler {
     );
   }
 
+  #ensureKeptReadback(bytes: number): GPUBuffer {
+    if (this.#keptReadback === null || this.#keptReadback.size < bytes) {
+      const size = Math.max(bytes, 2 * (this.#keptReadback?.size ?? 0));
+      this.#keptReadback?.destroy();
+      this.#keptReadback = this.#device.createBuffer({ size, usage: MAP_READ | COPY_DST, label: "sampler kept readback" });
+    }
+    return this.#keptReadback;
+  }
+
   #ensureRowWords(count: number): GPUBuffer {
     const bytes = Math.max(16, count * 4);
     if (this.#rowWords === null || this.#rowWords.size < bytes) {
       const size = Math.max(bytes, 2 * (this.#rowWords?.size ?? 0));
       this.#rowWords?.destroy();
+    this.#keptReadback?.destroy();
       this.#rowWords = this.#device.createBuffer({ size, usage: STORAGE | COPY_DST | COPY_SRC, label: "sampler row words" });
     }
     return this.#rowWords;
@@ -313,6 +352,30 @@ export class GpuSampler {
     }
     return this.#upload;
   }
+}
+
+// The ids of a bitmask of n tokens from word `at`, ascending.
+function idsOf(words: Uint32Array, at: number, n: number): Int32Array {
+  const end = at + Math.ceil(n / 32);
+  let count = 0;
+  for (let w = at; w < end; w++) {
+    let bits = words[w];
+    while (bits !== 0) {
+      count++;
+      bits &= bits - 1;
+    }
+  }
+  const ids = new Int32Array(count);
+  let j = 0;
+  for (let w = at; w < end; w++) {
+    let bits = words[w];
+    while (bits !== 0) {
+      const low = bits & -bits;
+      ids[j++] = (w - at) * 32 + 31 - Math.clz32(low);
+      bits ^= low;
+    }
+  }
+  return ids;
 }
 
 function checkRow(row: GpuSampleRow, logitsRow: number, n: number): void {

@@ -98,6 +98,8 @@ export interface RowSampling {
    * absent: every token is allowed.
    */
   allowed?: Uint32Array | null;
+  /** Also answer the kept set (SampledToken.kept). */
+  keepSet?: boolean;
 }
 
 /** One token and its log-probability. */
@@ -109,4 +111,10 @@ export interface TokenLogprob {
 /** The sampled token, its log-probability and the top ones (when asked for). */
 export interface SampledToken extends TokenLogprob {
   topLogprobs?: TokenLogprob[];
+  /**
+   * With RowSampling.keepSet: the ids the token was drawn from, ascending (vLLM's and SGLang's sampling mask): those
+   * the allowed mask, the processors, min-p, top-k and top-p left with a finite logit. Greedy draws from the argmax
+   * alone (SGLang's greedy is top_k 1), and so does a row with every token masked.
+   */
+  kept?: Int32Array;
 }

@@ -57,7 +57,8 @@ struct Row {
   editEnd: u32,
   // 1 + the word offset of the row's allowed mask in row-words.wgsl's buffer; 0: every token allowed.
   mask: u32,
-  pad0: u32,
+  // 1 + the word offset where row-words.wgsl's storeKept writes the row's kept set; 0: not asked for.
+  kept: u32,
   pad1: u32,
   pad2: u32,
   pad3: u32,
@@ -100,6 +101,8 @@ var<private> invT: f32;
 var<private> lnMinP: f32;
 // The row's Row.mask, read by row-words.wgsl's masked().
 var<private> maskAt: u32;
+// The row's Row.kept, read by row-words.wgsl's storeKept().
+var<private> keptAt: u32;
 
 fn sanitize(b: u32) -> u32 {
   if ((b & 0x7fffffffu) > 0x7f800000u) { return NEG_INF_BITS; }
@@ -378,6 +381,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
   n = shape.vocab;
   base = row.logitsRow * shape.vocab;
   maskAt = row.mask;
+  keptAt = row.kept;
   invT = 1.0;
   lnMinP = 0.0;
   let best = rowMax();
@@ -399,6 +403,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
     atomicStore(&topCount, 0u);
   }
   if (!allMasked) { walk(useMinP, cut.x, cut.y, row.uniformBits, sampling); }
+  if (sampling) { storeKept(cut.x, cut.y, useMinP); }
   workgroupBarrier();
   let chosen = workgroupUniformLoad(&wChosen);
   // The model's own logit, whatever the mask says (raw log-probabilities).

@@ -218,6 +218,27 @@ function pickCandidate(s: SamplingScratch, target: number): number {
   return last;
 }
 
+/**
+ * Writes the row's kept set (the tokens with a finite logit that the cuts and min-p keep), ascending, into `out`;
+ * returns how many.
+ */
+export function keptIds(s: SamplingScratch, n: number, out: Int32Array): number {
+  if (s.kept === "candidates") return keptCandidates(s, out);
+  let count = 0;
+  for (let i = 0; i < n; i++) if (s.logits[i] !== -Infinity && isKept(s, i)) out[count++] = i;
+  return count;
+}
+
+// The heap's kept candidates, in id order already, less those at -inf (when fewer than k tokens are finite).
+function keptCandidates(s: SamplingScratch, out: Int32Array): number {
+  let count = 0;
+  for (let j = 0; j < s.candidateCount; j++) {
+    const id = (s.candidates[j] - (s.candidates[j] % HEAP_LIMIT)) / HEAP_LIMIT;
+    if (s.logits[id] !== -Infinity) out[count++] = id;
+  }
+  return count;
+}
+
 /** Log-probability of token i under the row's kept distribution, given ln Z. */
 export function keptLogprob(s: SamplingScratch, i: number, logZ: number): number {
   return isKept(s, i) ? floorLogprob((s.logits[i] - s.max) * s.invT - logZ) : LOGPROB_FLOOR;

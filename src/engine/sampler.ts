@@ -7,6 +7,7 @@ import {
   argmax,
   copyLogits,
   floorLogprob,
+  keptIds,
   keptLogprob,
   logSumExp,
   maskForbidden,
@@ -41,6 +42,7 @@ export class Sampler {
   #scratch: SamplingScratch | null = null;
   readonly #topIds = new Int32Array(MAX_TOP_LOGPROBS);
   readonly #topVals = new Float32Array(MAX_TOP_LOGPROBS);
+  #kept = new Int32Array(0);
 
   /** Picks the next token of a sequence from its row of logits (left untouched), drawing from its stream. */
   sample(logits: Float32Array, state: SamplerState): SampledToken {
@@ -79,7 +81,9 @@ export class Sampler {
       tokenId = pickKept(s, n, row.uniform * z);
       logZ = Math.log(z);
     }
-    if (row.logprobsMode === "raw") return this.#rawLogprobs(logits, tokenId, row.topLogprobs);
+    // Read before the raw log-probabilities reuse the scratch row.
+    const kept = row.keepSet ? this.#keptSet(s, n, tokenId, row.temperature === 0 || logZ === Infinity) : undefined;
+    if (row.logprobsMode === "raw") return withKept(this.#rawLogprobs(logits, tokenId, row.topLogprobs), kept);
     const result: SampledToken = { tokenId, logprob: keptLogprob(s, tokenId, logZ) };
     if (row.topLogprobs !== null) {
       const count = row.topLogprobs > 0 ? selectTop(s.logits, n, row.topLogprobs, this.#topIds, this.#topVals, s.argmax) : 0;
@@ -89,7 +93,14 @@ export class Sampler {
         result.topLogprobs.push({ tokenId: id, logprob: keptLogprob(s, id, logZ) });
       }
     }
-    return result;
+    return withKept(result, kept);
+  }
+
+  // The ids the token was drawn from; greedy (or nothing left to draw from): the token alone.
+  #keptSet(s: SamplingScratch, n: number, tokenId: number, alone: boolean): Int32Array {
+    if (alone) return Int32Array.of(tokenId);
+    if (this.#kept.length < n) this.#kept = new Int32Array(n);
+    return this.#kept.slice(0, keptIds(s, n, this.#kept));
   }
 
   // The model's own log-softmax, before bias, penalties, temperature or truncation.
@@ -114,6 +125,11 @@ export class Sampler {
     if (this.#scratch === null || this.#scratch.capacity < n) this.#scratch = new SamplingScratch(n);
     return this.#scratch;
   }
+}
+
+function withKept(token: SampledToken, kept: Int32Array | undefined): SampledToken {
+  if (kept) token.kept = kept;
+  return token;
 }
 
 // The logits processors' edits, in vLLM's order per token (bias, the min_tokens mask, repetition penalty, then

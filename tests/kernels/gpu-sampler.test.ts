@@ -306,6 +306,46 @@ describe("GPU sampler against its CPU twin", () => {
     assert.equal((await agree([row], [{ params: { temperature: 0 }, seed: 1 }]))[0].tokenId, favourites[0]);
   });
 
+  test("kept sets (sampling masks) agree with the CPU twin's, with and without allowed masks", { ...SLOW, skip: noGpu }, async () => {
+    const words = Math.ceil(VOCAB / 32);
+    const rng = Rng.fromSeed(91);
+    const half = Uint32Array.from({ length: words }, () => Math.floor(rng.nextUniform() * 2 ** 32));
+    const row = modelLikeRow(VOCAB, 92);
+    const flat = uniformRow(VOCAB, 93, 2, 0.25);
+    const cases: [SamplingParamsInput, Uint32Array | null, Float32Array, boolean][] = [
+      [{ temperature: 1, top_k: 50 }, null, row, true],
+      [{ temperature: 0.9, top_p: 0.95, logprobs: 2 }, null, row, true],
+      [{ temperature: 1, min_p: 0.05 }, half, row, true],
+      [{ temperature: 0.7, top_k: 2000, top_p: 0.9, min_p: 0.01 }, half, flat, true],
+      [{ temperature: 1, top_p: 0.3 }, null, flat, true],
+      [{ temperature: 1 }, null, row, true],
+      [{ temperature: 0, logprobs: 1 }, half, row, true],
+      [{ temperature: 1, top_p: 0.9, logprobs_mode: "raw", logprobs: 3 }, half, row, true],
+      [{ temperature: 1, top_k: 10 }, null, row, false],
+      [{ temperature: 1, top_k: 10 }, new Uint32Array(words), row, true],
+    ];
+    const rows = cases.map(([params, allowed, , keepSet], r): GpuSampleRow => ({
+      ...gpuRow(stateOf({ params, seed: 60 + r }), VOCAB),
+      allowed,
+      keepSet,
+    }));
+    const cpu = new Sampler();
+    const expected = rows.map((settings, r) => cpu.sampleRow(cases[r][2], settings));
+    const actual = await (await gpuSampler(VOCAB)).sampleArrays(cases.map((c) => c[2]), rows);
+    rows.forEach((settings, r) => {
+      const what = `row ${r} ${JSON.stringify(cases[r][0])}`;
+      assertSame(actual[r], expected[r], what);
+      assert.equal(actual[r].kept === undefined, !settings.keepSet, `${what}: a kept set exactly when asked`);
+      if (!settings.keepSet) return;
+      assert.ok(actual[r].kept!.includes(actual[r].tokenId), `${what}: the token is in its set`);
+      assert.deepEqual([...actual[r].kept!], [...expected[r].kept!], `${what}: kept set`);
+    });
+    assert.equal(actual[0].kept!.length, 50);
+    assert.equal(actual[5].kept!.length, VOCAB, "no cut: every token");
+    assert.deepEqual([...actual[6].kept!], [actual[6].tokenId], "greedy: the argmax alone");
+    assert.deepEqual([...actual[9].kept!], [0], "nothing allowed: the lowest id");
+  });
+
   test("many draws with mixed parameters agree token for token", { ...SLOW, skip: noGpu }, async () => {
     const pick = <T>(rng: Rng, xs: T[]) => xs[Math.floor(rng.nextUniform() * xs.length)];
     for (let call = 0; call < 4; call++) {
