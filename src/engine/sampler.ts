@@ -171,6 +171,7 @@ export function rowSampling(state: SamplerState, vocabSize: number): RowSampling
     topLogprobs: params.logprobs,
     logprobsMode: params.logprobs_mode,
     edits,
+    keepSet: params.return_sampling_mask,
   };
 }
 

@@ -60,6 +60,8 @@ export const SamplingParams = z
     /** How many top log-probabilities to return per token; null: none (the sampled token's own is always there). */
     logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish().transform((n) => n ?? null),
     logprobs_mode: LogprobsMode,
+    /** Report each token's sampling mask, the ids it was drawn from (vLLM's sampling_mask). */
+    return_sampling_mask: nullable(z.boolean(), false),
     /** Log-probabilities of the prompt's tokens with this many top alternatives each; null: none. */
     prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish().transform((n) => n ?? null),
   })

@@ -26,6 +26,8 @@ export interface TokenEvent {
   logprob: number;
   /** The most likely tokens of that distribution, when asked for. */
   topLogprobs?: { tokenId: number; logprob: number }[];
+  /** With return_sampling_mask: the ids the token was drawn from, ascending (its sampling mask). */
+  samplingMask?: Int32Array;
   /** Set on the last event of a sequence. */
   finishReason?: FinishReason;
   /** Version of the weights that produced this token. */

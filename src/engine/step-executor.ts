@@ -246,6 +246,7 @@ export class StepExecutor {
       topLogprobs: pick.topLogprobs,
       policyVersion: this.#policyVersion,
     };
+    if (pick.kept) event.samplingMask = pick.kept;
     if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
     const reason = seq.stopReason(pick.tokenId);
     if (reason) event.finishReason = reason;

@@ -98,6 +98,16 @@ describe("sampling mask on the CPU sampler", () => {
     assert.equal(sampler.sampleRow(logits, { ...settings({ temperature: 1 }, 0.5), keepSet: false }).kept, undefined);
   });
 
+  test("a request's return_sampling_mask asks its rows for the set", () => {
+    const logits = logitsRow(500, 60);
+    const asked = new SequenceSampler(SamplingParams.parse({ top_k: 5, return_sampling_mask: true, seed: 1 }), []);
+    const row = asked.next([], 500);
+    assert.equal(row.keepSet, true);
+    assert.equal(new Sampler().sampleRow(logits, row).kept!.length, 5);
+    const plain = new SequenceSampler(SamplingParams.parse({ top_k: 5, seed: 1 }), []).sample(logits, []);
+    assert.equal(plain.kept, undefined, "not asked: no set");
+  });
+
   test("tokens the allowed mask or min_tokens set to -inf are not in the set", () => {
     const n = 640;
     const logits = logitsRow(n, 50);
