@@ -77,6 +77,8 @@ export const ServerConfig = z.object({
   logprobsMode: z.enum(["processed", "raw"]).default("processed")
     .describe("default distribution of reported logprobs: the one sampled from, or the model's raw one"),
   returnTokensAsTokenIds: z.boolean().default(false).describe("logprob tokens as 'token_id:<id>' for every request"),
+  enableReturnSamplingMask: z.boolean().default(false)
+    .describe("every /inference/v1/generate choice carries sampling_mask, the ids each token was drawn from"),
   requireTemperature: z.coerce.number().min(0).optional().describe("reject requests whose temperature differs"),
   requireTopP: probability.optional().describe("reject requests whose top_p differs"),
   requireTopK: z.coerce.number().int().optional().describe("reject requests whose top_k differs"),

@@ -240,6 +240,7 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     reasoningParser: config.reasoningParser ?? null,
     logprobsMode: config.logprobsMode,
     returnTokensAsTokenIds: config.returnTokensAsTokenIds,
+    returnSamplingMask: config.enableReturnSamplingMask,
     requireTemperature: config.requireTemperature ?? null,
     requireTopP: config.requireTopP ?? null,
     requireTopK: config.requireTopK ?? null,

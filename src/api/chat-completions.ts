@@ -22,6 +22,7 @@ import {
   nowSeconds,
   promptLogprobsOf,
   randomId,
+  samplingMasksOf,
   TokenNames,
   usageOf,
 } from "./protocol.ts";
@@ -95,6 +96,7 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
       names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
       topLogprobs: request.logprobs ? request.top_logprobs ?? 0 : null,
       returnTokenIds: request.return_token_ids ?? false,
+      samplingMask: params.return_sampling_mask,
       output: () => new AssistantOutput(parsers.reasoning, tools),
     };
     if (!request.stream) return c.json(await completeChat(generation, shape, engine.policyVersion));
@@ -118,6 +120,8 @@ interface ChatShape {
   /** Top log-probabilities per token; null: no logprobs at all. */
   topLogprobs: number | null;
   returnTokenIds: boolean;
+  /** Each choice carries sampling_mask (return_sampling_mask). */
+  samplingMask: boolean;
   output: () => AssistantOutput;
 }
 
@@ -156,6 +160,7 @@ async function completeChat(generation: Generation, shape: ChatShape, currentVer
       finish_reason: finishReasonOf(result.finishReason, text.calls.length > 0),
       stop_reason: result.stopReason,
       token_ids: shape.returnTokenIds ? result.tokens.map((t) => t.tokenId) : null,
+      ...(shape.samplingMask ? { sampling_mask: samplingMasksOf(result.tokens) } : {}),
     };
   });
   const tokens = results.flatMap((r) => r.tokens);
@@ -236,7 +241,7 @@ async function* streamChat(
         delta.generation_token_ids = [token.tokenId];
         delta.generation_log_probs = [floorLogprob(token.logprob)];
       }
-      if (isEmptyDelta(delta) && !withLogprobs && !shape.returnTokenIds) continue;
+      if (isEmptyDelta(delta) && !withLogprobs && !shape.returnTokenIds && !shape.samplingMask) continue;
       yield chunk([{
         index: event.index,
         delta,
@@ -244,6 +249,7 @@ async function* streamChat(
         finish_reason: null,
         stop_reason: null,
         ...(shape.returnTokenIds ? { token_ids: [token.tokenId] } : {}),
+        ...(shape.samplingMask ? { sampling_mask: samplingMasksOf([token]) } : {}),
       }]);
     } else {
       chatDelta(output.flush(), calls[event.index], delta);

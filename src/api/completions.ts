@@ -21,6 +21,7 @@ import {
   nowSeconds,
   promptLogprobsOf,
   randomId,
+  samplingMasksOf,
   TokenNames,
   usageOf,
 } from "./protocol.ts";
@@ -124,6 +125,7 @@ export function completionRoutes(deps: AppDeps): Hono {
       topLogprobs: request.logprobs ?? null,
       promptLogprobs: request.prompt_logprobs != null,
       returnTokenIds: request.return_token_ids ?? false,
+      samplingMask: request.return_sampling_mask ?? false,
       version: engine.policyVersion,
     };
     if (!request.stream) return c.json(await complete(generations, shape));
@@ -151,6 +153,8 @@ interface CompletionShape {
   /** The request asked for prompt_logprobs (echo with logprobs puts them in `logprobs` instead). */
   promptLogprobs: boolean;
   returnTokenIds: boolean;
+  /** Each choice carries sampling_mask (return_sampling_mask). */
+  samplingMask: boolean;
   version: number;
 }
 
@@ -187,6 +191,7 @@ async function complete(generations: Generation[], shape: CompletionShape): Prom
       stop_reason: shape.scoreOnly ? null : result.stopReason,
       prompt_logprobs: shape.promptLogprobs ? promptLogprobsOf(shape.names.texts, entries) : null,
       ...(shape.returnTokenIds ? { prompt_token_ids: prompt.ids, token_ids: generated.map((t) => t.tokenId) } : {}),
+      ...(shape.samplingMask ? { sampling_mask: samplingMasksOf(generated) } : {}),
     };
   });
   const tokens = results.flatMap((r) => r.tokens);
@@ -254,6 +259,7 @@ async function* stream(generations: Generation[], shape: CompletionShape, includ
       version = Math.max(version, event.token.policyVersion);
       if (shape.topLogprobs !== null) choice.logprobs = legacyLogprobs(shape.names, [event.token], shape.topLogprobs, offset);
       if (shape.returnTokenIds) choice.token_ids = [event.token.tokenId];
+      if (shape.samplingMask) choice.sampling_mask = samplingMasksOf([event.token]);
     } else {
       choice.finish_reason = event.finishReason;
       choice.stop_reason = event.stopReason;

@@ -43,6 +43,8 @@ export interface AppDeps {
   logprobsMode?: "processed" | "raw" | null;
   /** Report logprob tokens as "token_id:<id>" for every request. */
   returnTokensAsTokenIds?: boolean;
+  /** Every /inference/v1/generate choice carries sampling_mask (--enable-return-sampling-mask). */
+  returnSamplingMask?: boolean;
   /** Pinned sampling: requests asking for another value are rejected, requests that omit it get this one. */
   requireTemperature?: number | null;
   requireTopP?: number | null;

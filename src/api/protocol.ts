@@ -71,6 +71,9 @@ export type Usage = z.infer<typeof Usage>;
 /** The RL fields every response and chunk carries. */
 const PolicyVersion = { policy_version: z.int() };
 
+/** vLLM's sampling_mask: per generated token, the ids it was drawn from (return_sampling_mask). */
+export const SamplingMasks = z.array(z.array(z.int()));
+
 export const ChatChoice = z.object({
   index: z.int(),
   message: AssistantMessage,
@@ -78,6 +81,7 @@ export const ChatChoice = z.object({
   finish_reason: FinishReason,
   stop_reason: StopReason,
   token_ids: nullableInts,
+  sampling_mask: SamplingMasks.optional(),
 });
 export type ChatChoice = z.infer<typeof ChatChoice>;
 
@@ -131,6 +135,7 @@ export const ChatChunkChoice = z.object({
   finish_reason: FinishReason.nullable(),
   stop_reason: StopReason,
   token_ids: nullableInts.optional(),
+  sampling_mask: SamplingMasks.optional(),
 });
 export type ChatChunkChoice = z.infer<typeof ChatChunkChoice>;
 
@@ -164,6 +169,7 @@ export const CompletionChoice = z.object({
   prompt_logprobs: PromptLogprobs.optional(),
   prompt_token_ids: nullableInts.optional(),
   token_ids: nullableInts.optional(),
+  sampling_mask: SamplingMasks.optional(),
 });
 export type CompletionChoice = z.infer<typeof CompletionChoice>;
 
@@ -284,4 +290,9 @@ export function legacyLogprobs(
     offset += names.texts.text(token.tokenId).length;
   }
   return out;
+}
+
+/** Each token's sampling mask as vLLM writes it: the ids the token was drawn from, ascending. */
+export function samplingMasksOf(tokens: readonly TokenEvent[]): number[][] {
+  return tokens.map((t) => (t.samplingMask ? Array.from(t.samplingMask) : []));
 }

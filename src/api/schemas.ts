@@ -118,6 +118,8 @@ const GenerationFields = {
   prompt_logprobs: nullableInt,
   return_tokens_as_token_ids: nullableBool,
   return_token_ids: nullableBool,
+  // Each choice's sampling_mask (vLLM's field; the request switch is SGLang's name, vLLM's is server-wide).
+  return_sampling_mask: nullableBool,
 };
 
 /** POST /v1/chat/completions. */

@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import { TokenIds } from "../chat/messages.ts";
-import { ChatLogprobs, PromptLogprobs, Usage } from "./protocol.ts";
+import { ChatLogprobs, PromptLogprobs, SamplingMasks, Usage } from "./protocol.ts";
 import { ChatCompletionRequest } from "./schemas.ts";
 
 const nullableNumber = z.number().nullish();
@@ -35,6 +35,9 @@ export const VllmSamplingParams = z.object({
   skip_special_tokens: nullableBool,
   // gym-edge's own: which distribution log-probabilities come from (vLLM sets it server-wide).
   logprobs_mode: z.enum(["processed", "raw", "processed_logprobs", "raw_logprobs"]).nullish(),
+  // gym-edge's own: this request's choices carry sampling_mask (also the request's top-level return_sampling_mask,
+  // SGLang's name, and every request under --enable-return-sampling-mask, vLLM's switch).
+  return_sampling_mask: nullableBool,
   // Read only to refuse them when they ask for something (see REFUSED_SAMPLING in tokens.ts).
   best_of: z.unknown().optional(),
   allowed_token_ids: z.unknown().optional(),
@@ -65,6 +68,7 @@ export const GenerateRequest = z.object({
   stream_options: StreamOptions.nullish(),
   cache_salt: z.string().nullish(),
   priority: z.int().nullish(),
+  return_sampling_mask: nullableBool,
   features: z.unknown().optional(),
   kv_transfer_params: z.record(z.string(), z.unknown()).nullish(),
   ec_transfer_params: z.record(z.string(), z.unknown()).nullish(),
@@ -81,6 +85,8 @@ export const GenerateResponseChoice = z.object({
   finish_reason: z.string().nullable(),
   token_ids: TokenIds.nullable(),
   routed_experts: z.string().nullable(),
+  /** Per generated token, the ids it was drawn from; null unless asked for (return_sampling_mask). */
+  sampling_mask: SamplingMasks.nullable(),
 });
 export type GenerateResponseChoice = z.infer<typeof GenerateResponseChoice>;
 

@@ -32,6 +32,7 @@ import {
   nowSeconds,
   promptLogprobsOf,
   randomId,
+  samplingMasksOf,
   usageOf,
 } from "./protocol.ts";
 import { ChatCompletionRequest } from "./schemas.ts";
@@ -129,13 +130,20 @@ function tokenLogprobs(token: TokenEvent, top: number): ChatLogprobContent {
   return { ...named(token.tokenId, token.logprob), top_logprobs: alternatives };
 }
 
-function generateChoice(index: number, tokens: TokenEvent[], top: number | null, finish: string | null): GenerateResponseChoice {
+function generateChoice(
+  index: number,
+  tokens: TokenEvent[],
+  top: number | null,
+  finish: string | null,
+  masks: boolean,
+): GenerateResponseChoice {
   return {
     index,
     logprobs: top === null ? null : { content: tokens.map((t) => tokenLogprobs(t, top)) },
     finish_reason: finish,
     token_ids: tokens.map((t) => t.tokenId),
     routed_experts: null,
+    sampling_mask: masks ? samplingMasksOf(tokens) : null,
   };
 }
 
@@ -208,7 +216,10 @@ export function tokenRoutes(deps: AppDeps): Hono {
     const ids = request.token_ids;
     const sp = request.sampling_params;
     const top = sp.logprobs ?? null;
-    const params = withinSamplingParams(() => samplingParams(deps, sp, {
+    // vLLM's server-wide switch, or this request's (SGLang's top-level name, or inside sampling_params).
+    const masks = (deps.returnSamplingMask || request.return_sampling_mask || sp.return_sampling_mask) ?? false;
+    const fields = { ...sp, return_sampling_mask: masks };
+    const params = withinSamplingParams(() => samplingParams(deps, fields, {
       promptLength: ids.length,
       maxTokens: sp.max_tokens,
       // As vLLM's generate route: without max_tokens, all the room left in the context.
@@ -232,7 +243,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
         request_id: requestId,
         model: deps.servedModelName,
         created: nowSeconds(),
-        choices: results.map((r) => generateChoice(r.index, r.tokens, top, r.finishReason)),
+        choices: results.map((r) => generateChoice(r.index, r.tokens, top, r.finishReason, params.return_sampling_mask)),
         usage: usageOf(ids.length, tokens.length),
         prompt_logprobs: sp.prompt_logprobs == null ? null : promptLogprobsOf(texts, results[0]?.tokens[0]?.promptLogprobs),
         kv_transfer_params: null,
@@ -241,7 +252,8 @@ export function tokenRoutes(deps: AppDeps): Hono {
       return c.json(response);
     }
     const usage = { once: request.stream_options?.include_usage ?? false, continuous: request.stream_options?.continuous_usage_stats ?? false };
-    return sseResponse(streamTokens(generation, requestId, ids.length, top, usage, engine.policyVersion), {
+    const stream = streamTokens(generation, requestId, ids.length, top, usage, engine.policyVersion, params.return_sampling_mask);
+    return sseResponse(stream, {
       onCancel: () => generation.abort(),
       signal: c.req.raw.signal,
     });
@@ -287,6 +299,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
       include_stop_str_in_output: text.includeStopString,
       skip_special_tokens: text.skipSpecialTokens,
       ...(request.logprobs_mode ? { logprobs_mode: request.logprobs_mode } : {}),
+      ...(request.return_sampling_mask ? { return_sampling_mask: true } : {}),
     };
     return c.json({
       request_id: randomId("chatcmpl-"),
@@ -383,6 +396,7 @@ async function* streamTokens(
   top: number | null,
   usage: { once: boolean; continuous: boolean },
   currentVersion: number,
+  masks: boolean,
 ): AsyncGenerator<string> {
   let version = currentVersion;
   const generated = new Map<number, number>();
@@ -391,7 +405,7 @@ async function* streamTokens(
   const chunk = (index: number, tokens: TokenEvent[], finish: string | null): string => {
     const out: GenerateStreamResponse = {
       request_id: requestId,
-      choices: [generateChoice(index, tokens, top, finish)],
+      choices: [generateChoice(index, tokens, top, finish, masks)],
       usage: usage.continuous ? usageOf(promptTokens, generated.get(index) ?? 0) : null,
       policy_version: version,
     };
