@@ -164,7 +164,10 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   if (deps.metrics) {
     app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null), deps.cacheConfig ?? null));
   }
-  app.route("/", versionRoutes(() => deps.control?.policyVersion ?? deps.engine?.policyVersion ?? 0));
+  app.route("/", versionRoutes(
+    () => deps.control?.policyVersion ?? deps.engine?.policyVersion ?? 0,
+    () => deps.control?.weightVersion ?? deps.engine?.weightVersionOf?.(deps.engine.policyVersion) ?? null,
+  ));
   if (deps.control) {
     app.route("/", controlRoutes(deps.control, adminKey ? requireApiKey(adminKey) : null, deps.metrics ?? null));
   }

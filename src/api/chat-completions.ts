@@ -8,7 +8,7 @@ import type { TokenEvent } from "../engine/sequence.ts";
 import { readJson } from "./body.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
-import { engineOf, Generation, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
+import { engineOf, Generation, policyVersionOf, samplingParams, textOptions, versionFields } from "./generate.ts";
 import { nameRequest } from "./request-names.ts";
 import { assertServedModel } from "./models.ts";
 import {
@@ -176,7 +176,7 @@ async function completeChat(generation: Generation, shape: ChatShape, currentVer
     prompt_logprobs: promptLogprobsOf(shape.names.texts, results[0]?.tokens[0]?.promptLogprobs),
     prompt_token_ids: shape.returnTokenIds ? [...shape.promptIds] : null,
     kv_transfer_params: null,
-    policy_version: policyVersionOf(currentVersion, tokens),
+    ...versionFields(generation.engine, policyVersionOf(currentVersion, tokens)),
   };
 }
 
@@ -218,7 +218,7 @@ async function* streamChat(
       // With include_usage every chunk but the last carries usage as null, as OpenAI streams it.
       ...(options.continuous ? { usage: usage() } : options.usage ? { usage: null } : {}),
       ...extra,
-      policy_version: version,
+      ...versionFields(generation.engine, version),
     };
     return sseData(out);
   };

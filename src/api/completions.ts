@@ -9,7 +9,16 @@ import { readJson } from "./body.ts";
 import { MAX_TOP_LOGPROBS } from "../engine/sampling-params.ts";
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
-import { engineOf, Generation, type GenerationSetup, mergeAsync, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
+import {
+  engineOf,
+  Generation,
+  type GenerationSetup,
+  mergeAsync,
+  policyVersionOf,
+  samplingParams,
+  textOptions,
+  versionFields,
+} from "./generate.ts";
 import { nameRequests } from "./request-names.ts";
 import { assertServedModel } from "./models.ts";
 import {
@@ -207,7 +216,7 @@ async function complete(generations: Generation[], shape: CompletionShape): Prom
     usage: usageOf(promptTokens(shape), generatedCount),
     ...(shape.returnTokenIds && shape.prompts.length === 1 ? { prompt_token_ids: shape.prompts[0].ids } : {}),
     kv_transfer_params: null,
-    policy_version: policyVersionOf(shape.version, tokens),
+    ...versionFields(generations[0].engine, policyVersionOf(shape.version, tokens)),
   };
 }
 
@@ -226,7 +235,7 @@ async function* stream(generations: Generation[], shape: CompletionShape, includ
       system_fingerprint: null,
       usage: null,
       ...extra,
-      policy_version: version,
+      ...versionFields(generations[0].engine, version),
     } satisfies Completion);
   for await (const event of mergeAsync(generations.map((g) => g.events()))) {
     const prompt = shape.prompts[Math.floor(event.index / shape.n)];

@@ -1,33 +1,31 @@
 /**
- * The control plane over HTTP, for the trainer: POST /update_weights (refit), /sleep, /wake_up,
- * /reset_prefix_cache, GET /is_sleeping; and GET /version, always on, with the policy version.
- * Names and shapes follow vLLM's (sleep level as a query parameter or a field); /update_weights_from_disk
- * with `model_path` is SGLang's spelling of the same refit.
+ * The control plane over HTTP, for the trainer: the weight API (refit, weight versions, checksums: weights.ts),
+ * /sleep, /wake_up, /reset_prefix_cache, GET /is_sleeping; and GET /version, always on, with the policy version.
+ * Names and shapes follow vLLM's (sleep level as a query parameter or a field).
  *
  * Pausing generation: vLLM's POST /pause (?mode=abort|wait|keep), /resume, GET /is_paused, and SGLang's
  * /pause_generation ({"mode": "abort"|"retract"|"in_place"}), /continue_generation. Aborting requests by id:
  * POST /abort_requests {"request_ids": [...]} (empty: all) and SGLang's /abort_request {"rid", "abort_all"}.
  */
-import { type Context, Hono, type MiddlewareHandler } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { ControlStatus, EngineControl } from "../engine/control.ts";
-import { type PauseMode, REFIT_MODES } from "../engine/control.ts";
+import type { PauseMode } from "../engine/control.ts";
 import type { ServingMetrics } from "../metrics/serving.ts";
 import { VERSION } from "../version.ts";
 import { MalformedJsonError } from "./errors.ts";
 import { httpErrorOf } from "./operations.ts";
 import { abortNamed } from "./request-names.ts";
+import { WEIGHT_PATHS, type WeightPlane, weightRoutes } from "./weights.ts";
 
 /** What the control routes drive (an EngineControl). */
-export type ControlPlane = Pick<
-  EngineControl,
-  "policyVersion" | "status" | "updateWeights" | "sleep" | "wakeUp" | "resetPrefixCache" | "pause" | "resume" | "abortAll"
->;
+export type ControlPlane =
+  & Pick<EngineControl, "policyVersion" | "status" | "sleep" | "wakeUp" | "resetPrefixCache" | "pause" | "resume" | "abortAll">
+  & WeightPlane;
 
 /** Paths of the routes that change the server's state (guarded by --admin-api-key, off with --disable-control-plane). */
 export const CONTROL_PATHS = [
-  "/update_weights",
-  "/update_weights_from_disk",
+  ...WEIGHT_PATHS,
   "/sleep",
   "/wake_up",
   "/is_sleeping",
@@ -40,16 +38,6 @@ export const CONTROL_PATHS = [
   "/continue_generation",
   "/abort_request",
 ] as const;
-
-const UpdateWeightsRequest = z.object({
-  path: z.string().min(1).optional(),
-  model_path: z.string().min(1).optional(),
-  mode: z.enum(REFIT_MODES).default("finish"),
-  policy_version: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
-}).refine((r) => r.path !== undefined || r.model_path !== undefined, {
-  message: "`path` is required: a model directory or an .onnx file with the new weights",
-  path: ["path"],
-});
 
 // The level comes as a JSON number or as vLLM's query string ("?level=2"); nothing else is coerced.
 const SleepLevel = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.union([z.literal(1), z.literal(2)]));
@@ -98,8 +86,13 @@ async function optionalJson(req: Request): Promise<Record<string, unknown>> {
   return value as Record<string, unknown>;
 }
 
-function statusBody(s: ControlStatus) {
-  return { policy_version: s.policyVersion, is_sleeping: s.sleepLevel > 0, sleep_level: s.sleepLevel };
+function statusBody(s: ControlStatus, weightVersion: string | null) {
+  return {
+    policy_version: s.policyVersion,
+    weight_version: weightVersion,
+    is_sleeping: s.sleepLevel > 0,
+    sleep_level: s.sleepLevel,
+  };
 }
 
 /** Runs a control operation with its errors as HTTP errors. */
@@ -111,10 +104,10 @@ async function run<T>(operation: () => Promise<T> | T): Promise<T> {
   }
 }
 
-/** GET /version: the server's version and the policy version serving now. */
-export function versionRoutes(policyVersion: () => number): Hono {
+/** GET /version: the server's version and the policy version serving now (and the trainer's name of its weights). */
+export function versionRoutes(policyVersion: () => number, weightVersion: () => string | null = () => null): Hono {
   const routes = new Hono();
-  routes.get("/version", (c) => c.json({ version: VERSION, policy_version: policyVersion() }));
+  routes.get("/version", (c) => c.json({ version: VERSION, policy_version: policyVersion(), weight_version: weightVersion() }));
   return routes;
 }
 
@@ -123,39 +116,17 @@ export function controlRoutes(control: ControlPlane, guard: MiddlewareHandler | 
   const routes = new Hono();
   if (guard) for (const path of CONTROL_PATHS) routes.use(path, guard);
 
-  const updateWeights = async (c: Context) => {
-    const request = UpdateWeightsRequest.parse(await optionalJson(c.req.raw));
-    const path = (request.path ?? request.model_path)!;
-    const started = performance.now();
-    const result = await run(() => control.updateWeights(path, request.mode, request.policy_version)).catch((err) => {
-      metrics?.weightUpdate(request.mode, false, (performance.now() - started) / 1000);
-      throw err;
-    });
-    metrics?.weightUpdate(request.mode, true, (performance.now() - started) / 1000);
-    return c.json({
-      status: "ok",
-      policy_version: result.policyVersion,
-      previous_policy_version: result.previousPolicyVersion,
-      mode: result.mode,
-      path: result.source,
-      aborted: result.aborted,
-      preempted: result.preempted,
-      load_ms: Math.round(result.loadMs),
-      swap_ms: Math.round(result.swapMs),
-    });
-  };
-  routes.post("/update_weights", updateWeights);
-  routes.post("/update_weights_from_disk", updateWeights);
+  routes.route("/", weightRoutes(control, metrics));
 
   routes.post("/sleep", async (c) => {
     const request = SleepRequest.parse({ ...c.req.query(), ...await optionalJson(c.req.raw) });
-    return c.json(statusBody(await run(() => control.sleep(request.level, request.mode))));
+    return c.json(statusBody(await run(() => control.sleep(request.level, request.mode)), control.weightVersion));
   });
   routes.post("/wake_up", async (c) => {
     await optionalJson(c.req.raw);
-    return c.json(statusBody(await run(() => control.wakeUp())));
+    return c.json(statusBody(await run(() => control.wakeUp()), control.weightVersion));
   });
-  routes.get("/is_sleeping", (c) => c.json(statusBody(control.status())));
+  routes.get("/is_sleeping", (c) => c.json(statusBody(control.status(), control.weightVersion)));
   routes.post("/pause", async (c) => {
     const request = PauseRequest.parse({ ...c.req.query(), ...await optionalJson(c.req.raw) });
     const mode = request.mode ?? (request.wait_for_inflight_requests ? "wait" : "abort");

@@ -11,6 +11,8 @@ export interface GenerationEngine {
   /** Ends a request; `reason` (default "abort") is what it finished for. */
   abort(id: number, reason?: FinishReason): void;
   readonly policyVersion: number;
+  /** The trainer's name of the weights of a policy version (weight_version), or null when it gave none. */
+  weightVersionOf?(policyVersion: number): string | null;
 }
 
 /** The served model, its tokenizer, readiness and the server's request limits. */

@@ -180,6 +180,11 @@ export class Generation {
     return this.requests.every((request) => request.finishReason !== null);
   }
 
+  /** The engine it runs in. */
+  get engine(): GenerationEngine {
+    return this.#setup.engine;
+  }
+
   /** The prompt the engine runs on. */
   get promptIds(): readonly number[] {
     return this.requests[0].promptIds;
@@ -276,6 +281,14 @@ export async function* mergeAsync<T>(sources: AsyncIterable<T>[]): AsyncGenerato
   } finally {
     for (const i of pending.keys()) void iterators[i].return?.(undefined)?.catch(() => {});
   }
+}
+
+/**
+ * The RL version fields of a response whose newest tokens came from policy version `policyVersion`: that version and
+ * the trainer's name of its weights (weight_version, null when it gave none).
+ */
+export function versionFields(engine: GenerationEngine, policyVersion: number): { policy_version: number; weight_version: string | null } {
+  return { policy_version: policyVersion, weight_version: engine.weightVersionOf?.(policyVersion) ?? null };
 }
 
 /** The policy version of a response: the newest weights that produced any of its tokens (else the current). */

@@ -40,6 +40,7 @@ export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics 
       return engine.policyVersion;
     },
     abort: (id, reason) => engine.abort(id, reason),
+    weightVersionOf: (policyVersion) => engine.weightVersionOf?.(policyVersion) ?? null,
     submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
       let request: SubmittedRequest;
       try {

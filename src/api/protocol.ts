@@ -69,7 +69,7 @@ export const Usage = z.object({
 export type Usage = z.infer<typeof Usage>;
 
 /** The RL fields every response and chunk carries. */
-const PolicyVersion = { policy_version: z.int() };
+const PolicyVersion = { policy_version: z.int(), weight_version: z.string().nullable() };
 
 /** vLLM's sampling_mask: per generated token, the ids it was drawn from (return_sampling_mask). */
 export const SamplingMasks = z.array(z.array(z.int()));

@@ -21,6 +21,8 @@ export interface ResponseSetup {
   names: TokenNames;
   topLogprobs: number | null;
   version: number;
+  /** The trainer's name of a policy version's weights (weight_version); none: null. */
+  weightVersionOf?: (policyVersion: number) => string | null;
   /** The sampling the engine runs (a pinned server's values, a request's defaults filled in). */
   sampling: { temperature: number; topP: number };
   /** Prompt tokens the prefix cache held (known once the request is scheduled). */
@@ -169,7 +171,7 @@ export class ResponseItems {
   }
 
   #event(type: string, fields: Record<string, unknown>): string {
-    return sseEvent(type, { type, sequence_number: this.#sequence++, ...fields, policy_version: this.version });
+    return sseEvent(type, { type, sequence_number: this.#sequence++, ...fields, ...this.#versions() });
   }
 
   #logprobs(result: SampleResult): unknown[] {
@@ -225,7 +227,12 @@ export class ResponseItems {
         }
         : null,
       user: null,
-      policy_version: this.version,
+      ...this.#versions(),
     };
+  }
+
+  /** policy_version, and weight_version beside it. */
+  #versions(): { policy_version: number; weight_version: string | null } {
+    return { policy_version: this.version, weight_version: this.#setup.weightVersionOf?.(this.version) ?? null };
   }
 }

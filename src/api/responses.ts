@@ -131,6 +131,7 @@ export function responseRoutes(deps: AppDeps): Hono {
       names: new TokenNames(texts, request.return_tokens_as_token_ids ?? deps.returnTokensAsTokenIds ?? false),
       topLogprobs: withLogprobs ? request.top_logprobs ?? 0 : null,
       version: engine.policyVersion,
+      weightVersionOf: (version) => engine.weightVersionOf?.(version) ?? null,
       sampling: { temperature: params.temperature, topP: params.top_p },
       cachedTokens: () => generation.requests[0].cachedPromptTokens,
     });

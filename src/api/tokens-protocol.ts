@@ -100,6 +100,7 @@ export const GenerateResponse = z.object({
   prompt_logprobs: PromptLogprobs,
   kv_transfer_params: z.record(z.string(), z.unknown()).nullable(),
   policy_version: z.int(),
+  weight_version: z.string().nullable(),
 });
 export type GenerateResponse = z.infer<typeof GenerateResponse>;
 
@@ -109,6 +110,7 @@ export const GenerateStreamResponse = z.object({
   choices: z.array(GenerateResponseChoice),
   usage: Usage.nullable(),
   policy_version: z.int(),
+  weight_version: z.string().nullable(),
 });
 export type GenerateStreamResponse = z.infer<typeof GenerateStreamResponse>;
 

@@ -20,7 +20,7 @@ import { checkRequest as checkChatRequest, outputParsers } from "./chat-completi
 import type { AppDeps } from "./deps.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { describeIssues } from "./issues.ts";
-import { engineOf, Generation, policyVersionOf, samplingParams, textOptions } from "./generate.ts";
+import { engineOf, Generation, policyVersionOf, samplingParams, textOptions, versionFields } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
 import { nameRequest } from "./request-names.ts";
 import {
@@ -247,7 +247,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
         usage: usageOf(ids.length, tokens.length),
         prompt_logprobs: sp.prompt_logprobs == null ? null : promptLogprobsOf(texts, results[0]?.tokens[0]?.promptLogprobs),
         kv_transfer_params: null,
-        policy_version: policyVersionOf(engine.policyVersion, tokens),
+        ...versionFields(engine, policyVersionOf(engine.policyVersion, tokens)),
       };
       return c.json(response);
     }
@@ -370,7 +370,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
         token_ids: chat?.return_token_ids ? [...ids] : null,
       };
     });
-    const response: Omit<ChatCompletion, "policy_version"> = {
+    const response: Omit<ChatCompletion, "policy_version" | "weight_version"> = {
       id: gen.request_id ?? randomId("chatcmpl-"),
       object: "chat.completion",
       created: gen.created ?? nowSeconds(),
@@ -407,7 +407,7 @@ async function* streamTokens(
       request_id: requestId,
       choices: [generateChoice(index, tokens, top, finish, masks)],
       usage: usage.continuous ? usageOf(promptTokens, generated.get(index) ?? 0) : null,
-      policy_version: version,
+      ...versionFields(generation.engine, version),
     };
     return sseData(out);
   };
@@ -425,7 +425,7 @@ async function* streamTokens(
   }
   if (usage.once) {
     const total = [...generated.values()].reduce((a, b) => a + b, 0);
-    yield sseData({ request_id: requestId, choices: [], usage: usageOf(promptTokens, total), policy_version: version });
+    yield sseData({ request_id: requestId, choices: [], usage: usageOf(promptTokens, total), ...versionFields(generation.engine, version) });
   }
   yield SSE_DONE;
 }

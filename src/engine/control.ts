@@ -22,6 +22,11 @@
  *   retract  as keep, but their KV is dropped: resume() recomputes it from their tokens.
  * A weight update while paused swaps at once: kept requests are retracted for it (KV from the old weights is never
  * reused) and continue on the new weights after resume(), their later tokens carrying the new policy version.
+ *
+ * Weight versions: a trainer may name each set of weights with a string of its own (vLLM's and SGLang's
+ * weight_version), given with the update or afterwards. The name belongs to a policy version, so a response tells
+ * the name of the weights that produced it (weightVersionOf). Digests of the served weights (weightChecksums) come
+ * from the files they were loaded from, recorded at each load.
  */
 import type { FinishReason } from "./sequence.ts";
 import { type Engine, EngineRequestError } from "./engine.ts";
@@ -71,6 +76,13 @@ export interface EngineControlOptions {
   maxQueue?: number | null;
   /** Seconds a refused client is told to wait (Retry-After). */
   retryAfterSeconds?: number;
+  /** The digests of the weights loaded from a source, recording its files' state when called (none: not offered). */
+  weightDigests?: (source: string) => WeightsDigest;
+}
+
+/** The digests of one load's weights: `{key: SHA-256 hex}` per tensor, computed when asked. */
+export interface WeightsDigest {
+  digests(): Promise<Record<string, string>>;
 }
 
 /** What a weight update did. */
@@ -111,6 +123,12 @@ export class EngineControl {
   #stopping = false;
   #busy = 0;
   #paused: PauseMode | null = null;
+  /** The trainer's name of each policy version's weights, where it gave one. */
+  readonly #weightVersions = new Map<number, string>();
+  readonly #digestOf: ((source: string) => WeightsDigest) | null;
+  #digest: WeightsDigest | null;
+  /** A phased update (vLLM's start_weight_update .. finish_weight_update) is open. */
+  #updating = false;
   /** The tail of the operation chain: each operation starts once the previous one has settled. */
   #last: Promise<unknown> = Promise.resolve();
 
@@ -121,6 +139,8 @@ export class EngineControl {
     this.#source = options.weightsSource;
     this.#maxQueue = options.maxQueue ?? null;
     this.#retryAfter = options.retryAfterSeconds ?? 1;
+    this.#digestOf = options.weightDigests ?? null;
+    this.#digest = this.#digestOf?.(this.#source) ?? null;
   }
 
   get engine(): Engine {
@@ -129,6 +149,64 @@ export class EngineControl {
 
   get policyVersion(): number {
     return this.#engine.policyVersion;
+  }
+
+  /** The trainer's name of the weights serving now; null when it gave none. */
+  get weightVersion(): string | null {
+    return this.weightVersionOf(this.#engine.policyVersion);
+  }
+
+  /** The trainer's name of the weights of policy version `policyVersion`; null when it gave none. */
+  weightVersionOf(policyVersion: number): string | null {
+    return this.#weightVersions.get(policyVersion) ?? null;
+  }
+
+  /** Names the weights serving now (once the operations asked before it are done); returns the name. */
+  setWeightVersion(name: string): Promise<string> {
+    return this.#serialized(() => {
+      this.#weightVersions.set(this.#engine.policyVersion, name);
+      return Promise.resolve(name);
+    });
+  }
+
+  /**
+   * Opens a phased weight update (vLLM's start_weight_update): a ControlError (conflict) while one is open. The
+   * weights change with updateWeights() inside it; finishWeightUpdate() closes it.
+   */
+  startWeightUpdate(): Promise<void> {
+    return this.#serialized(() => {
+      if (this.#updating) {
+        throw new ControlError("conflict", "a weight update is already open: finish it (POST /finish_weight_update) first");
+      }
+      this.#updating = true;
+      return Promise.resolve();
+    });
+  }
+
+  /** Closes the phased update, if one is open, and names the weights serving now when `name` is given. */
+  finishWeightUpdate(name?: string | null): Promise<void> {
+    return this.#serialized(() => {
+      this.#updating = false;
+      if (name !== undefined && name !== null) this.#weightVersions.set(this.#engine.policyVersion, name);
+      return Promise.resolve();
+    });
+  }
+
+  /**
+   * The digests of the served weights (see WeightsDigest), once the operations asked before are done. A
+   * ControlError (conflict) while asleep, or paused unless `whilePaused`, as vLLM's weight checker wants an awake,
+   * unpaused engine.
+   */
+  async weightChecksums(whilePaused = false): Promise<Record<string, string>> {
+    const digest = await this.#serialized(() => {
+      if (this.#sleepLevel > 0) throw new ControlError("conflict", "weight_checker requires an awake engine: POST /wake_up first");
+      if (this.#paused !== null && !whilePaused) {
+        throw new ControlError("conflict", "weight_checker requires an unpaused engine: POST /resume first");
+      }
+      if (!this.#digest) throw new ControlError("conflict", "this server keeps no record of its weight files to checksum");
+      return Promise.resolve(this.#digest);
+    });
+    return await digest.digests();
   }
 
   /**
@@ -232,9 +310,10 @@ export class EngineControl {
 
   /**
    * Loads the weights at `requested` and swaps them in (see the file comment for the modes). `version` sets the
-   * new policy version (it must exceed the current one); by default it is the current one plus 1.
+   * new policy version (it must exceed the current one); by default it is the current one plus 1. `weightVersion` names
+   * the new weights (see weightVersionOf).
    */
-  updateWeights(requested: string, mode: RefitMode = "finish", version?: number): Promise<RefitResult> {
+  updateWeights(requested: string, mode: RefitMode = "finish", version?: number, weightVersion?: string | null): Promise<RefitResult> {
     return this.#serialized(async () => {
       const previous = this.#engine.policyVersion;
       const next = version ?? previous + 1;
@@ -249,6 +328,8 @@ export class EngineControl {
       this.#engine.hold();
       let loaded = started;
       let outcome: { aborted: number; preempted: number };
+      // The files' state as they are loaded, for the digests of what will serve.
+      const digest = this.#digestOf?.(source) ?? null;
       try {
         const runner = await this.#load(source);
         loaded = performance.now();
@@ -259,6 +340,8 @@ export class EngineControl {
       }
       const { aborted, preempted } = outcome;
       this.#source = source;
+      this.#digest = digest;
+      if (weightVersion !== undefined && weightVersion !== null) this.#weightVersions.set(next, weightVersion);
       return {
         policyVersion: next,
         previousPolicyVersion: previous,
@@ -296,7 +379,10 @@ export class EngineControl {
   /** Restores what sleep() freed (reloading the weights after level 2) and takes requests again. */
   wakeUp(): Promise<ControlStatus> {
     return this.#serialized(async () => {
+      // Level 2 reads the weights again: their digests are those of the files as read now.
+      const digest = this.#sleepLevel === 2 ? this.#digestOf?.(this.#source) ?? null : this.#digest;
       this.#engine.wake(this.#sleepLevel === 2 ? await this.#load(this.#source) : null);
+      this.#digest = digest;
       this.#sleepLevel = 0;
       return this.status();
     });

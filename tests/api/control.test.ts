@@ -177,9 +177,15 @@ describe("sleep, wake-up, prefix cache and access", () => {
   test("asleep: generation gets 503 with Retry-After; wake_up serves the same outputs again", SLOW, async () => {
     for (const level of [1, 2]) {
       const res = await app.request(`/sleep?level=${level}`, { method: "POST", headers: admin });
-      assert.deepEqual(await res.json(), { policy_version: served.engine.policyVersion, is_sleeping: true, sleep_level: level });
+      assert.deepEqual(await res.json(), {
+        policy_version: served.engine.policyVersion,
+        weight_version: null,
+        is_sleeping: true,
+        sleep_level: level,
+      });
       assert.deepEqual(await (await app.request("/is_sleeping", { headers: admin })).json(), {
         policy_version: served.engine.policyVersion,
+        weight_version: null,
         is_sleeping: true,
         sleep_level: level,
       });

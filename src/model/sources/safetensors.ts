@@ -65,6 +65,12 @@ export class Checkpoint {
     return [...this.#entry(name).shape];
   }
 
+  /** Where the tensor's bytes lie: the file, the byte range [begin, end) and the stored element type. */
+  location(name: string): { file: string; begin: number; end: number; dtype: string } {
+    const { file, begin, end, dtype } = this.#entry(name);
+    return { file, begin, end, dtype };
+  }
+
   /** The tensor's values as float32, converted from F16 or BF16 when stored so. */
   read(name: string): Float32Array {
     const entry = this.#entry(name);
