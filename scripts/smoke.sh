@@ -8,7 +8,8 @@
 #   pack    `npm pack`, installed into an empty directory, run as `npx gym-edge` (Node) and `bunx --bun gym-edge` (Bun)
 #   binary  `deno compile --self-extracting` into dist/gym-edge, run as a program. deno compile downloads its
 #           runtime (denort); offline it needs DENORT_BIN or a copy in Deno's cache, else this serves
-#           the file tree the binary would carry (deno.json's "compile" excludes applied) with `deno run` instead
+#           the file tree the binary would carry (deno.json's "compile" excludes applied) with `deno run` instead,
+#           and builds the executable with `bun build --compile` (scripts/compile-bun.ts) and serves it
 #   deno    `deno run -A mod.ts` in this checkout
 #   fresh   README's first command on each runtime, each in its own fresh clone of this checkout's HEAD (nothing
 #           installed; the package caches of npm, Deno and Bun are used as they are, or emptied with
@@ -208,6 +209,28 @@ smoke_binary() {
     "$BIN/deno" run -A --node-modules-dir=manual mod.ts
   smoke "binary's tree, device wasm" '(^| )deno( |$)' '' "$layout" "$WORK/cache-tree" \
     "$BIN/deno" run -A --node-modules-dir=manual mod.ts --device wasm
+  smoke_bun_binary
+}
+
+# The executable `bun build --compile` makes (what `npm run compile` builds without denort): alone in an empty
+# folder it serves on wasm with what it carries; in dist/ of this checkout it finds node_modules/onnxruntime-node
+# above it and serves on cpu.
+smoke_bun_binary() {
+  log "=== bun build --compile"
+  local t0=$SECONDS alone=$WORK/alone
+  bash scripts/compile.sh --outfile dist/gym-edge-bun >"$WORK/compile-bun.log" 2>&1 ||
+    { cat "$WORK/compile-bun.log"; fail "bun build --compile"; }
+  log "  $(tail -1 "$WORK/compile-bun.log")"
+  mkdir -p "$alone/empty"
+  mv dist/gym-edge-bun "$alone/gym-edge"
+  smoke "bun executable alone" '(^| )gym-edge( |$)' '' "$alone/empty" "$WORK/cache-bun-exe" "$alone/gym-edge"
+  grep -aq ' on wasm via ' "$SERVER_LOG" || fail "the executable alone did not serve on wasm"
+  mv "$alone/gym-edge" dist/gym-edge-bun
+  smoke "bun executable in dist/, --device cpu" '(^| )gym-edge-bun( |$)' '' "$WORK" "$WORK/cache-bun-exe" \
+    "$ROOT/dist/gym-edge-bun" --device cpu
+  grep -aq ' on cpu via onnxruntime-node' "$SERVER_LOG" || fail "the executable in dist/ did not serve on cpu"
+  rm -f dist/gym-edge-bun
+  log "  passed in $((SECONDS - t0)) s"
 }
 
 smoke_deno() {

@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import type { Preset } from "./presets.ts";
+import { embeddedFile } from "../../runtime/embedded.ts";
 
 /** config.json for `preset`, in the shape transformers (Python and JS) reads. */
 export function modelConfig(preset: Preset): Record<string, unknown> {
@@ -57,6 +58,8 @@ export function generationConfig(preset: Preset): Record<string, unknown> {
 /** Path of a file inside an installed npm package, found the same way on Node, Deno and Bun. */
 export function packageFile(pkg: string, file: string): string {
   const specifier = `${pkg}/${file}`;
+  const embedded = embeddedFile(specifier);
+  if (embedded !== undefined) return embedded;
   try {
     const url = import.meta.resolve(specifier);
     if (url.startsWith("file:")) return fileURLToPath(url);

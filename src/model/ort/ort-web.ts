@@ -4,11 +4,16 @@
  * left alone, onnxruntime-web guesses the path from its own URL, which breaks once bundled, and transformers.js
  * rewrites it to a CDN.
  */
+import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import type { OrtModule } from "./ort-types.ts";
+import { embeddedFile } from "../../runtime/embedded.ts";
+
+/** The .wasm a single-file build carries (with the build of onnxruntime-web that has its JavaScript inside). */
+export const EMBEDDED_WASM = "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm";
 
 let wasmBuild: Promise<OrtModule> | undefined;
 let webGpuBuild: Promise<OrtModule> | undefined;
@@ -30,8 +35,16 @@ export function loadOrtWasm(threads = wasmThreads()): Promise<OrtModule> {
   wasmBuild ??= (async () => {
     const ort = await import("onnxruntime-web") as unknown as OrtModule;
     const env = ort.env as { wasm: Record<string, unknown> };
-    env.wasm.wasmPaths = ortWebDistUrl();
-    env.wasm.numThreads = threads;
+    const embedded = embeddedFile(EMBEDDED_WASM);
+    if (embedded === undefined) {
+      env.wasm.wasmPaths = ortWebDistUrl();
+      env.wasm.numThreads = threads;
+    } else {
+      // A single-file build: the .wasm as bytes, and one thread, because onnxruntime-web starts its worker threads
+      // from blob: URLs, which the executable's worker threads cannot load.
+      env.wasm.wasmBinary = await readFile(embedded);
+      env.wasm.numThreads = 1;
+    }
     env.wasm.proxy = false;
     return ort;
   })();
