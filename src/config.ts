@@ -71,6 +71,10 @@ export const ServerConfig = z.object({
     .describe("most tokens fed to the model in one step (prefill chunk) (default 512)"),
   kvCacheMemory: bytes.optional().describe("bytes for the KV cache: running sequences and prefix cache (default 1GiB)"),
   prefixCaching: z.boolean().default(true).describe("reuse cached KV of shared prompt prefixes"),
+  schedulingPolicy: z.enum(["fcfs", "priority"]).default("fcfs").describe(
+    "order of waiting requests: fcfs (arrival), or priority (lower 'priority' first, then arrival; preemption takes " +
+      "the highest number first); under fcfs a priority other than 0 is refused, as in vLLM",
+  ),
   // Generation
   toolCallParser: z.enum(TOOL_CALL_PARSERS).default("hermes").describe("how tool calls are read from output"),
   reasoningParser: z.enum(REASONING_PARSERS).optional().describe("move <think> text to reasoning_content"),

@@ -28,6 +28,7 @@ import {
 } from "./protocol.ts";
 import { ChatCompletionRequest } from "./schemas.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
+import { constraintFactory, structuredSpec, toolChoiceSpec } from "./structured-outputs.ts";
 
 /** Checks the fields that are valid one by one but not together, and those not supported (render checks the same). */
 export function checkRequest(request: ChatCompletionRequest, body: Record<string, unknown>): void {
@@ -36,12 +37,6 @@ export function checkRequest(request: ChatCompletionRequest, body: Record<string
   }
   if (!request.logprobs && (request.top_logprobs ?? 0) > 0) {
     throw new InvalidRequestError("when using `top_logprobs`, `logprobs` must be set to true", "top_logprobs");
-  }
-  if (request.response_format && request.response_format.type !== "text") {
-    throw new InvalidRequestError(
-      `response_format of type '${request.response_format.type}' is not supported yet (structured output is not implemented)`,
-      "response_format",
-    );
   }
   if (request.prompt_logprobs != null && request.stream) {
     throw new InvalidRequestError("prompt_logprobs is not supported with stream yet", "prompt_logprobs");
@@ -72,6 +67,10 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
     checkRequest(request, body as Record<string, unknown>);
     const engine = engineOf(deps);
     const tools = toolCalling(parsers.tools, request.tools, request.tool_choice as ToolChoice, request.parallel_tool_calls);
+    // A forced tool call (tool_choice "required" or named) takes the place of any other structured output.
+    const structured = structuredSpec(request);
+    const forced = toolChoiceSpec(parsers.tools, request.tools, request.tool_choice, request.parallel_tool_calls);
+    const constraint = await constraintFactory(deps, forced ?? structured);
     const promptIds = chatPromptIds(deps.tokenizer, request);
     const params = samplingParams(deps, request, {
       promptLength: promptIds.length,
@@ -87,6 +86,7 @@ export function chatCompletionRoutes(deps: AppDeps): Hono {
       params,
       text: textOptions(request),
       signal: c.req.raw.signal,
+      constraint,
     }, promptIds);
     const shape: ChatShape = {
       id: nameRequest(randomId("chatcmpl-"), generation),

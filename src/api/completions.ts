@@ -36,6 +36,7 @@ import {
 } from "./protocol.ts";
 import { CompletionRequest } from "./schemas.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
+import { constraintFactory, structuredSpec } from "./structured-outputs.ts";
 
 /** One prompt of the request: its token ids and the text echo repeats. */
 interface Prompt {
@@ -99,6 +100,9 @@ export function completionRoutes(deps: AppDeps): Hono {
     const engine = engineOf(deps);
     const prompts = promptsOf(deps, request);
     const scoreOnly = request.echo === true && request.max_tokens === 0;
+    // Completions have no reasoning section: the grammar applies from the first token.
+    const structured = structuredSpec(request);
+    const constraint = scoreOnly ? undefined : await constraintFactory({ ...deps, reasoningParser: null }, structured);
     const generations: Generation[] = [];
     try {
       for (const [i, prompt] of prompts.entries()) {
@@ -115,6 +119,7 @@ export function completionRoutes(deps: AppDeps): Hono {
           }),
           text: textOptions(request),
           signal: c.req.raw.signal,
+          constraint,
         };
         generations.push(new Generation(setup, prompt.ids, i * setup.params.n));
       }

@@ -1,13 +1,16 @@
 /** What the HTTP app needs from the rest of the server. An interface, so later layers (the engine) can join it. */
 import type { ChatTokenizer } from "../chat/template.ts";
 import type { SubmittedRequest } from "../engine/engine.ts";
+import type { TokenConstraint } from "../engine/constraint.ts";
+import type { Grammars } from "../engine/grammar/grammars.ts";
 import type { SamplingParams } from "../engine/sampling-params.ts";
 import type { FinishReason } from "../engine/sequence.ts";
 import type { SamplingDefaults } from "../model/generation-defaults.ts";
 
 /** The engine as the API uses it. */
 export interface GenerationEngine {
-  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex?: number): SubmittedRequest;
+  /** `constraint`: this sample's own grammar matcher (structured outputs); the engine disposes of it. */
+  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex?: number, constraint?: TokenConstraint | null): SubmittedRequest;
   /** Ends a request; `reason` (default "abort") is what it finished for. */
   abort(id: number, reason?: FinishReason): void;
   readonly policyVersion: number;
@@ -39,6 +42,8 @@ export interface AppDeps {
   maxBodyBytes?: number;
   /** How tool calls are parsed from generated text (`hermes`, `llama3_json`); default hermes, null: never. */
   toolCallParser?: string | null;
+  /** The model's grammars for structured outputs and forced tool calls (absent: such requests are a 400). */
+  grammars?: Grammars | null;
   /** How reasoning is split from generated text (`qwen3`, `deepseek_r1`); default none. */
   reasoningParser?: string | null;
   /** Which distribution log-probabilities come from when a request does not say (default processed). */

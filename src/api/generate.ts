@@ -7,6 +7,7 @@ import { IncrementalDetokenizer } from "../chat/detokenize.ts";
 import { StopStringMatcher } from "../chat/stop.ts";
 import type { ChatTokenizer } from "../chat/template.ts";
 import type { SubmittedRequest } from "../engine/engine.ts";
+import type { TokenConstraint } from "../engine/constraint.ts";
 import { SamplingParams, type SamplingParamsInput } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
 import type { AppDeps, GenerationEngine } from "./deps.ts";
@@ -149,6 +150,8 @@ export interface GenerationSetup {
   text: TextOptions;
   /** When it aborts (the client went away), the engine requests are aborted. */
   signal?: AbortSignal;
+  /** Makes each sample's own grammar matcher (structured outputs, forced tool calls). */
+  constraint?: () => TokenConstraint;
 }
 
 /** The n samples of one prompt, running in the engine. */
@@ -163,7 +166,15 @@ export class Generation {
     this.#setup = setup;
     this.#firstIndex = firstIndex;
     try {
-      for (let i = 0; i < setup.params.n; i++) this.requests.push(setup.engine.submit(promptIds, setup.params, i));
+      for (let i = 0; i < setup.params.n; i++) {
+        const constraint = setup.constraint?.() ?? null;
+        try {
+          this.requests.push(setup.engine.submit(promptIds, setup.params, i, constraint));
+        } catch (err) {
+          constraint?.dispose();
+          throw err;
+        }
+      }
     } catch (err) {
       this.abort();
       throw err;

@@ -4,6 +4,7 @@
  */
 import { Hono } from "hono";
 import { requestHandle, type SubmittedRequest } from "../engine/request.ts";
+import type { TokenConstraint } from "../engine/constraint.ts";
 import type { SamplingParams } from "../engine/sampling-params.ts";
 import type { TokenEvent } from "../engine/sequence.ts";
 import { type CacheConfig, renderCacheConfigInfo } from "../metrics/cache-config.ts";
@@ -41,10 +42,15 @@ export function meteredEngine(engine: GenerationEngine, metrics: ServingMetrics 
     },
     abort: (id, reason) => engine.abort(id, reason),
     weightVersionOf: (policyVersion) => engine.weightVersionOf?.(policyVersion) ?? null,
-    submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+    submit(
+      promptIds: readonly number[],
+      params: SamplingParams,
+      sampleIndex = 0,
+      constraint: TokenConstraint | null = null,
+    ): SubmittedRequest {
       let request: SubmittedRequest;
       try {
-        request = engine.submit(promptIds, params, sampleIndex);
+        request = engine.submit(promptIds, params, sampleIndex, constraint);
       } catch (err) {
         const translated = httpErrorOf(err);
         if (translated instanceof ServiceUnavailableError) metrics?.rejected(translated.reason);

@@ -20,6 +20,7 @@ import { nameRequest } from "./request-names.ts";
 import { type ResponseInputItem, ResponsesRequest } from "./schemas.ts";
 import { sseResponse } from "./sse.ts";
 import { ResponseItems } from "./response-items.ts";
+import { constraintFactory, responseFormatSpec, toolChoiceSpec } from "./structured-outputs.ts";
 
 function partsText(content: string | { type: string; text?: string }[]): string {
   return typeof content === "string" ? content : content.map((part) => part.text ?? "").join("");
@@ -75,10 +76,6 @@ function checkRequest(request: ResponsesRequest): void {
   if (request.previous_response_id != null) {
     throw new InvalidRequestError("previous_response_id is not supported: this server stores no responses; send the whole input", "previous_response_id");
   }
-  const format = request.text?.format?.type;
-  if (format != null && format !== "text") {
-    throw new InvalidRequestError(`text.format of type '${format}' is not supported yet (structured output is not implemented)`, "text.format");
-  }
 }
 
 /** The Responses routes. */
@@ -100,6 +97,11 @@ export function responseRoutes(deps: AppDeps): Hono {
       ? { function: { name: request.tool_choice.name } }
       : request.tool_choice;
     const calling = toolCalling(parsers.tools, tools, choice, request.parallel_tool_calls);
+    // text.format json_schema carries its schema beside its type (Responses' flat shape).
+    const format = request.text?.format;
+    const structured = format && format.type !== "text" ? responseFormatSpec(format, "text.format", false, true) : null;
+    const forced = toolChoiceSpec(parsers.tools, tools, choice, request.parallel_tool_calls);
+    const constraint = await constraintFactory(deps, forced ?? structured);
     const promptIds = chatPromptIds(deps.tokenizer, {
       messages: inputMessages(request),
       tools: tools.length > 0 ? tools : null,
@@ -121,6 +123,7 @@ export function responseRoutes(deps: AppDeps): Hono {
       params,
       text: textOptions(request),
       signal: c.req.raw.signal,
+      constraint,
     }, promptIds);
     const items = new ResponseItems({
       id: nameRequest(randomId("resp_"), generation),

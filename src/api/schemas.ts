@@ -6,6 +6,7 @@ import { z } from "zod";
 import { roleField, TokenIds } from "../chat/messages.ts";
 import { ChatPromptFields } from "../chat/prompt.ts";
 import { describeIssue } from "./issues.ts";
+import { StructuredOutputFields } from "./structured-outputs.ts";
 
 /** The optional `model` field every request may carry. */
 export const ModelField = { model: z.string().nullish() };
@@ -120,6 +121,8 @@ const GenerationFields = {
   return_token_ids: nullableBool,
   // Each choice's sampling_mask (vLLM's field; the request switch is SGLang's name, vLLM's is server-wide).
   return_sampling_mask: nullableBool,
+  response_format: z.looseObject({ type: z.string() }).nullish(),
+  ...StructuredOutputFields,
 };
 
 /** POST /v1/chat/completions. */

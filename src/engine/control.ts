@@ -33,6 +33,7 @@ import { type Engine, EngineRequestError } from "./engine.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import type { SamplingParams } from "./sampling-params.ts";
 import type { SubmittedRequest } from "./request.ts";
+import type { TokenConstraint } from "./constraint.ts";
 
 /** How requests in flight are handled while weights are swapped. */
 export type RefitMode = "finish" | "abort" | "pause";
@@ -214,7 +215,12 @@ export class EngineControl {
    * the samples after it (EngineUnavailableError). n beyond the queue bound can never be admitted: an
    * EngineRequestError.
    */
-  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+  submit(
+    promptIds: readonly number[],
+    params: SamplingParams,
+    sampleIndex = 0,
+    constraint: TokenConstraint | null = null,
+  ): SubmittedRequest {
     const bound = this.#maxQueue;
     if (bound !== null && params.n > bound) {
       throw new EngineRequestError(
@@ -239,7 +245,7 @@ export class EngineControl {
         );
       }
     }
-    return this.#engine.submit(promptIds, params, sampleIndex);
+    return this.#engine.submit(promptIds, params, sampleIndex, constraint);
   }
 
   abort(id: number, reason?: FinishReason): void {

@@ -6,7 +6,7 @@
 import { PrefixCache, type PrefixCacheStats } from "./prefix-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { requestHandle, type SubmittedRequest } from "./request.ts";
-import { Scheduler } from "./scheduler.ts";
+import { Scheduler, type SchedulingPolicy } from "./scheduler.ts";
 import { Sequence, type FinishReason } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { auditEngine } from "./audit.ts";
@@ -23,6 +23,8 @@ export interface EngineOptions {
   kvCacheBytes?: number;
   blockSize?: number;
   prefixCaching?: boolean;
+  /** The order waiting requests run in: fcfs (default, as vLLM) or priority (a lower `priority` first). */
+  schedulingPolicy?: SchedulingPolicy;
   /** End-of-sequence ids of the model (a sampled one stops the sequence unless ignore_eos). */
   eosTokenIds: number[];
   /** Rounds a row length up to what the runner allocates. */
@@ -83,7 +85,7 @@ export class Engine {
       kvCacheBytes: options.kvCacheBytes ?? 512 * 1024 * 1024,
       bytesPerToken: floatsPerToken * 4,
       rowCapacity: options.rowCapacity ?? ((n) => n),
-    }, this.cache, options.prefixCaching ?? true);
+    }, this.cache, options.prefixCaching ?? true, options.schedulingPolicy ?? "fcfs");
     this.#executor = new StepExecutor(runner, {
       scheduler: this.scheduler,
       cache: this.cache,
@@ -123,6 +125,19 @@ export class Engine {
       }
     }
     checkAgainstVocab(params, this.runner.vocabSize);
+    // As vLLM: a priority asks for an order only the priority policy keeps.
+    if (params.priority !== 0 && this.scheduler.policy !== "priority") {
+      throw new EngineRequestError(`Got priority ${params.priority} but Priority scheduling is not enabled.`, "priority");
+    }
+    const scored = params.prompt_logprob_token_ids;
+    const rows = Math.max(promptIds.length - 1 - params.prompt_logprob_start, 0);
+    if (scored !== null && scored.length !== rows) {
+      throw new EngineRequestError(
+        `prompt_logprob_token_ids must have one row per scored position: ${rows} (the prompt's ${promptIds.length} ` +
+          `tokens less 1 less prompt_logprob_start ${params.prompt_logprob_start}), got ${scored.length}`,
+        "prompt_logprob_token_ids",
+      );
+    }
     const seq = new Sequence(promptIds, params, { sampleIndex, eosTokenIds, maxModelLen });
     this.#byId.set(seq.id, seq);
     if (this.#holding) this.#held.push(seq);

@@ -1,6 +1,7 @@
 /**
- * The prefix cache: full blocks of KV keyed by their whole token prefix, shared across requests, bounded in bytes,
- * evicted least-recently-used once no sequence references them, and tagged with the weights version. It holds copies
+ * The prefix cache: full blocks of KV keyed by their whole token prefix (and the request's cache salt, mixed into the
+ * first block's key, so that requests with different salts never share a block), shared across requests, bounded in
+ * bytes, evicted least-recently-used once no sequence references them, and tagged with the weights version. It holds copies
  * of blocks: a running sequence's KV lives in its row of the model runner, and is copied in from here at admission.
  */
 
@@ -89,12 +90,12 @@ export class PrefixCache {
     return this.#blocks.size <= this.#capacity;
   }
 
-  /** Longest chain of cached full blocks that prefixes `tokens`, using at most `maxTokens` tokens. */
-  match(tokens: readonly number[], maxTokens: number): number[] {
+  /** Longest chain of cached full blocks that prefixes `tokens` under `salt`, using at most `maxTokens` tokens. */
+  match(tokens: readonly number[], maxTokens: number, salt: string | null = null): number[] {
     const ids: number[] = [];
     let parent = ROOT;
     for (let end = this.blockSize; end <= Math.min(maxTokens, tokens.length); end += this.blockSize) {
-      const id = this.#byKey.get(this.#key(parent, tokens, end - this.blockSize, end));
+      const id = this.#byKey.get(this.#key(parent, tokens, end - this.blockSize, end, salt));
       if (id === undefined) break;
       ids.push(id);
       parent = id;
@@ -135,11 +136,18 @@ export class PrefixCache {
   }
 
   /**
-   * Stores the block of `tokens[start, start+blockSize)` following block `parent` (ROOT for the first) and takes a
-   * reference on it. `fill` writes its KV. Returns the block id, or null when the cache has no room.
+   * Stores the block of `tokens[start, start+blockSize)` following block `parent` (ROOT for the first, which `salt`
+   * keys too) and takes a reference on it. `fill` writes its KV. Returns the block id, or null when the cache has no
+   * room.
    */
-  insert(parent: number, tokens: readonly number[], start: number, fill: (out: Float32Array) => void): number | null {
-    const key = this.#key(parent, tokens, start, start + this.blockSize);
+  insert(
+    parent: number,
+    tokens: readonly number[],
+    start: number,
+    fill: (out: Float32Array) => void,
+    salt: string | null = null,
+  ): number | null {
+    const key = this.#key(parent, tokens, start, start + this.blockSize, salt);
     const existing = this.#byKey.get(key);
     if (existing !== undefined) {
       this.acquire([existing]);
@@ -170,8 +178,14 @@ export class PrefixCache {
 
   static readonly ROOT = ROOT;
 
-  #key(parent: number, tokens: readonly number[], start: number, end: number): string {
-    return `${parent}:${tokens.slice(start, end).join(",")}`;
+  /**
+   * A block's key: its parent and tokens; a first block's also holds the salt (a later block's parent is already
+   * salted). The tokens part holds only digits and commas, so the salt, whatever its characters, cannot make one
+   * key equal another's.
+   */
+  #key(parent: number, tokens: readonly number[], start: number, end: number, salt: string | null): string {
+    const ids = tokens.slice(start, end).join(",");
+    return parent === ROOT && salt !== null ? `${parent}@${salt}:${ids}` : `${parent}:${ids}`;
   }
 
   /**

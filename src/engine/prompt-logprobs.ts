@@ -1,11 +1,12 @@
 /**
  * Prompt log-probabilities, as vLLM's prompt_logprobs reports them: at each prompt position the model's raw
  * log-softmax (no temperature or other processing: nothing was sampled there), the prompt token's rank among the
- * whole vocabulary, and the most likely alternatives.
+ * whole vocabulary, and the most likely alternatives. And teacher scoring, vLLM's prompt_logprob_token_ids: the same
+ * raw log-softmax at given token ids, position by position.
  */
 import { copyLogits, floorLogprob, logSumExp, selectTop } from "../../kernels/sampling.ts";
 import { MAX_TOP_LOGPROBS } from "./sampling-params.ts";
-import type { PromptLogprob } from "./sequence.ts";
+import type { PromptLogprob, Sequence } from "./sequence.ts";
 
 export class PromptScorer {
   readonly #row: Float32Array;
@@ -32,5 +33,29 @@ export class PromptScorer {
       logprob: floorLogprob(this.#topVals[k] - logZ),
     }));
     return { tokenId, logprob: floorLogprob(value - logZ), rank, topLogprobs };
+  }
+
+  /**
+   * Scores what `seq` asked of the positions [start, start + count) of its prompt, whose logits `logits` holds one
+   * vocabulary row after another: the prompt log-probabilities of the tokens after them, and the teacher scores.
+   */
+  scoreChunk(seq: Sequence, start: number, count: number, logits: Float32Array): void {
+    const n = this.vocabSize;
+    const scores = seq.promptTokenScores;
+    for (let i = 0; i < count && start + i + 1 < seq.promptLength; i++) {
+      const at = start + i;
+      const row = logits.subarray(i * n, (i + 1) * n);
+      if (seq.promptLogprobs) seq.promptLogprobs[at + 1] = this.score(row, seq.tokens[at + 1], seq.promptTopLogprobs!);
+      if (scores && at >= scores.start) this.#scoreIds(row, scores.ids, scores.values, (at - scores.start) * scores.columns, scores.columns);
+    }
+  }
+
+  /** Writes the raw log-softmax of `row` at `ids[from, from + count)` to `out` (-Infinity for a -1 pad). */
+  #scoreIds(row: Float32Array, ids: Int32Array, out: Float32Array, from: number, count: number): void {
+    const copy = this.#row;
+    const best = copyLogits(row, copy);
+    const max = copy[best];
+    const logZ = max + logSumExp(copy, this.vocabSize, max);
+    for (let j = from; j < from + count; j++) out[j] = ids[j] < 0 ? -Infinity : copy[ids[j]] - logZ;
   }
 }

@@ -10,6 +10,8 @@ export const GREEDY_TEMPERATURE = 1e-5;
 export const MIN_SAMPLING_TEMPERATURE = 0.01;
 /** The most top log-probabilities a request may ask for (OpenAI's and vLLM's default limit). */
 export const MAX_TOP_LOGPROBS = 20;
+/** The most candidate ids one scored prompt position may name (prompt_logprob_token_ids). */
+export const MAX_PROMPT_SCORE_IDS = 256;
 /** OpenAI clamps logit_bias values to this magnitude. */
 export const MAX_LOGIT_BIAS = 100;
 
@@ -64,6 +66,19 @@ export const SamplingParams = z
     return_sampling_mask: nullable(z.boolean(), false),
     /** Log-probabilities of the prompt's tokens with this many top alternatives each; null: none. */
     prompt_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish().transform((n) => n ?? null),
+    /**
+     * Teacher scoring (vLLM's prompt_logprob_token_ids): the token ids whose log-probabilities to report at each
+     * scored prompt position, one list per position (-1 pads a short list and scores -Infinity); null: none.
+     */
+    prompt_logprob_token_ids: z.array(z.array(z.int().min(-1)).max(MAX_PROMPT_SCORE_IDS)).nullish()
+      .transform((rows) => rows ?? null),
+    /** The first position scored: row i scores prompt token prompt_logprob_start + i + 1. */
+    prompt_logprob_start: nullable(z.int().min(0), 0),
+    // How the request is scheduled, not sampled (vLLM's request fields, not its SamplingParams).
+    /** Lower runs first under --scheduling-policy priority; ties keep arrival order. */
+    priority: nullable(z.int(), 0),
+    /** Requests with different salts never share prefix-cache blocks (null: the unsalted cache). */
+    cache_salt: z.string().min(1).nullish().transform((salt) => salt ?? null),
   })
   .superRefine((p, ctx) => {
     if (p.max_tokens !== null && p.min_tokens > p.max_tokens) {
@@ -105,6 +120,15 @@ export function checkAgainstVocab(params: SamplingParams, vocabSize: number): vo
   for (const [id] of params.logit_bias) {
     if (id >= vocabSize) {
       throw new SamplingParamsError(`token_id ${id} in logit_bias is out of the vocabulary (size ${vocabSize})`, "logit_bias");
+    }
+  }
+  for (const row of params.prompt_logprob_token_ids ?? []) {
+    const bad = row.find((id) => id >= vocabSize);
+    if (bad !== undefined) {
+      throw new SamplingParamsError(
+        `token_id ${bad} in prompt_logprob_token_ids is out of the vocabulary (size ${vocabSize})`,
+        "prompt_logprob_token_ids",
+      );
     }
   }
   for (const id of params.stop_token_ids) {

@@ -1,9 +1,16 @@
 /**
- * Continuous batching: decides, before every model step, which sequences join (FIFO), which are preempted when KV
- * memory runs out, and how the step's token budget is split between decoding rows and chunks of prefill.
+ * Continuous batching: decides, before every model step, which sequences join (FIFO, or by priority then arrival
+ * under the priority policy), which are preempted when KV memory runs out (the youngest, or the lowest priority's
+ * youngest), and how the step's token budget is split between decoding rows and chunks of prefill.
  */
 import { PrefixCache } from "./prefix-cache.ts";
 import type { Sequence } from "./sequence.ts";
+
+/**
+ * vLLM's --scheduling-policy: fcfs (first come, first served) or priority (a lower `priority` runs first, ties in
+ * arrival order; preemption takes the lowest priority first).
+ */
+export type SchedulingPolicy = "fcfs" | "priority";
 
 export interface SchedulerLimits {
   /** Most sequences running at once (rows). */
@@ -60,21 +67,46 @@ export function prefillRuns(chunks: readonly PrefillChunk[]): PrefillChunk[][] {
   return runs;
 }
 
-/** FIFO continuous-batching scheduler over a KV budget. */
+/** Whether `a` runs before `b`: under the priority policy, the lower priority; then the earlier arrival. */
+function before(a: Sequence, b: Sequence, policy: SchedulingPolicy): boolean {
+  if (policy === "priority" && a.params.priority !== b.params.priority) return a.params.priority < b.params.priority;
+  return a.id < b.id;
+}
+
+/** Continuous-batching scheduler over a KV budget: FIFO, or by priority. */
 export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
 
-  constructor(readonly limits: SchedulerLimits, readonly cache: PrefixCache, readonly prefixCaching: boolean) {}
+  constructor(
+    readonly limits: SchedulerLimits,
+    readonly cache: PrefixCache,
+    readonly prefixCaching: boolean,
+    readonly policy: SchedulingPolicy = "fcfs",
+  ) {}
 
   get hasWork(): boolean {
     return this.waiting.length > 0 || this.running.length > 0;
   }
 
-  /** Queues a new sequence (behind those already waiting). */
+  /** Queues a new sequence: behind those already waiting, or under the priority policy, behind those before it. */
   add(seq: Sequence): void {
     seq.status = "waiting";
-    this.waiting.push(seq);
+    if (this.policy === "fcfs") this.waiting.push(seq);
+    else this.#insert(seq);
+  }
+
+  /** Puts `seq` in the waiting queue in its place by priority then arrival (the queue is in that order). */
+  #insert(seq: Sequence): void {
+    let at = this.waiting.length;
+    while (at > 0 && before(seq, this.waiting[at - 1], this.policy)) at--;
+    this.waiting.splice(at, 0, seq);
+  }
+
+  /** Puts preempted sequences back: at the head of the queue (fcfs), or each in its place (priority). */
+  #requeue(seqs: readonly Sequence[]): void {
+    if (this.policy === "fcfs") this.waiting.unshift(...seqs);
+    else for (const seq of seqs) this.#insert(seq);
   }
 
   /** Removes a sequence wherever it is; the caller frees its row and blocks. Returns whether it was running. */
@@ -91,7 +123,10 @@ export class Scheduler {
     return this.preempt([...this.running]);
   }
 
-  /** Moves these running sequences, in order, back to the head of the queue to be recomputed; returns them. */
+  /**
+   * Moves these running sequences back to the queue to be recomputed (in order at its head; under the priority
+   * policy each in its place); returns them.
+   */
   preempt(seqs: readonly Sequence[]): Sequence[] {
     const victims = seqs.filter((seq) => this.remove(seq));
     for (const seq of victims) {
@@ -99,7 +134,7 @@ export class Scheduler {
       seq.numComputed = 0;
       seq.preemptions++;
     }
-    this.waiting.unshift(...victims);
+    this.#requeue(victims);
     return victims;
   }
 
@@ -139,15 +174,24 @@ export class Scheduler {
     return this.#workingBytes(seqs, (s) => Math.max(1, s.numPending)) <= this.limits.kvCacheBytes;
   }
 
-  /** Preempts the youngest running sequences until the running rows fit; the prefix cache gets the rest. */
+  /**
+   * Preempts running sequences until the running rows fit, the prefix cache getting the rest: the youngest first,
+   * or under the priority policy the lowest priority (the largest number) first, its youngest among equals.
+   */
   #preemptToFit(plan: StepPlan): void {
     while (this.running.length > 1 && !this.#fits(this.running)) {
-      const victim = this.running.pop()!;
-      victim.status = "waiting";
-      victim.numComputed = 0;
-      victim.preemptions++;
-      this.waiting.unshift(victim);
-      plan.preempted.push(victim);
+      let victim = this.running.length - 1;
+      if (this.policy === "priority") {
+        this.running.forEach((seq, i) => {
+          if (before(this.running[victim], seq, this.policy)) victim = i;
+        });
+      }
+      const [seq] = this.running.splice(victim, 1);
+      seq.status = "waiting";
+      seq.numComputed = 0;
+      seq.preemptions++;
+      this.#requeue([seq]);
+      plan.preempted.push(seq);
     }
     this.#resizeCache(this.running);
   }
@@ -158,21 +202,22 @@ export class Scheduler {
   }
 
   /**
-   * Admits waiting sequences in arrival order while rows and KV memory allow. One that waits for a shared
-   * prefill (below) keeps its place in the queue but does not hold back the ones behind it.
+   * Admits waiting sequences in queue order (arrival, or priority then arrival) while rows and KV memory allow. One
+   * that waits for a shared prefill (below) keeps its place in the queue but does not hold back the ones behind it.
    */
   #admit(plan: StepPlan): void {
     let next = 0;
     while (next < this.waiting.length && this.running.length < this.limits.maxNumSeqs) {
       const seq = this.waiting[next];
-      // Prompt log-probabilities need the whole prompt computed: such a sequence neither waits for nor reuses a prefix.
+      // Scored prompt positions need their logits computed: such a sequence reuses no prefix past the first of them
+      // (prompt log-probabilities: none at all), and leaves at least one token to compute, to sample from.
+      const reusable = seq.reusableTokens;
       const reuses = this.prefixCaching && seq.promptLogprobs === null;
-      if (reuses && this.#awaitsSharedPrefill(seq)) {
+      if (reuses && reusable >= this.cache.blockSize && this.#awaitsSharedPrefill(seq)) {
         next++;
         continue;
       }
-      // Leave at least one token to compute: the step must produce logits to sample from.
-      const cachedBlocks = reuses ? this.cache.match(seq.tokens, seq.length - 1) : [];
+      const cachedBlocks = reuses ? this.cache.match(seq.tokens, reusable, seq.params.cache_salt) : [];
       const cached = cachedBlocks.length * this.cache.blockSize;
       const demand = { numComputed: cached, numPending: seq.length - cached };
       if (this.running.length > 0 && !this.#fits([...this.running, demand])) break;
@@ -198,7 +243,8 @@ export class Scheduler {
     const bs = this.cache.blockSize;
     if (seq.length <= bs) return false;
     return this.running.some((r) =>
-      r.isPrefilling && r.length > bs && r.tokens.slice(0, bs).every((t, i) => t === seq.tokens[i])
+      r.isPrefilling && r.length > bs && r.params.cache_salt === seq.params.cache_salt &&
+      r.tokens.slice(0, bs).every((t, i) => t === seq.tokens[i])
     );
   }
 }

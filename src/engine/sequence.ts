@@ -17,6 +17,19 @@ export interface PromptLogprob {
   topLogprobs: { tokenId: number; logprob: number }[];
 }
 
+/**
+ * Teacher scoring (vLLM's prompt_token_id_logprobs): a rows x columns matrix, row-major, whose row i holds the
+ * log-probabilities of the row's given token ids at prompt position `start + i + 1` (-Infinity for a -1 pad).
+ */
+export interface PromptTokenScores {
+  start: number;
+  rows: number;
+  columns: number;
+  /** The ids scored, row by row (each row padded with -1 to `columns`). */
+  ids: Int32Array;
+  values: Float32Array;
+}
+
 /** One generated token, as the engine reports it. */
 export interface TokenEvent {
   /** Index of this token in the generation (0-based). */
@@ -34,6 +47,8 @@ export interface TokenEvent {
   policyVersion: number;
   /** On the first event of a request that asked for them: one per prompt token, null for the first. */
   promptLogprobs?: (PromptLogprob | null)[];
+  /** On the first event of a request that asked for teacher scoring: the scores of its given ids. */
+  promptTokenScores?: PromptTokenScores;
 }
 
 export type SequenceStatus = "waiting" | "running" | "finished";
@@ -84,6 +99,8 @@ export class Sequence {
    */
   readonly promptLogprobs: (PromptLogprob | null)[] | null;
   readonly promptTopLogprobs: number | null;
+  /** With teacher scoring asked for (prompt_logprob_token_ids), its matrix, filled as the prompt is computed. */
+  readonly promptTokenScores: PromptTokenScores | null;
   /** Draws its tokens: its parameters, its prompt and its own random stream. */
   readonly sampler: SequenceSampler;
   readonly #eosTokenIds: readonly number[];
@@ -99,6 +116,7 @@ export class Sequence {
     this.promptLength = promptIds.length;
     this.promptTopLogprobs = params.prompt_logprobs;
     this.promptLogprobs = params.prompt_logprobs === null ? null : new Array(promptIds.length).fill(null);
+    this.promptTokenScores = tokenScores(params, promptIds.length);
     this.#eosTokenIds = options.eosTokenIds ?? [];
     this.#maxModelLen = options.maxModelLen ?? Infinity;
     const index = options.sampleIndex ?? 0;
@@ -125,7 +143,17 @@ export class Sequence {
 
   /** Whether the next prefill chunk needs the logits of each of its tokens. */
   get wantsAllLogits(): boolean {
-    return this.promptLogprobs !== null && this.numComputed < this.promptLength - 1;
+    return (this.promptLogprobs !== null || this.promptTokenScores !== null) && this.numComputed < this.promptLength - 1;
+  }
+
+  /**
+   * How many leading tokens may come from the prefix cache: cached positions have no logits, so none before the
+   * first position whose logits the prompt's scoring needs, and never the last token (the step must sample).
+   */
+  get reusableTokens(): number {
+    if (this.promptLogprobs !== null) return 0;
+    if (this.promptTokenScores !== null) return Math.min(this.promptTokenScores.start, this.length - 1);
+    return this.length - 1;
   }
 
   get length(): number {
@@ -148,4 +176,19 @@ export class Sequence {
   get isPrefilling(): boolean {
     return this.numPending > 1;
   }
+}
+
+/** The empty matrix of a request's teacher scoring (null: not asked for); its rows must match the prompt. */
+function tokenScores(params: SamplingParams, promptLength: number): PromptTokenScores | null {
+  const given = params.prompt_logprob_token_ids;
+  if (given === null) return null;
+  const start = params.prompt_logprob_start;
+  const rows = Math.max(promptLength - 1 - start, 0);
+  if (given.length !== rows) {
+    throw new RangeError(`prompt_logprob_token_ids has ${given.length} rows; the prompt has ${rows} positions from prompt_logprob_start`);
+  }
+  const columns = given.reduce((most, row) => Math.max(most, row.length), 0);
+  const ids = new Int32Array(rows * columns).fill(-1);
+  given.forEach((row, r) => ids.set(row, r * columns));
+  return { start, rows, columns, ids, values: new Float32Array(rows * columns).fill(-Infinity) };
 }

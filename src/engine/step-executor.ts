@@ -223,14 +223,10 @@ export class StepExecutor {
     });
   }
 
-  /** Fills the prompt log-probabilities of the tokens after positions [start, start + count) (logits in turn). */
+  /** Scores the prompt positions [start, start + count) as the sequence asked (logits in turn). */
   #scorePrompt(seq: Sequence, start: number, count: number, logits: Float32Array): void {
-    const vocab = this.#runner.vocabSize;
-    this.#scorer ??= new PromptScorer(vocab);
-    for (let i = 0; i < count && start + i + 1 < seq.promptLength; i++) {
-      const at = start + i + 1;
-      seq.promptLogprobs![at] = this.#scorer.score(logits.subarray(i * vocab, (i + 1) * vocab), seq.tokens[at], seq.promptTopLogprobs!);
-    }
+    this.#scorer ??= new PromptScorer(this.#runner.vocabSize);
+    this.#scorer.scoreChunk(seq, start, count, logits);
   }
 
   /** Appends a sampled token to a running sequence, reports it and stops the sequence when it should. */
@@ -248,6 +244,7 @@ export class StepExecutor {
     };
     if (pick.kept) event.samplingMask = pick.kept;
     if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
+    if (event.index === 0 && seq.promptTokenScores) event.promptTokenScores = seq.promptTokenScores;
     const reason = seq.stopReason(pick.tokenId);
     if (reason) event.finishReason = reason;
     seq.events.push(event);
@@ -262,7 +259,7 @@ export class StepExecutor {
     while ((seq.blockIds.length + 1) * bs <= seq.numComputed) {
       const start = seq.blockIds.length * bs;
       const parent = seq.blockIds.at(-1) ?? PrefixCache.ROOT;
-      const id = cache.insert(parent, seq.tokens, start, (out) => this.#runner.readKv(seq.row!, start, bs, out));
+      const id = cache.insert(parent, seq.tokens, start, (out) => this.#runner.readKv(seq.row!, start, bs, out), seq.params.cache_salt);
       if (id === null) return;
       seq.blockIds.push(id);
     }

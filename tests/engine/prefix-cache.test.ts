@@ -55,3 +55,25 @@ test("an evicted block's storage holds the next block inserted, and a reset lets
   assert.notEqual(cache.data(after).buffer, kept, "after a reset blocks come from new memory");
   assert.notEqual(cache.data(after).buffer, freed.buffer);
 });
+
+test("a cache salt keys the first block: other salts and no salt never match it, the same salt does", () => {
+  const cache = new PrefixCache({ blockSize: BLOCK, floatsPerToken: FLOATS_PER_TOKEN, capacityBlocks: 8 });
+  const tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+  const salted = cache.insert(PrefixCache.ROOT, tokens, 0, (out) => out.fill(1), "tenant-a");
+  const next = cache.insert(salted!, tokens, BLOCK, (out) => out.fill(2), "tenant-a");
+  cache.release([salted!, next!]);
+  assert.deepEqual(cache.match(tokens, 8, "tenant-a"), [salted, next]);
+  assert.deepEqual(cache.match(tokens, 8, "tenant-b"), []);
+  assert.deepEqual(cache.match(tokens, 8), [], "the unsalted cache does not see salted blocks");
+  const plain = insert(cache, PrefixCache.ROOT, tokens, 0, 3);
+  assert.notEqual(plain, salted, "the same tokens unsalted are a block of their own");
+  assert.deepEqual(cache.match(tokens, 8), [plain]);
+  assert.deepEqual(cache.match(tokens, 8, "tenant-a"), [salted, next], "and leave the salted chain alone");
+  // A salt is any string: one that spells a key's separators or tokens matches only itself.
+  for (const salt of ["1,2,3,4", ":", "tenant-a:1", "-1:1,2,3,4", ""]) {
+    assert.deepEqual(cache.match(tokens, 8, salt), [], `salt ${JSON.stringify(salt)}`);
+  }
+  const odd = insert(cache, PrefixCache.ROOT, [2, 3, 4, 5], 0, 4);
+  assert.deepEqual(cache.match([2, 3, 4, 5], 4, null), [odd]);
+  assert.deepEqual(cache.match([2, 3, 4, 5], 4, "1:"), []);
+});

@@ -36,6 +36,10 @@ describe("SamplingParams defaults", () => {
       logprobs: null,
       logprobs_mode: "processed",
       prompt_logprobs: null,
+      prompt_logprob_token_ids: null,
+      prompt_logprob_start: 0,
+      priority: 0,
+      cache_salt: null,
     });
   });
 

@@ -19,7 +19,12 @@ export type GrammarSpec =
   /** An EBNF grammar in XGrammar's (GBNF-like) notation, rule `root` first. */
   | { kind: "grammar"; ebnf: string }
   /** XGrammar's structural tag (as JSON text): tags, triggers, their contents. */
-  | { kind: "structural_tag"; tag: string };
+  | { kind: "structural_tag"; tag: string }
+  /**
+   * Tool calls in a tool parser's format: hermes `<tool_call>\n{call}\n</tool_call>` (one, or several separated by
+   * newlines when `parallel`), llama3_json one `{call}`. `call` is the JSON Schema (as text) of one call object.
+   */
+  | { kind: "tool_calls"; format: "hermes" | "llama3_json"; call: string; parallel: boolean };
 
 /** A grammar that does not compile: what is wrong with it, in XGrammar's words. */
 export class GrammarError extends Error {
@@ -158,8 +163,22 @@ async function compileSpec(xg: XGrammar, compiler: XgCompiler, spec: GrammarSpec
       return await compiler.compileGrammar(spec.ebnf);
     case "structural_tag":
       return await compiler.compileStructuralTag(spec.tag);
+    case "tool_calls": {
+      // The call's JSON on one line (a JSON Schema inside a structural tag would let whitespace run free).
+      const call = await xg.Testings._jsonSchemaToEBNF(spec.call, false, -1, undefined, true);
+      if (spec.format === "llama3_json") return await compiler.compileGrammar(call);
+      return await compiler.compileStructuralTag({
+        type: "structural_tag",
+        format: {
+          type: "tags_with_separator",
+          tags: [{ type: "tag", begin: "<tool_call>\n", content: { type: "grammar", grammar: call }, end: "\n</tool_call>" }],
+          separator: "\n",
+          at_least_one: true,
+          stop_after_first: !spec.parallel,
+        },
+      });
+    }
   }
-  void xg;
 }
 
 /** `text` as an EBNF string literal. */
