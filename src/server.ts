@@ -26,6 +26,7 @@ import { engineRowCapacity } from "./model/runners/engine-kv.ts";
 import { startModelThread } from "./model/thread/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
 import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
+import { WeightDigests, WeightFilesChangedError } from "./model/weight-checksums.ts";
 import { type StartupFacts, startupFields, startupLines } from "./startup-summary.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
@@ -47,6 +48,7 @@ export interface ServedModel {
 
 /** A weights problem as the control plane reports it: the client's mistake, or a forbidden path. */
 function asControlError(err: unknown): unknown {
+  if (err instanceof WeightFilesChangedError) return new ControlError("conflict", err.message);
   if (!(err instanceof WeightsError)) return err;
   return new ControlError(err.problem === "forbidden" ? "forbidden" : "invalid", err.message, "path");
 }
@@ -127,6 +129,10 @@ export async function loadServedModel(
       }
     },
     loadWeights: (source) => openWeights(source, served).catch((err) => Promise.reject(asControlError(err))),
+    weightDigests: (source) => {
+      const digest = new WeightDigests(source, served.dtype);
+      return { digests: () => digest.digests().catch((err) => Promise.reject(asControlError(err))) };
+    },
   });
   tokenizer.limitToContext(maxModelLen);
   await nextTurn();
