@@ -7,6 +7,7 @@ import { PrefixCache, type PrefixCacheStats } from "./prefix-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { requestHandle, type SubmittedRequest } from "./request.ts";
 import { Scheduler, type SchedulingPolicy } from "./scheduler.ts";
+import { SequenceConstraint, type TokenConstraint } from "./constraint.ts";
 import { Sequence, type FinishReason } from "./sequence.ts";
 import { checkAgainstVocab, type SamplingParams } from "./sampling-params.ts";
 import { auditEngine } from "./audit.ts";
@@ -108,9 +109,15 @@ export class Engine {
 
   /**
    * Queues a request; its events end with one that carries a finish reason. `sampleIndex` tells which of a
-   * request's n samples this is (a seeded request seeds sample i from seed and i).
+   * request's n samples this is (a seeded request seeds sample i from seed and i). `constraint`, this sample's own
+   * (one per sequence), limits what it may generate; the engine disposes of it when the sequence ends.
    */
-  submit(promptIds: readonly number[], params: SamplingParams, sampleIndex = 0): SubmittedRequest {
+  submit(
+    promptIds: readonly number[],
+    params: SamplingParams,
+    sampleIndex = 0,
+    constraint: TokenConstraint | null = null,
+  ): SubmittedRequest {
     const { maxModelLen, eosTokenIds } = this.options;
     if (promptIds.length === 0) throw new EngineRequestError("the prompt is empty", "prompt");
     if (promptIds.length >= maxModelLen) {
@@ -139,6 +146,7 @@ export class Engine {
       );
     }
     const seq = new Sequence(promptIds, params, { sampleIndex, eosTokenIds, maxModelLen });
+    if (constraint) seq.constraint = new SequenceConstraint(constraint);
     this.#byId.set(seq.id, seq);
     if (this.#holding) this.#held.push(seq);
     else {
@@ -309,6 +317,7 @@ export class Engine {
     if (held >= 0) this.#held.splice(held, 1);
     seq.status = "finished";
     seq.finishReason = reason;
+    seq.constraint?.dispose();
     this.#byId.delete(seq.id);
     seq.events.close(error);
   }

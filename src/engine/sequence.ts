@@ -2,6 +2,7 @@
  * A request's life in the engine: its tokens, its sampling parameters and stop rule, where its KV lives, and the
  * events it has produced.
  */
+import type { SequenceConstraint } from "./constraint.ts";
 import { EventQueue } from "./event-queue.ts";
 import { SamplingParams } from "./sampling-params.ts";
 import { SequenceSampler } from "./sampler.ts";
@@ -103,6 +104,8 @@ export class Sequence {
   readonly promptTokenScores: PromptTokenScores | null;
   /** Draws its tokens: its parameters, its prompt and its own random stream. */
   readonly sampler: SequenceSampler;
+  /** What a structured-output request's grammar allows next (null: anything); kept across preemptions. */
+  constraint: SequenceConstraint | null = null;
   readonly #eosTokenIds: readonly number[];
   readonly #maxModelLen: number;
 

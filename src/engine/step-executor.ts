@@ -173,7 +173,10 @@ export class StepExecutor {
 
   /** How `seq`'s next token is drawn (one number from the sequence's stream, drawn now). */
   #rowSampling(seq: Sequence): RowSampling {
-    return seq.sampler.next(seq.outputIds, this.#runner.vocabSize);
+    const row = seq.sampler.next(seq.outputIds, this.#runner.vocabSize);
+    const allowed = seq.constraint?.allowed(this.#runner.vocabSize);
+    if (allowed) row.allowed = allowed;
+    return row;
   }
 
   /** Waits for the KV the prefix cache read from a runner whose cache lives on another device. */
@@ -233,6 +236,7 @@ export class StepExecutor {
   #accept(seq: Sequence, pick: SampledToken): void {
     if (seq.status !== "running") return;
     seq.tokens.push(pick.tokenId);
+    seq.constraint?.accept(pick.tokenId);
     seq.firstTokenAt ??= performance.now();
     this.#cacheFullBlocks(seq);
     const event: TokenEvent = {
@@ -245,7 +249,8 @@ export class StepExecutor {
     if (pick.kept) event.samplingMask = pick.kept;
     if (event.index === 0 && seq.promptLogprobs) event.promptLogprobs = [...seq.promptLogprobs];
     if (event.index === 0 && seq.promptTokenScores) event.promptTokenScores = seq.promptTokenScores;
-    const reason = seq.stopReason(pick.tokenId);
+    // A grammar that takes no more tokens ends the sequence as vLLM does: "stop".
+    const reason = seq.stopReason(pick.tokenId) ?? (seq.constraint?.ended(this.#runner.vocabSize) ? "stop" : null);
     if (reason) event.finishReason = reason;
     seq.events.push(event);
     if (reason) this.#context.finish(seq, reason);
