@@ -13,6 +13,7 @@ import { formatRequestLine, RequestTracker, requestLogFields } from "./api/opera
 import { ChatTokenizer, readChatTemplate } from "./chat/template.ts";
 import { ControlError, EngineControl } from "./engine/control.ts";
 import { Engine } from "./engine/engine.ts";
+import { StepLog } from "./engine/step-log.ts";
 import { cacheConfigOf } from "./metrics/cache-config.ts";
 import { Rng } from "./engine/rng.ts";
 import { SamplerPool } from "./engine/sampler-pool.ts";
@@ -101,7 +102,10 @@ export async function loadServedModel(
   // What is left (the engine, the app) gets event loop turns of its own, so that a request arriving meanwhile (a
   // readiness probe) waits for one stretch of work, not for all of them.
   await nextTurn();
+  // At debug, what the engine does: its steps summed, a line a second while it works.
+  const stepLog = config.logLevel === "debug" ? new StepLog((line) => log.debug(line)) : null;
   const engine = new Engine(runner, {
+    onStep: stepLog ? (step) => step && stepLog.record(step) : undefined,
     maxModelLen,
     maxNumSeqs: config.maxNumSeqs,
     maxNumBatchedTokens: config.maxNumBatchedTokens,

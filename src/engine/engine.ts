@@ -3,6 +3,7 @@
  * back as token events; between steps the scheduler lets requests join and leave (continuous batching). What one
  * step does on the model is engine/step-executor.ts's.
  */
+import type { StepSummary } from "./step-log.ts";
 import { PrefixCache, type PrefixCacheStats } from "./prefix-cache.ts";
 import type { ModelRunner } from "./model-runner.ts";
 import { requestHandle, type SubmittedRequest } from "./request.ts";
@@ -32,8 +33,8 @@ export interface EngineOptions {
   rowCapacity?: (length: number) => number;
   /** Threads that sample rows whose logits come back to the host (default: the process's shared pool). */
   samplerPool?: SamplerPool;
-  /** Called after every step, between steps (tests audit the bookkeeping there). */
-  onStep?: () => void;
+  /** Called after every step, between steps (tests audit the bookkeeping there), with what it did when it ran. */
+  onStep?: (step: StepSummary | null) => void;
   /**
    * Called when a step failed: its sequences went back to the queue to be recomputed (`retried`), or ended with
    * the error after failing too often (`failed`).
@@ -287,15 +288,16 @@ export class Engine {
       await Promise.resolve();
       try {
         while (this.scheduler.hasWork && !this.#frozen) {
+          let step: StepSummary | null = null;
           try {
-            await this.#step();
+            step = await this.#step();
           } catch (err) {
             // A fault in planning the step (a bug) must not leave requests hanging or stop the loop.
             const all = [...this.scheduler.running, ...this.scheduler.waiting];
             for (const seq of all) this.#finish(seq, "abort", err);
             this.options.onStepError?.(err, 0, all.length);
           }
-          this.options.onStep?.();
+          this.options.onStep?.(step);
         }
       } finally {
         this.#loop = null;
@@ -303,10 +305,24 @@ export class Engine {
     })();
   }
 
-  async #step(): Promise<void> {
+  async #step(): Promise<StepSummary> {
+    const started = performance.now();
     const plan = this.scheduler.schedule();
     this.#steps++;
     await this.#executor.run(plan);
+    const { running, waiting, kvUsedBytes, kvCacheBytes } = this.stats();
+    return {
+      decode: plan.decode.length,
+      prefillSeqs: plan.prefill.length,
+      prefillTokens: plan.prefill.reduce((n, p) => n + p.tokens, 0),
+      admitted: plan.admitted.length,
+      preempted: plan.preempted.length,
+      ms: performance.now() - started,
+      running,
+      waiting,
+      kvUsedBytes,
+      kvCacheBytes,
+    };
   }
 
   #finish(seq: Sequence, reason: FinishReason, error?: unknown): void {
