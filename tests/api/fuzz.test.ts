@@ -98,6 +98,9 @@ const GENERATING: Record<string, { body: Record<string, unknown>; fields: string
   // Never valid weights, whatever the mutation: nothing gets loaded.
   "/update_weights": { body: { path: "/nonexistent/weights" }, fields: ["path", "mode", "policy_version", "model_path"] },
 };
+// return_sampling_mask on the routes that report sampling masks (at full vocabulary size, the largest answers).
+for (const route of ["/v1/chat/completions", "/v1/completions"]) GENERATING[route].fields.push("return_sampling_mask");
+GENERATING["/inference/v1/generate"].fields.push("return_sampling_mask", "sampling_params.return_sampling_mask");
 
 /** `body` with `field` (a dotted path for one inside an object of the body) set to `value`. */
 function withField(body: Record<string, unknown>, field: string, value: unknown): Record<string, unknown> {
