@@ -36,6 +36,8 @@ export interface SamplingOptions {
   promptLogprobs?: number | null;
   /** The field that holds the prompt, for errors ("messages", "prompt", "input"). */
   promptParam: string;
+  /** Teacher scoring: the ids to score, one row per prompt position from `start` (vLLM's prompt_logprob_token_ids). */
+  promptScores?: { ids: number[][]; start: number } | null;
 }
 
 const PINNED = [
@@ -87,6 +89,8 @@ export function samplingParams(deps: AppDeps, fields: SamplingRequestFields, opt
     max_tokens: maxTokens,
     logprobs: options.topLogprobs,
     prompt_logprobs: options.promptLogprobs ?? null,
+    prompt_logprob_token_ids: options.promptScores?.ids ?? null,
+    prompt_logprob_start: options.promptScores?.start ?? 0,
     logprobs_mode: fields.logprobs_mode ?? deps.logprobsMode ?? null,
   };
   for (const [field, flag] of PINNED) {

@@ -103,6 +103,10 @@ export const SamplingRequestFields = z.object({
   repetition_penalty: nullableNumber,
   logit_bias: z.record(z.string(), z.number()).nullish(),
   logprobs_mode: z.enum(["processed", "raw", "processed_logprobs", "raw_logprobs"]).nullish(),
+  // How the request is scheduled, as vLLM's: priority (lower first; not 0 needs --scheduling-policy priority) and a
+  // salt that keeps the request's prefix-cache blocks apart from those of other salts.
+  priority: nullableInt,
+  cache_salt: z.string().min(1).nullish(),
 });
 export type SamplingRequestFields = z.infer<typeof SamplingRequestFields>;
 

@@ -38,6 +38,12 @@ export const VllmSamplingParams = z.object({
   // gym-edge's own: this request's choices carry sampling_mask (also the request's top-level return_sampling_mask,
   // SGLang's name, and every request under --enable-return-sampling-mask, vLLM's switch).
   return_sampling_mask: nullableBool,
+  // Teacher scoring: one list of ids shared by every scored position (vLLM's first form) or one list per position.
+  prompt_logprob_token_ids: z.union([z.array(z.int().min(-1)), z.array(z.array(z.int().min(-1)))], {
+    error: "prompt_logprob_token_ids must be an array of token ids, or an array of arrays of token ids (one per " +
+      "scored position, -1 for padding)",
+  }).nullish(),
+  prompt_logprob_start: z.int().min(0).nullish(),
   // Read only to refuse them when they ask for something (see REFUSED_SAMPLING in tokens.ts).
   best_of: z.unknown().optional(),
   allowed_token_ids: z.unknown().optional(),
@@ -46,8 +52,6 @@ export const VllmSamplingParams = z.object({
   guided_decoding: z.unknown().optional(),
   logits_processors: z.unknown().optional(),
   logprob_token_ids: z.unknown().optional(),
-  prompt_logprob_token_ids: z.unknown().optional(),
-  prompt_logprob_start: z.unknown().optional(),
   thinking_token_budget: z.unknown().optional(),
   repetition_detection: z.unknown().optional(),
   trace_decode_token_ids: z.unknown().optional(),
@@ -98,6 +102,8 @@ export const GenerateResponse = z.object({
   choices: z.array(GenerateResponseChoice),
   usage: Usage.nullable(),
   prompt_logprobs: PromptLogprobs,
+  /** Teacher scoring's [rows, K] float32 matrix as a base64 .npy file; null unless prompt_logprob_token_ids was sent. */
+  prompt_token_id_logprobs: z.string().nullable(),
   kv_transfer_params: z.record(z.string(), z.unknown()).nullable(),
   policy_version: z.int(),
   weight_version: z.string().nullable(),

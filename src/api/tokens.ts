@@ -14,7 +14,7 @@ import { chatPromptIds } from "../chat/prompt.ts";
 import { StopStringMatcher } from "../chat/stop.ts";
 import { AssistantOutput, type ToolChoice, toolCalling } from "../chat/tools/parser.ts";
 import { SamplingParamsError } from "../engine/sampling-params.ts";
-import type { TokenEvent } from "../engine/sequence.ts";
+import type { PromptTokenScores, TokenEvent } from "../engine/sequence.ts";
 import { readJson } from "./body.ts";
 import { checkRequest as checkChatRequest, outputParsers } from "./chat-completions.ts";
 import type { AppDeps } from "./deps.ts";
@@ -22,6 +22,7 @@ import { InvalidRequestError } from "./errors.ts";
 import { describeIssues } from "./issues.ts";
 import { engineOf, Generation, policyVersionOf, samplingParams, textOptions, versionFields } from "./generate.ts";
 import { assertServedModel } from "./models.ts";
+import { base64, npyFloat32 } from "./npy.ts";
 import { nameRequest } from "./request-names.ts";
 import {
   type ChatChoice,
@@ -67,8 +68,6 @@ const REFUSED_SAMPLING: [keyof VllmSamplingParams, (sp: VllmSamplingParams) => b
   ["guided_decoding", (sp) => asks(sp.guided_decoding), "guided decoding (structured output) is not implemented"],
   ["logits_processors", (sp) => asks(sp.logits_processors), "custom logits processors are not supported"],
   ["logprob_token_ids", (sp) => asks(sp.logprob_token_ids), "logprob_token_ids is not supported: use logprobs (top 0..20)"],
-  ["prompt_logprob_token_ids", (sp) => asks(sp.prompt_logprob_token_ids), "prompt_logprob_token_ids is not supported: use prompt_logprobs (top 0..20)"],
-  ["prompt_logprob_start", (sp) => asks(sp.prompt_logprob_start, 0), "prompt_logprob_start is not supported: prompt_logprobs covers the whole prompt"],
   ["thinking_token_budget", (sp) => asks(sp.thinking_token_budget, -1), "thinking_token_budget is not supported"],
   ["repetition_detection", (sp) => {
     const r = sp.repetition_detection as { max_pattern_size?: unknown } | null | undefined;
@@ -104,16 +103,49 @@ function checkGenerateRequest(request: GenerateRequest): void {
   if (isSet(request.ec_transfer_params)) {
     throw new InvalidRequestError("ec_transfer_params is not supported: this server has no encoder cache to transfer", "ec_transfer_params");
   }
-  if (request.cache_salt != null) {
+  // priority is checked by the engine, which knows its scheduling policy; cache_salt salts the prefix cache.
+  if (sp.prompt_logprob_token_ids != null && request.stream) {
+    throw new InvalidRequestError("prompt_logprob_token_ids is not supported with stream (as in vLLM)", "stream");
+  }
+  if ((sp.prompt_logprob_start ?? 0) !== 0 && sp.prompt_logprob_token_ids == null) {
     throw new InvalidRequestError(
-      "cache_salt is not supported: the prefix cache cannot be salted; leave it out or send null",
-      "cache_salt",
+      "prompt_logprob_start applies to prompt_logprob_token_ids, which the request does not send",
+      "sampling_params.prompt_logprob_start",
     );
   }
-  // vLLM: any priority other than 0 is an error unless the server schedules by priority; this one does not.
-  if ((request.priority ?? 0) !== 0) {
-    throw new InvalidRequestError("priority must be 0: this server does not schedule by priority", "priority");
+}
+
+/**
+ * Teacher scoring's ids, one row per scored position of the prompt: vLLM's one list shared by every position is
+ * repeated, a list of lists must have exactly one per position. Null when not asked for.
+ */
+function promptScores(sp: VllmSamplingParams, promptLength: number, vocabSize: number): { ids: number[][]; start: number } | null {
+  const given = sp.prompt_logprob_token_ids;
+  if (given == null) return null;
+  const outside = given.flat().find((id) => id >= vocabSize);
+  if (outside !== undefined) {
+    throw new InvalidRequestError(
+      `token id ${outside} in prompt_logprob_token_ids is outside the vocabulary (${vocabSize} tokens)`,
+      "sampling_params.prompt_logprob_token_ids",
+    );
   }
+  const start = sp.prompt_logprob_start ?? 0;
+  const rows = Math.max(promptLength - 1 - start, 0);
+  const param = "sampling_params.prompt_logprob_token_ids";
+  const shared = given.length > 0 && given.every((row) => typeof row === "number");
+  if (given.length === 0 && rows > 0) throw new InvalidRequestError("prompt_logprob_token_ids must name at least one token id", param);
+  if (shared) {
+    return { ids: Array.from({ length: rows }, () => given as number[]), start };
+  }
+  const perRow = given as number[][];
+  if (perRow.length !== rows) {
+    throw new InvalidRequestError(
+      `prompt_logprob_token_ids must have one row per scored position: ${rows} (${promptLength} prompt tokens - 1 - ` +
+        `prompt_logprob_start ${start}), got ${perRow.length}`,
+      param,
+    );
+  }
+  return { ids: perRow, start };
 }
 
 /**
@@ -145,6 +177,11 @@ function generateChoice(
     routed_experts: null,
     sampling_mask: masks ? samplingMasksOf(tokens) : null,
   };
+}
+
+/** Teacher scoring's matrix as vLLM sends it: a base64 .npy float32 [rows, K] (null if the request ended first). */
+function tokenScoresOf(scores: PromptTokenScores | undefined): string | null {
+  return scores ? base64(npyFloat32(scores.values, [scores.rows, scores.columns])) : null;
 }
 
 /** Runs `make`, naming the fields of its errors as fields of `sampling_params` (the prompt's stay `token_ids`). */
@@ -218,7 +255,9 @@ export function tokenRoutes(deps: AppDeps): Hono {
     const top = sp.logprobs ?? null;
     // vLLM's server-wide switch, or this request's (SGLang's top-level name, or inside sampling_params).
     const masks = (deps.returnSamplingMask || request.return_sampling_mask || sp.return_sampling_mask) ?? false;
-    const fields = { ...sp, return_sampling_mask: masks };
+    const scores = promptScores(sp, ids.length, deps.tokenizer.vocabSize);
+    // priority and cache_salt are the request's, not its sampling_params' (an empty salt is no salt).
+    const fields = { ...sp, return_sampling_mask: masks, priority: request.priority, cache_salt: request.cache_salt || null };
     const params = withinSamplingParams(() => samplingParams(deps, fields, {
       promptLength: ids.length,
       maxTokens: sp.max_tokens,
@@ -227,6 +266,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
       topLogprobs: top,
       promptLogprobs: sp.prompt_logprobs ?? null,
       promptParam: "token_ids",
+      promptScores: scores,
     }));
     // After the context check, so that a prompt far too long is refused without a look at each of its ids.
     const bad = ids.findIndex((id) => !deps.tokenizer.isKnownId(id));
@@ -246,6 +286,7 @@ export function tokenRoutes(deps: AppDeps): Hono {
         choices: results.map((r) => generateChoice(r.index, r.tokens, top, r.finishReason, params.return_sampling_mask)),
         usage: usageOf(ids.length, tokens.length),
         prompt_logprobs: sp.prompt_logprobs == null ? null : promptLogprobsOf(texts, results[0]?.tokens[0]?.promptLogprobs),
+        prompt_token_id_logprobs: scores === null ? null : tokenScoresOf(results[0]?.tokens[0]?.promptTokenScores),
         kv_transfer_params: null,
         ...versionFields(engine, policyVersionOf(engine.policyVersion, tokens)),
       };
@@ -309,8 +350,8 @@ export function tokenRoutes(deps: AppDeps): Hono {
       model: request.model ?? null,
       stream: request.stream ?? false,
       stream_options: request.stream ? request.stream_options ?? null : null,
-      cache_salt: null,
-      priority: 0,
+      cache_salt: request.cache_salt ?? null,
+      priority: request.priority ?? 0,
       kv_transfer_params: null,
     });
   });

@@ -364,7 +364,7 @@ test("bad input is a 4xx in OpenAI's error shape naming the field", SLOW, async 
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { allowed_token_ids: [1, 2] } })).param, "sampling_params.allowed_token_ids");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { logprob_token_ids: [1] } })).param, "sampling_params.logprob_token_ids");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, priority: 1 })).param, "priority");
-  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, cache_salt: "salt" })).param, "cache_salt");
+  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, cache_salt: 5 })).param, "cache_salt");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, kv_transfer_params: { do_remote_decode: true } })).param, "kv_transfer_params");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, features: { mm_hashes: {}, mm_placeholders: {} } })).param, "features");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, model: "other" }, 404)).code, "model_not_found");
