@@ -38,7 +38,15 @@ for (const [shape, row] of [["model-like", modelLikeRow(1)], ["flat", flatRow(2)
     const rng = Rng.fromSeed(3);
     for (let j = 0; j < 2 * (rows + 50); j++) {
       const keepSet = j % 2 === 1;
-      const settings: RowSampling = { temperature: 1, minP: 0, uniform: rng.nextUniform(), topLogprobs: 0, logprobsMode: "processed", keepSet, ...cut };
+      const settings: RowSampling = {
+        temperature: 1,
+        minP: 0,
+        uniform: rng.nextUniform(),
+        topLogprobs: 0,
+        logprobsMode: "processed",
+        keepSet,
+        ...cut,
+      };
       const t0 = performance.now();
       const out = sampler.sampleRow(row, settings);
       const ms = performance.now() - t0;
@@ -56,7 +64,13 @@ for (const [shape, row] of [["model-like", modelLikeRow(1)], ["flat", flatRow(2)
 }
 
 const server = await startServer(
-  ServerConfig.parse({ port: 0, device: "cpu", cacheDir: process.env.GYM_EDGE_CACHE, maxModelLen: 512, logRequests: false }),
+  ServerConfig.parse({
+    port: 0,
+    device: "cpu",
+    cacheDir: process.env.GYM_EDGE_CACHE,
+    maxModelLen: 512,
+    logRequests: false,
+  }),
   silentLogger,
 );
 await server.ready;
@@ -70,13 +84,22 @@ async function generate(cut: Record<string, number>, mask: boolean, seed: number
     sampling_params: { temperature: 1, max_tokens: tokens, ignore_eos: true, seed, logprobs: 0, ...cut },
   };
   const t0 = performance.now();
-  const res = await fetch(`${base}/inference/v1/generate`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const res = await fetch(`${base}/inference/v1/generate`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
   const text = await res.text();
   const ms = performance.now() - t0;
   if (res.status !== 200) throw new Error(text);
   const choice = JSON.parse(text).choices[0];
   const masks: number[][] = choice.sampling_mask ?? [];
-  return { ms, tokens: choice.token_ids.length, bytes: text.length, maskSize: masks.reduce((a, m) => a + m.length, 0) / Math.max(1, masks.length) };
+  return {
+    ms,
+    tokens: choice.token_ids.length,
+    bytes: text.length,
+    maskSize: masks.reduce((a, m) => a + m.length, 0) / Math.max(1, masks.length),
+  };
 }
 
 const cuts: Record<string, number>[] = [{ top_p: 0.95 }, { top_p: 1 }, { top_p: 0.95, top_k: 50 }];

@@ -228,7 +228,8 @@ export class GpuSampler {
         if (!row.keepSet) return;
         const at = plan.keptAt[r];
         const allMasked = (words[r * OUT_WORDS + 2] & 1) !== 0;
-        tokens[r].kept = at < 0 || allMasked ? Int32Array.of(tokens[r].tokenId) : idsOf(kept!, at - plan.keptFrom, this.vocabSize);
+        const alone = at < 0 || allMasked;
+        tokens[r].kept = alone ? Int32Array.of(tokens[r].tokenId) : idsOf(kept!, at - plan.keptFrom, this.vocabSize);
       });
     }
     return tokens;
@@ -322,7 +323,8 @@ export class GpuSampler {
     if (this.#keptReadback === null || this.#keptReadback.size < bytes) {
       const size = Math.max(bytes, 2 * (this.#keptReadback?.size ?? 0));
       this.#keptReadback?.destroy();
-      this.#keptReadback = this.#device.createBuffer({ size, usage: MAP_READ | COPY_DST, label: "sampler kept readback" });
+      const label = "sampler kept readback";
+      this.#keptReadback = this.#device.createBuffer({ size, usage: MAP_READ | COPY_DST, label });
     }
     return this.#keptReadback;
   }
@@ -333,7 +335,8 @@ export class GpuSampler {
       const size = Math.max(bytes, 2 * (this.#rowWords?.size ?? 0));
       this.#rowWords?.destroy();
     this.#keptReadback?.destroy();
-      this.#rowWords = this.#device.createBuffer({ size, usage: STORAGE | COPY_DST | COPY_SRC, label: "sampler row words" });
+      const label = "sampler row words";
+      this.#rowWords = this.#device.createBuffer({ size, usage: STORAGE | COPY_DST | COPY_SRC, label });
     }
     return this.#rowWords;
   }

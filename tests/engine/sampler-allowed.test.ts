@@ -96,13 +96,21 @@ describe("allowed-token mask on the CPU sampler", () => {
         const got = sampler.sampleRow(logits, row);
         const what = `${JSON.stringify(input)} draw ${d}`;
         assert.ok(want.has(got.tokenId), `${what}: token ${got.tokenId} is in the reference's kept set`);
-        assert.ok(Math.abs(got.logprob - want.get(got.tokenId)!) <= TOLERANCE, `${what}: ${got.logprob} vs ${want.get(got.tokenId)}`);
+        assert.ok(
+          Math.abs(got.logprob - want.get(got.tokenId)!) <= TOLERANCE,
+          `${what}: ${got.logprob} vs ${want.get(got.tokenId)}`,
+        );
         // The top tokens are the best allowed ones, at their kept log-probability (the floor past the cut).
-        const ranked = [...logits.keys()].filter((t) => isAllowed(mask, t)).sort((a, b) => logits[b] - logits[a] || a - b);
+        const ranked = [...logits.keys()].filter((t) => isAllowed(mask, t)).sort((a, b) =>
+          logits[b] - logits[a] || a - b
+        );
         assert.deepEqual(got.topLogprobs!.map((t) => t.tokenId), ranked.slice(0, row.topLogprobs!), `${what}: top ids`);
         for (const t of got.topLogprobs!) {
           const expected = want.get(t.tokenId) ?? LOGPROB_FLOOR;
-          assert.ok(Math.abs(t.logprob - expected) <= TOLERANCE, `${what}: top ${t.tokenId} ${t.logprob} vs ${expected}`);
+          assert.ok(
+            Math.abs(t.logprob - expected) <= TOLERANCE,
+            `${what}: top ${t.tokenId} ${t.logprob} vs ${expected}`,
+          );
         }
       }
     });
@@ -127,7 +135,10 @@ describe("allowed-token mask on the CPU sampler", () => {
     const sampler = new Sampler();
     const rng = Rng.fromSeed(82);
     for (let d = 0; d < 50; d++) {
-      const got = sampler.sampleRow(logits, settings({ temperature: 0.9, top_p: 0.9, logprobs: 4, logprobs_mode: "raw" }, rng.nextUniform(), mask));
+      const got = sampler.sampleRow(
+        logits,
+        settings({ temperature: 0.9, top_p: 0.9, logprobs: 4, logprobs_mode: "raw" }, rng.nextUniform(), mask),
+      );
       assert.ok(isAllowed(mask, got.tokenId), "raw mode samples under the mask too");
       assert.ok(Math.abs(got.logprob - raw[got.tokenId]) <= TOLERANCE, `${got.logprob} vs ${raw[got.tokenId]}`);
       // The model's own top tokens, forbidden ones among them.
@@ -166,7 +177,10 @@ describe("allowed-token mask on the CPU sampler", () => {
     const logits = new Float32Array(n);
     const mask = new Uint32Array(4);
     mask[0] = 1 << 5;
-    const row = { ...settings({ temperature: 1 }, 0.99, mask), edits: [{ tokenId: 9, bias: 100, mask: false, repetition: 1.5, subtract: -3 }] };
+    const row = {
+      ...settings({ temperature: 1 }, 0.99, mask),
+      edits: [{ tokenId: 9, bias: 100, mask: false, repetition: 1.5, subtract: -3 }],
+    };
     const got = new Sampler().sampleRow(logits, row);
     assert.equal(got.tokenId, 5);
     assert.equal(got.logprob, 0);
@@ -177,7 +191,9 @@ describe("allowed-token mask through the sampler pool", () => {
   const pool = new SamplerPool(1);
   after(() => pool.close());
 
-  test("masks reach the helper thread (views into one larger buffer included) and sample as one sampler does", { timeout: 60_000 }, async () => {
+  test("masks reach the helper thread (views into one larger buffer included) and sample as one sampler does", {
+    timeout: 60_000,
+  }, async () => {
     const n = 4096;
     const rows = Array.from({ length: 8 }, (_, i) => logitsRow(n, 100 + i));
     // One buffer for every row's mask, as a grammar might keep them; odd rows have none.
@@ -186,17 +202,26 @@ describe("allowed-token mask through the sampler pool", () => {
     rows.forEach((_, i) => masks.set(randomMask(n, 200 + i, 0.2), i * words));
     const rng = Rng.fromSeed(300);
     const settingsOf = rows.map((_, i) =>
-      settings(cuts[i % cuts.length], rng.nextUniform(), i % 2 === 0 ? masks.subarray(i * words, (i + 1) * words) : null)
+      settings(
+        cuts[i % cuts.length],
+        rng.nextUniform(),
+        i % 2 === 0 ? masks.subarray(i * words, (i + 1) * words) : null,
+      )
     );
     const got = await pool.sample(rows, settingsOf);
     const want = rows.map((logits, i) => new Sampler().sampleRow(logits, settingsOf[i]));
     assert.deepEqual(got, want);
     assert.equal(pool.helpers, 1, "a helper thread sampled a share of the rows");
     got.forEach((t, i) => {
-      if (i % 2 === 0) assert.ok(isAllowed(settingsOf[i].allowed!, t.tokenId), `row ${i}: token ${t.tokenId} is forbidden`);
+      if (i % 2 === 0) {
+        assert.ok(isAllowed(settingsOf[i].allowed!, t.tokenId), `row ${i}: token ${t.tokenId} is forbidden`);
+      }
     });
     // The masked rows the helper sampled would have drawn differently without their mask.
     const unmasked = rows.map((logits, i) => new Sampler().sampleRow(logits, { ...settingsOf[i], allowed: null }));
-    assert.ok(got.some((t, i) => i >= 4 && i % 2 === 0 && t.tokenId !== unmasked[i].tokenId), "the helper applied a mask");
+    assert.ok(
+      got.some((t, i) => i >= 4 && i % 2 === 0 && t.tokenId !== unmasked[i].tokenId),
+      "the helper applied a mask",
+    );
   });
 });

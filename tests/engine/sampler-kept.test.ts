@@ -71,7 +71,11 @@ describe("sampling mask on the CPU sampler", () => {
     const sampler = new Sampler();
     assert.equal(sampler.sampleRow(logits, settings({ temperature: 1 }, 0.5)).kept!.length, n, "no cut: every token");
     for (const k of [1, 7, 1024, 1025, 2999]) {
-      assert.equal(sampler.sampleRow(logits, settings({ temperature: 1, top_k: k }, 0.5)).kept!.length, k, `top_k ${k}`);
+      assert.equal(
+        sampler.sampleRow(logits, settings({ temperature: 1, top_k: k }, 0.5)).kept!.length,
+        k,
+        `top_k ${k}`,
+      );
     }
     // The nucleus by hand: the fewest best tokens whose probability reaches top_p.
     const probs = Array.from(logits, (l) => Math.exp(l));
@@ -81,12 +85,20 @@ describe("sampling mask on the CPU sampler", () => {
       let mass = 0;
       let size = 0;
       while (mass < p * total) mass += sorted[size++];
-      assert.equal(sampler.sampleRow(logits, settings({ temperature: 1, top_p: p }, 0.5)).kept!.length, size, `top_p ${p}`);
+      assert.equal(
+        sampler.sampleRow(logits, settings({ temperature: 1, top_p: p }, 0.5)).kept!.length,
+        size,
+        `top_p ${p}`,
+      );
     }
     const pMax = sorted[0];
     for (const m of [0.05, 0.5]) {
       const above = probs.filter((q) => q >= m * pMax).length;
-      assert.equal(sampler.sampleRow(logits, settings({ temperature: 1, min_p: m }, 0.5)).kept!.length, above, `min_p ${m}`);
+      assert.equal(
+        sampler.sampleRow(logits, settings({ temperature: 1, min_p: m }, 0.5)).kept!.length,
+        above,
+        `min_p ${m}`,
+      );
     }
   });
 
@@ -135,7 +147,10 @@ describe("sampling mask through the sampler pool", () => {
     const n = 4096;
     const rows = Array.from({ length: 8 }, (_, i) => logitsRow(n, 100 + i));
     const rng = Rng.fromSeed(7);
-    const rowSettings = rows.map((_, i) => ({ ...settings(cuts[i % cuts.length], rng.nextUniform()), keepSet: i % 3 !== 1 }));
+    const rowSettings = rows.map((_, i) => ({
+      ...settings(cuts[i % cuts.length], rng.nextUniform()),
+      keepSet: i % 3 !== 1,
+    }));
     const got = await pool.sample(rows, rowSettings);
     const want = rows.map((logits, i) => new Sampler().sampleRow(logits, rowSettings[i]));
     assert.deepEqual(got, want);

@@ -12,7 +12,11 @@ export const isAllowed = (mask: Uint32Array, t: number) => ((mask[t >>> 5] >>> (
  * id), probabilities softmax(l / T) over them; min-p keeps p >= min_p * p_max, top-k the first k, top-p the
  * shortest prefix whose renormalised mass reaches top_p; each kept token's log-probability under the kept ones.
  */
-export function referenceLogprobs(logits: Float32Array, mask: Uint32Array | null, row: RowSampling): Map<number, number> {
+export function referenceLogprobs(
+  logits: Float32Array,
+  mask: Uint32Array | null,
+  row: RowSampling,
+): Map<number, number> {
   const ids = [...logits.keys()].filter((t) => logits[t] !== -Infinity && (mask === null || isAllowed(mask, t)));
   ids.sort((a, b) => logits[b] - logits[a] || a - b);
   const scaled = ids.map((t) => logits[t] / row.temperature);
