@@ -217,7 +217,7 @@ export class GpuSampler {
     const words = new Uint32Array(this.#readback.getMappedRange(0, 2 * recordBytes).slice(0));
     this.#readback.unmap();
     const tokens = rows.map((row, r) => readRecord(row, words, r, count));
-    if (plan.keptAt.some((at) => at >= 0)) {
+    if (rows.some((row) => row.keepSet)) {
       let kept: Uint32Array | null = null;
       if (keptReadback) {
         await keptReadback.mapAsync(MAP_MODE_READ, 0, keptBytes);

@@ -344,6 +344,9 @@ describe("GPU sampler against its CPU twin", () => {
     assert.equal(actual[5].kept!.length, VOCAB, "no cut: every token");
     assert.deepEqual([...actual[6].kept!], [actual[6].tokenId], "greedy: the argmax alone");
     assert.deepEqual([...actual[9].kept!], [0], "nothing allowed: the lowest id");
+    // A call whose only set is a greedy row's: nothing for the kernel to write, the argmax alone all the same.
+    const [greedy] = await (await gpuSampler(VOCAB)).sampleArrays([row], [{ ...rows[6], allowed: null }]);
+    assert.deepEqual([...greedy.kept!], [greedy.tokenId]);
   });
 
   test("many draws with mixed parameters agree token for token", { ...SLOW, skip: noGpu }, async () => {
