@@ -152,6 +152,7 @@ export const VLLM_SPELLINGS: Readonly<Record<string, FlagSpelling>> = {
   "uvicorn-log-level": { key: "logLevel" },
   "kv-cache-memory-bytes": { key: "kvCacheMemory" },
   "download-dir": { key: "cacheDir" },
+  "return-sampling-mask": { key: "enableReturnSamplingMask" },
   "enable-auto-tool-choice": { accepted: "tool calls are always read from the output (--tool-call-parser)" },
   "enable-chunked-prefill": { accepted: "long prompts are always prefilled in chunks (--max-num-batched-tokens)" },
   "disable-log-stats": { accepted: "no periodic stats lines are logged; /metrics has the figures" },

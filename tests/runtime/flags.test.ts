@@ -101,6 +101,9 @@ test("--served-model-name takes several names after one flag or the flag repeate
 
 test("vLLM's spellings of gym-edge's flags set the same settings", () => {
   assert.equal(serve("--enable-prefix-caching").prefixCaching, true);
+  assert.equal(serve("--enable-return-sampling-mask").enableReturnSamplingMask, true);
+  assert.equal(serve("--return-sampling-mask").enableReturnSamplingMask, true);
+  assert.equal(serve().enableReturnSamplingMask, false);
   assert.equal(serve("--no-enable-prefix-caching").prefixCaching, false);
   assert.equal(serve("--no-prefix-caching").prefixCaching, false);
   assert.equal(serve().logRequests, true);
