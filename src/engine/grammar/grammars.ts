@@ -68,7 +68,14 @@ export interface CompiledConstraint {
 /** One model's grammars: its vocabulary compiled once, grammars compiled once each. */
 export class Grammars {
   readonly #vocabulary: () => GrammarVocabulary;
-  #ready: Promise<{ xg: XGrammar; binding: XGrammarBinding; info: XgTokenizerInfo; compiler: XgCompiler; vocabSize: number }> | null = null;
+  #ready: Promise<{
+    xg: XGrammar;
+    binding: XGrammarBinding;
+    info: XgTokenizerInfo;
+    compiler: XgCompiler;
+    vocabSize: number;
+    stopTokenIds: readonly number[];
+  }> | null = null;
   readonly #cache = new Map<string, Promise<CompiledConstraint>>();
   /** How long compiling the vocabulary took (ms), once done. */
   vocabularyMs: number | null = null;
@@ -117,13 +124,13 @@ export class Grammars {
       const info = await xg.TokenizerInfo.createTokenizerInfo(encoded, type, prependSpace, vocabSize, [...stopTokenIds]);
       const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
       this.vocabularyMs = performance.now() - t0;
-      return { xg, binding, info, compiler, vocabSize };
+      return { xg, binding, info, compiler, vocabSize, stopTokenIds };
     })();
     return this.#ready;
   }
 
   async #compile(spec: GrammarSpec, key: string): Promise<CompiledConstraint> {
-    const { xg, binding, compiler, vocabSize } = await this.#engine();
+    const { xg, binding, compiler, vocabSize, stopTokenIds } = await this.#engine();
     checkSpec(spec);
     let compiled: XgCompiled;
     const printed: string[] = [];
@@ -136,7 +143,7 @@ export class Grammars {
     } finally {
       xg.printErr = printErr;
     }
-    return new Compiled(key, compiled, binding, vocabSize);
+    return new Compiled(key, compiled, binding, vocabSize, stopTokenIds);
   }
 }
 
@@ -232,16 +239,24 @@ class Compiled implements CompiledConstraint {
   readonly #compiled: XgCompiled;
   readonly #binding: XGrammarBinding & Record<string, any>;
   readonly #vocabSize: number;
+  readonly #stopTokenIds: readonly number[];
 
-  constructor(readonly key: string, compiled: XgCompiled, binding: XGrammarBinding, vocabSize: number) {
+  constructor(
+    readonly key: string,
+    compiled: XgCompiled,
+    binding: XGrammarBinding,
+    vocabSize: number,
+    stopTokenIds: readonly number[],
+  ) {
     this.#compiled = compiled;
     this.#binding = binding as XGrammarBinding & Record<string, any>;
     this.#vocabSize = vocabSize;
+    this.#stopTokenIds = stopTokenIds;
   }
 
   matcher(): TokenConstraint {
     const handle = new this.#binding.GrammarMatcher(this.#compiled.handle, undefined, false, -1);
-    return new Matcher(handle, this.#binding, this.#vocabSize);
+    return new Matcher(handle, this.#binding, this.#vocabSize, this.#stopTokenIds);
   }
 
   dispose(): void {
@@ -262,13 +277,17 @@ class Matcher implements TokenConstraint {
   #handle: MatcherHandle | null;
   readonly #binding: XGrammarBinding;
   readonly #vocabSize: number;
+  readonly #stopTokenIds: readonly number[];
+  /** Whether the latest mask allowed a stop token (the output so far is complete). */
+  #canStop = false;
   /** Whether the last accepted token was refused (the matcher is then left where it was). */
   rejected = false;
 
-  constructor(handle: MatcherHandle, binding: XGrammarBinding, vocabSize: number) {
+  constructor(handle: MatcherHandle, binding: XGrammarBinding, vocabSize: number, stopTokenIds: readonly number[]) {
     this.#handle = handle;
     this.#binding = binding;
     this.#vocabSize = vocabSize;
+    this.#stopTokenIds = stopTokenIds;
   }
 
   fillNextMask(mask: Uint32Array): boolean {
@@ -281,16 +300,19 @@ class Matcher implements TokenConstraint {
     } finally {
       vector.delete();
     }
+    this.#canStop = this.#stopTokenIds.some((t) => ((mask[t >>> 5] >>> (t & 31)) & 1) === 1);
     return true;
   }
 
   accept(tokenId: number): void {
     if (this.#handle === null || this.#handle.IsTerminated()) return;
     if (!this.#handle.AcceptToken(tokenId, false)) this.rejected = true;
+    this.#canStop = false;
   }
 
+  /** Complete: the stop token was accepted, or the latest mask allows it. */
   get done(): boolean {
-    return this.#handle === null || this.#handle.IsTerminated();
+    return this.#handle === null || this.#handle.IsTerminated() || this.#canStop;
   }
 
   dispose(): void {
