@@ -63,6 +63,8 @@ export const ServerConfig = z.object({
   hubUrl: z.url({ protocol: /^https?$/ }).optional()
     .describe("address of the Hugging Face hub or a mirror that hub ids are downloaded from (default https://huggingface.co)"),
   hfToken: z.string().min(1).optional().describe("token for gated and private hub repositories"),
+  revision: z.string().min(1).max(256).regex(/^[^\s/\\][^\s\\]*$/, "a branch, tag or commit without spaces or backslashes").optional()
+    .describe("the hub revision (branch, tag or commit) a hub id is downloaded at (default main)"),
   logLevel: z.enum(["debug", "info", "warn", "error"]).default("info").describe("least severe log level printed"),
   // Engine
   maxNumSeqs: positiveInt.default(32).describe("most sequences decoded together in one batch"),
@@ -172,6 +174,8 @@ export const VLLM_SPELLINGS: Readonly<Record<string, FlagSpelling>> = {
   "q": { refused: "the weights' precision is the ONNX file's: pick it with --dtype (q8, q4)", value: true },
   "kv-cache-dtype": { refused: "the KV cache is kept in fp32", value: true, unless: ["auto"] },
   "tokenizer": { refused: "the tokenizer is the model folder's own tokenizer.json", value: true },
+  "tokenizer-revision": { ignored: "the tokenizer comes from the model's own revision (--revision)", value: true },
+  "code-revision": { ignored: "no model code is downloaded: the architectures are built in", value: true },
   "enable-lora": { refused: "LoRA adapters are not served; /update_weights replaces the weights" },
   "ssl-keyfile": { refused: "serve TLS through a reverse proxy in front of gym-edge", value: true },
   "ssl-certfile": { refused: "serve TLS through a reverse proxy in front of gym-edge", value: true },

@@ -70,7 +70,7 @@ export async function loadServedModel(
   if (config.hfToken !== undefined) process.env.HF_TOKEN = config.hfToken;
   // The engine runs its own graph: only its runner opens on the device, never the model's standard session.
   const { model: loaded, opened } = await openModel(
-    { model: config.model, device: config.device, dtype: config.dtype, cacheDir, hubUrl: config.hubUrl, log },
+    { model: config.model, device: config.device, dtype: config.dtype, cacheDir, hubUrl: config.hubUrl, revision: config.revision, log },
     async (backend, model) => {
       const { maxPositionEmbeddings } = model.config;
       const maxModelLen = Math.min(config.maxModelLen ?? maxPositionEmbeddings, maxPositionEmbeddings);

@@ -29,6 +29,8 @@ export interface LoadModelOptions {
   cacheDir: string;
   /** Base URL of the hub or a mirror (default https://huggingface.co/). */
   hubUrl?: string;
+  /** The hub revision (branch, tag or commit) a hub id is downloaded at (default main). */
+  revision?: string;
   /** Where the choice of device is reported. */
   log?: Logger;
 }
@@ -112,7 +114,7 @@ export async function openModel<T>(
 ): Promise<{ model: ModelInfo; opened: T }> {
   const log = options.log ?? createLogger();
   const dtype = options.dtype ?? "fp32";
-  const asked = locateModel(options.model ?? await builtinModel(options.cacheDir, log), options.cacheDir);
+  const asked = locateModel(options.model ?? await builtinModel(options.cacheDir, log), options.cacheDir, options.revision);
   let location = asked;
   if (!asked.local) {
     await fetchHubConfig(asked, options.hubUrl);
@@ -129,6 +131,7 @@ export async function openModel<T>(
     local: location.local,
     dtype,
     cacheDir: location.cacheDir,
+    revision: location.revision,
     files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype),
   };
   // The tokenizer loads while the model opens; a tokenizer that fails after the model opened closes it again.
@@ -235,6 +238,7 @@ async function loadTokenizer(location: ModelLocation): Promise<PreTrainedTokeniz
     return await AutoTokenizer.from_pretrained(location.id, {
       local_files_only: location.local,
       cache_dir: location.cacheDir,
+      revision: location.revision,
     });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);

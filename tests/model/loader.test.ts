@@ -181,6 +181,51 @@ describe("loadModel", () => {
       await hub.close();
     }
   });
+
+  test("--revision downloads a hub id at that revision, into a cache of its own beside main's", SLOW, async () => {
+    // A stand-in for the hub with two revisions of one repository: main is the tiny model, v2 other weights.
+    const v2 = path.join(root, "tiny-v2");
+    await buildModel({ preset: "tiny", out: v2, seed: 1 });
+    const asked: string[] = [];
+    const hub = await serve((req) => {
+      const match = new URL(req.url).pathname.match(/^\/test-org\/tiny\/resolve\/([^/]+)\/(.+)$/);
+      // transformers.js (4.3) asks whether main has a tokenizer_config.json whatever the revision, and reads
+      // nothing of the answer but that it exists; every other request names the revision.
+      if (match && !(match[1] === "main" && match[2] === "tokenizer_config.json" && asked.includes("v2"))) {
+        asked.push(decodeURIComponent(match[1]));
+      }
+      const dir = match && { main: tiny, v2 }[decodeURIComponent(match[1])];
+      const file = dir && path.join(dir, decodeURIComponent(match[2]));
+      if (!file || !fs.existsSync(file)) return new Response("not found", { status: 404 });
+      return new Response(fs.readFileSync(file));
+    }, { hostname: "127.0.0.1", port: 0 });
+    const remoteHost = transformersEnv.remoteHost;
+    const cacheDir = path.join(root, "hub-cache-revisions");
+    try {
+      const hubUrl = `http://127.0.0.1:${hub.port}`;
+      const fromHub = (revision?: string) =>
+        loadModel({ model: "test-org/tiny", device: "cpu", cacheDir, hubUrl, revision, log: silentLogger });
+      const atV2 = await fromHub("v2");
+      assert.deepEqual([...new Set(asked)], ["v2"], "only revision v2 was asked for");
+      assert.equal(atV2.dir, path.join(cacheDir, "hub", "test-org", "tiny", "v2"));
+      assert.equal(fs.existsSync(path.join(cacheDir, "hub", "test-org", "tiny", "onnx")), false, "main's files are not there");
+      asked.length = 0;
+      const atMain = await fromHub();
+      assert.deepEqual([...new Set(asked)], ["main"]);
+      assert.equal(atMain.dir, path.join(cacheDir, "hub", "test-org", "tiny"));
+      // Each serves its own revision's weights: the same as the folder it came from, and not the other's.
+      const input = leftPad([[9707, 11, 1879]], PAD);
+      const local = await load(v2);
+      const [a, b, c] = await Promise.all([atV2, atMain, local].map((m) => m.forward(feedsFor(m, input))));
+      const logits = (r: typeof a) => r.logits.data as Float32Array;
+      assert.ok(maxDiff(logits(a), logits(c)) < 1e-5, "revision v2 serves v2's weights");
+      assert.ok(maxDiff(logits(a), logits(b)) > 1e-2, "main serves other weights than v2");
+      await Promise.all([atV2.dispose(), atMain.dispose(), local.dispose()]);
+    } finally {
+      transformersEnv.remoteHost = remoteHost;
+      await hub.close();
+    }
+  });
 });
 
 describe("built-in model", () => {

@@ -48,6 +48,8 @@ export interface ModelSource {
   dtype: ModelDtype;
   /** transformers.js's download cache, for hub ids. */
   cacheDir: string;
+  /** The hub revision of a hub id (default main). */
+  revision?: string;
   /** The ONNX files on local disk (downloading a hub model first). */
   files(): Promise<OnnxFiles>;
 }
@@ -208,6 +210,7 @@ async function nativeBackend(device: "cpu" | "webgpu", offThread: boolean): Prom
           dtype: source.dtype,
           local_files_only: source.local,
           cache_dir: source.cacheDir,
+          revision: source.revision,
           session_options: threadOptions(device),
         });
         const session = (model as unknown as { sessions: Record<string, OrtSession> }).sessions.model;

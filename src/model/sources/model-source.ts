@@ -18,21 +18,28 @@ export interface ModelLocation {
   dir: string;
   /** transformers.js's download cache. */
   cacheDir: string;
+  /** The hub revision a hub id is downloaded at (branch, tag or commit): "main" unless asked. */
+  revision: string;
 }
 
 // owner/name, as the hub spells repository ids; a bare name is taken for a directory.
 const HUB_ID = /^[\w][\w.-]{0,95}\/[\w][\w.-]{0,95}$/;
 
-/** Resolves `model` to a directory when one exists there (or it looks like a path), else to a hub id. */
-export function locateModel(model: string, cacheDir: string): ModelLocation {
+/**
+ * Resolves `model` to a directory when one exists there (or it looks like a path), else to a hub id at `revision`.
+ * Where transformers.js caches it: main's files under the repository's name, another revision's in a folder of that
+ * name inside it, so two revisions never read each other's files.
+ */
+export function locateModel(model: string, cacheDir: string, revision = "main"): ModelLocation {
   const hubCache = path.resolve(cacheDir, "hub");
   const looksLikePath = path.isAbsolute(model) || /^\.\.?([\\/]|$)/.test(model) || model.startsWith("~");
   if (existsSync(model) || looksLikePath) {
     const dir = path.resolve(model);
-    return { id: dir, local: true, dir, cacheDir: hubCache };
+    return { id: dir, local: true, dir, cacheDir: hubCache, revision };
   }
   if (HUB_ID.test(model) && !model.includes("..") && !model.includes("--")) {
-    return { id: model, local: false, dir: path.join(hubCache, model), cacheDir: hubCache };
+    const dir = revision === "main" ? path.join(hubCache, model) : path.join(hubCache, model, revision);
+    return { id: model, local: false, dir, cacheDir: hubCache, revision };
   }
   throw new ModelLoadError(model, `model ${model} is neither an existing directory nor a hub id (owner/name)`);
 }
@@ -91,7 +98,7 @@ export async function fetchHubConfig(location: ModelLocation, hubUrl?: string): 
   // Deno has the web Cache API, which transformers.js would prefer to the cache directory.
   transformersEnv.useBrowserCache = false;
   try {
-    await AutoConfig.from_pretrained(location.id, { cache_dir: location.cacheDir });
+    await AutoConfig.from_pretrained(location.id, { cache_dir: location.cacheDir, revision: location.revision });
   } catch (err) {
     throw hubFailure("fetch config.json", location, err, hubUrl);
   }
@@ -121,7 +128,7 @@ export async function fetchHubCheckpoint(
   if (existsSync(path.join(location.dir, onnxFile))) return false;
   if (existsSync(path.join(location.dir, CHECKPOINT_DOWNLOADED))) return true;
   const base = hubUrl ? (hubUrl.endsWith("/") ? hubUrl : hubUrl + "/") : transformersEnv.remoteHost;
-  const url = (file: string) => `${base}${location.id}/resolve/main/${file}`;
+  const url = (file: string) => `${base}${location.id}/resolve/${encodeURIComponent(location.revision)}/${file}`;
   const token = hubToken();
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers });
