@@ -63,15 +63,20 @@ function sanitize(values: Float32Array, n: number): number {
 
 /**
  * Sets the tokens that `allowed` (a bitmask of ceil(n / 32) words; missing words allow nothing) forbids to -inf;
- * words of all ones, the common case of a grammar's mask, cost one comparison.
+ * words of all ones cost one comparison, others one step per forbidden token (lowest clear bit first).
  */
 export function maskForbidden(logits: Float32Array, n: number, allowed: Uint32Array): void {
   const words = Math.ceil(n / 32);
   for (let w = 0; w < words; w++) {
     const word = w < allowed.length ? allowed[w] : 0;
     if (word === 0xffffffff) continue;
-    const end = Math.min(n, (w + 1) * 32);
-    for (let i = w * 32; i < end; i++) if (((word >>> (i & 31)) & 1) === 0) logits[i] = -Infinity;
+    let forbidden = ~word;
+    while (forbidden !== 0) {
+      const low = forbidden & -forbidden;
+      const i = w * 32 + 31 - Math.clz32(low);
+      if (i < n) logits[i] = -Infinity;
+      forbidden ^= low;
+    }
   }
 }
 
