@@ -26,7 +26,7 @@ import { BUILTIN_MODEL_NAME, defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/runners/engine-kv.ts";
 import { startModelThread } from "./model/thread/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
-import { openWeights, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
+import { openWeights, resetWeightsDir, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 import { WeightDigests, WeightFilesChangedError } from "./model/weight-checksums.ts";
 import { type StartupFacts, startupFields, startupLines } from "./startup-summary.ts";
 
@@ -133,6 +133,7 @@ export async function loadServedModel(
       }
     },
     loadWeights: (source) => openWeights(source, served).catch((err) => Promise.reject(asControlError(err))),
+    resetWeights: () => resetWeightsDir(served).catch((err) => Promise.reject(asControlError(err))),
     weightDigests: (source) => {
       const digest = new WeightDigests(source, served.dtype);
       return { digests: () => digest.digests().catch((err) => Promise.reject(asControlError(err))) };

@@ -4,7 +4,8 @@
  * vLLM's phased routes with its disk backend: POST /init_weight_transfer_engine {init_info}, /start_weight_update,
  * /update_weights {update_info: {path}} (and gym-edge's own {path, mode, policy_version}), /finish_weight_update
  * {weight_version}, /update_weight_version {new_version}, GET /weight_info, and the weight checker, POST
- * /weight_checker {action: checksum|compare|reset}. A refit loads a whole weight set into a new session, so
+ * /weight_checker {action: checksum|compare|reset} (digests: model/weight-checksums.ts; reset serves the builder's
+ * random weights of the served architecture). A refit loads a whole weight set into a new session, so
  * /update_weights swaps the weights as it answers, inside a start/finish pair or not; finish names them.
  *
  * SGLang's POST /update_weights_from_disk {model_path, weight_version, abort_all_requests, flush_cache} answers
@@ -29,6 +30,7 @@ export type WeightPlane = Pick<
   | "startWeightUpdate"
   | "finishWeightUpdate"
   | "weightChecksums"
+  | "resetWeights"
 >;
 
 /** The weight routes' paths (guarded and switched off with the rest of the control plane). */
@@ -136,10 +138,11 @@ async function run<T>(operation: () => Promise<T> | T): Promise<T> {
 export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | null): Hono {
   const routes = new Hono();
 
-  const refit = async (path: string, mode: RefitMode, policyVersion?: number, weightVersion?: string | null) => {
+  /** Runs a weight update, counted in the metrics. */
+  const refit = async (update: () => Promise<RefitResult>, mode: RefitMode) => {
     const started = performance.now();
     try {
-      const result = await run(() => control.updateWeights(path, mode, policyVersion, weightVersion));
+      const result = await run(update);
       metrics?.weightUpdate(mode, true, (performance.now() - started) / 1000);
       return result;
     } catch (err) {
@@ -164,7 +167,8 @@ export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | nul
     const request = UpdateWeightsRequest.parse(await optionalJson(c.req.raw));
     const path = (request.update_info?.path ?? request.path ?? request.model_path)!;
     try {
-      const result = await refit(path, request.mode, request.policy_version, request.weight_version);
+      const { mode, policy_version: version, weight_version: name } = request;
+      const result = await refit(() => control.updateWeights(path, mode, version, name), mode);
       return c.json({ message: "Weights updated", ...refitBody(result) });
     } catch (err) {
       // As vLLM's disk backend, a failed load ends the update session it was part of.
@@ -178,12 +182,9 @@ export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | nul
       const request = UpdateFromDiskRequest.parse(await optionalJson(c.req.raw));
       // SGLang aborts what is in flight (finish reason abort, tokens kept), then waits for the rest to finish.
       if (request.abort_all_requests) control.abortAll();
-      const result = await refit(
-        (request.model_path ?? request.path)!,
-        request.mode,
-        request.policy_version,
-        request.weight_version,
-      );
+      const { mode, policy_version: version, weight_version: name } = request;
+      const path = (request.model_path ?? request.path)!;
+      const result = await refit(() => control.updateWeights(path, mode, version, name), mode);
       return c.json({
         success: true,
         message: "Succeeded to update model weights.",
@@ -245,11 +246,11 @@ export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | nul
   routes.post("/weight_checker", async (c) => {
     const body = await optionalJson(c.req.raw);
     const { action } = CheckerRequest.parse(body);
-    // The engine's state is checked before the action's own fields, as vLLM does.
     if (action === "reset") {
-      await run(() => control.weightChecksums());
-      throw httpErrorOf(new ControlError("invalid", RESET_REFUSED, "action"));
+      await refit(() => control.resetWeights(), "finish");
+      return c.json({ status: "reset" });
     }
+    // The engine's state is checked before the action's own fields, as vLLM does.
     // Digests are kept per load: hashing before reading the baseline costs a malformed request nothing more.
     const checksums = await run(() => control.weightChecksums());
     const compare = action === "compare" ? CompareRequest.parse(body) : null;
@@ -259,6 +260,3 @@ export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | nul
 
   return routes;
 }
-
-const RESET_REFUSED = "action 'reset' is not offered: a refit here loads a whole new weight set from disk into a new " +
-  "session, never over the served one, so a checksum after it already describes only the new files";

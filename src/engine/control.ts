@@ -79,6 +79,8 @@ export interface EngineControlOptions {
   retryAfterSeconds?: number;
   /** The digests of the weights loaded from a source, recording its files' state when called (none: not offered). */
   weightDigests?: (source: string) => WeightsDigest;
+  /** Where weights to reset to lie (written on first call): the architecture served, weights no trainer made. */
+  resetWeights?: () => Promise<string>;
 }
 
 /** The digests of one load's weights: `{key: SHA-256 hex}` per tensor, computed when asked. */
@@ -127,6 +129,7 @@ export class EngineControl {
   /** The trainer's name of each policy version's weights, where it gave one. */
   readonly #weightVersions = new Map<number, string>();
   readonly #digestOf: ((source: string) => WeightsDigest) | null;
+  readonly #resetSource: (() => Promise<string>) | null;
   #digest: WeightsDigest | null;
   /** A phased update (vLLM's start_weight_update .. finish_weight_update) is open. */
   #updating = false;
@@ -141,6 +144,7 @@ export class EngineControl {
     this.#maxQueue = options.maxQueue ?? null;
     this.#retryAfter = options.retryAfterSeconds ?? 1;
     this.#digestOf = options.weightDigests ?? null;
+    this.#resetSource = options.resetWeights ?? null;
     this.#digest = this.#digestOf?.(this.#source) ?? null;
   }
 
@@ -168,6 +172,12 @@ export class EngineControl {
       this.#weightVersions.set(this.#engine.policyVersion, name);
       return Promise.resolve(name);
     });
+  }
+
+  /** Throws a ControlError (conflict) while asleep or paused: the weight checker's condition. */
+  #checkAwakeAndRunning(): void {
+    if (this.#sleepLevel > 0) throw new ControlError("conflict", "weight_checker requires an awake engine: POST /wake_up first");
+    if (this.#paused !== null) throw new ControlError("conflict", "weight_checker requires an unpaused engine: POST /resume first");
   }
 
   /**
@@ -200,10 +210,9 @@ export class EngineControl {
    */
   async weightChecksums(whilePaused = false): Promise<Record<string, string>> {
     const digest = await this.#serialized(() => {
-      if (this.#sleepLevel > 0) throw new ControlError("conflict", "weight_checker requires an awake engine: POST /wake_up first");
-      if (this.#paused !== null && !whilePaused) {
-        throw new ControlError("conflict", "weight_checker requires an unpaused engine: POST /resume first");
-      }
+      if (whilePaused) {
+        if (this.#sleepLevel > 0) throw new ControlError("conflict", "weight_checker requires an awake engine: POST /wake_up first");
+      } else this.#checkAwakeAndRunning();
       if (!this.#digest) throw new ControlError("conflict", "this server keeps no record of its weight files to checksum");
       return Promise.resolve(this.#digest);
     });
@@ -320,45 +329,66 @@ export class EngineControl {
    * the new weights (see weightVersionOf).
    */
   updateWeights(requested: string, mode: RefitMode = "finish", version?: number, weightVersion?: string | null): Promise<RefitResult> {
-    return this.#serialized(async () => {
-      const previous = this.#engine.policyVersion;
-      const next = version ?? previous + 1;
-      if (!Number.isSafeInteger(next) || next <= previous) {
-        const message = `the new policy version must be an integer above the current one (${previous}), got ${next}`;
-        throw new ControlError("invalid", message, "policy_version");
-      }
-      if (this.#sleepLevel > 0) throw new ControlError("conflict", "the server is asleep: wake it up before updating the weights");
-      const source = this.#resolve(requested);
-      const started = performance.now();
-      // Requests from now on wait for the new weights, also while they load; a failed load lets them run on the old.
-      this.#engine.hold();
-      let loaded = started;
-      let outcome: { aborted: number; preempted: number };
-      // The files' state as they are loaded, for the digests of what will serve.
-      const digest = this.#digestOf?.(source) ?? null;
-      try {
-        const runner = await this.#load(source);
-        loaded = performance.now();
-        outcome = await this.#swap(runner, next, mode);
-      } finally {
-        // Paused, requests keep waiting until resume().
-        if (this.#paused === null) this.#engine.release();
-      }
-      const { aborted, preempted } = outcome;
-      this.#source = source;
-      this.#digest = digest;
-      if (weightVersion !== undefined && weightVersion !== null) this.#weightVersions.set(next, weightVersion);
-      return {
-        policyVersion: next,
-        previousPolicyVersion: previous,
-        mode,
-        source,
-        aborted,
-        preempted,
-        loadMs: loaded - started,
-        swapMs: performance.now() - loaded,
-      };
+    return this.#serialized(() => this.#refit(() => this.#resolve(requested), mode, version, weightVersion));
+  }
+
+  /**
+   * Replaces the served weights by weights of the same architecture that no trainer made (vLLM's weight checker
+   * "reset"), so that a later update is seen to have written every weight: a refit (mode finish, the policy version
+   * up by one) to the weights `resetWeights` gives. A ControlError (conflict) while paused or asleep.
+   */
+  resetWeights(): Promise<RefitResult> {
+    return this.#serialized(() => {
+      const reset = this.#resetSource;
+      if (!reset) throw new ControlError("invalid", "this server offers no weights to reset to", "action");
+      this.#checkAwakeAndRunning();
+      return this.#refit(reset, "finish", undefined, null);
     });
+  }
+
+  async #refit(
+    sourceOf: () => string | Promise<string>,
+    mode: RefitMode,
+    version: number | undefined,
+    weightVersion: string | null | undefined,
+  ): Promise<RefitResult> {
+    const previous = this.#engine.policyVersion;
+    const next = version ?? previous + 1;
+    if (!Number.isSafeInteger(next) || next <= previous) {
+      const message = `the new policy version must be an integer above the current one (${previous}), got ${next}`;
+      throw new ControlError("invalid", message, "policy_version");
+    }
+    if (this.#sleepLevel > 0) throw new ControlError("conflict", "the server is asleep: wake it up before updating the weights");
+    const source = await sourceOf();
+    const started = performance.now();
+    // Requests from now on wait for the new weights, also while they load; a failed load lets them run on the old.
+    this.#engine.hold();
+    let loaded = started;
+    let outcome: { aborted: number; preempted: number };
+    // The files' state as they are loaded, for the digests of what will serve.
+    const digest = this.#digestOf?.(source) ?? null;
+    try {
+      const runner = await this.#load(source);
+      loaded = performance.now();
+      outcome = await this.#swap(runner, next, mode);
+    } finally {
+      // Paused, requests keep waiting until resume().
+      if (this.#paused === null) this.#engine.release();
+    }
+    const { aborted, preempted } = outcome;
+    this.#source = source;
+    this.#digest = digest;
+    if (weightVersion !== undefined && weightVersion !== null) this.#weightVersions.set(next, weightVersion);
+    return {
+      policyVersion: next,
+      previousPolicyVersion: previous,
+      mode,
+      source,
+      aborted,
+      preempted,
+      loadMs: loaded - started,
+      swapMs: performance.now() - loaded,
+    };
   }
 
   /**

@@ -5,13 +5,17 @@
  * directory (config.json + safetensors, as trainers save them), or a standard-layout ONNX graph file, with its
  * external data beside it.
  */
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { archFromConfig, type DecoderArch } from "./builder/arch.ts";
-import { ONNX_FILES } from "./builder/build.ts";
+import { ENGINE_FILES, ONNX_FILES } from "./builder/build.ts";
 import { convertCheckpoint } from "./builder/convert.ts";
 import { EngineLayoutError, writeEngineGraph } from "./builder/engine-decoder.ts";
+import { emitStandardDecoder } from "./builder/decoder.ts";
 import { decodeModel } from "./builder/onnx-read.ts";
+import { writeOnnx } from "./builder/onnx-write.ts";
+import { randomWeights } from "./builder/random-weights.ts";
 import { type Backend, cpuThreadCount } from "./ort/backends.ts";
 import type { ModelRunner } from "../engine/model-runner.ts";
 import { EngineRunner } from "./runners/engine-runner.ts";
@@ -238,4 +242,37 @@ async function openGraphFile(graphPath: string, arch: DecoderArch, served: Serve
   } finally {
     fs.rmSync(scratch, { recursive: true, force: true });
   }
+}
+
+/** The seed of the weights a reset serves: random weights no trainer made. */
+const RESET_SEED = 0x7e5e7;
+
+/**
+ * A model directory with the builder's random weights (seed RESET_SEED) in the served architecture and dtype, for
+ * the weight checker's reset (vLLM overwrites the weights with random values). Written once under the scratch
+ * directory, keyed by the served config, and kept; returns its path.
+ */
+export async function resetWeightsDir(served: ServedWeights): Promise<string> {
+  const configText = fs.readFileSync(path.join(served.dir, "config.json"), "utf8");
+  const key = createHash("sha256").update(configText).digest("hex").slice(0, 16);
+  const dir = path.join(served.scratchDir, `reset-${served.dtype}-${key}`);
+  if (fs.existsSync(path.join(dir, ENGINE_FILES[served.dtype]))) return dir;
+  const arch = readArch(path.join(served.dir, "config.json"));
+  fs.mkdirSync(served.scratchDir, { recursive: true });
+  const staging = fs.mkdtempSync(path.join(served.scratchDir, "reset-building-"));
+  try {
+    fs.writeFileSync(path.join(staging, "config.json"), configText);
+    fs.mkdirSync(path.join(staging, "onnx"));
+    const graph = path.join(staging, ONNX_FILES[served.dtype]);
+    const model = emitStandardDecoder(arch, { dtype: served.dtype, weights: randomWeights(arch, RESET_SEED) });
+    await writeOnnx(graph, model, { externalData: true });
+    writeEngineGraph(graph, path.join(staging, ENGINE_FILES[served.dtype]), arch, served.dtype);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(staging, dir);
+  } catch (err) {
+    throw new WeightsError("mismatch", `cannot write weights to reset to: ${(err as Error).message}`, { cause: err });
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+  return dir;
 }

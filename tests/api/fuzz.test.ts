@@ -98,7 +98,21 @@ const GENERATING: Record<string, { body: Record<string, unknown>; fields: string
       "generate_response.request_id", "chat_request.tools", "chat_request.tool_choice"],
   },
   // Never valid weights, whatever the mutation: nothing gets loaded.
-  "/update_weights": { body: { path: "/nonexistent/weights" }, fields: ["path", "mode", "policy_version", "model_path"] },
+  "/update_weights": {
+    body: { update_info: { path: "/nonexistent/weights" } },
+    fields: ["update_info", "update_info.path", "path", "mode", "policy_version", "weight_version", "model_path"],
+  },
+  "/update_weights_from_disk": {
+    body: { model_path: "/nonexistent/weights" },
+    fields: ["model_path", "weight_version", "abort_all_requests", "flush_cache", "load_format", "mode", "policy_version"],
+  },
+  "/init_weight_transfer_engine": { body: { init_info: {} }, fields: ["init_info"] },
+  "/finish_weight_update": { body: { weight_version: "fuzz" }, fields: ["weight_version", "baseline"] },
+  "/update_weight_version": { body: { new_version: "fuzz" }, fields: ["new_version", "abort_all_requests"] },
+  "/weight_checker": {
+    body: { action: "compare", baseline: { lm_head: "00" } },
+    fields: ["action", "baseline", "checksums", "baseline.lm_head"],
+  },
 };
 // return_sampling_mask on the routes that report sampling masks (at full vocabulary size, the largest answers).
 for (const route of ["/v1/chat/completions", "/v1/completions"]) GENERATING[route].fields.push("return_sampling_mask");
@@ -202,7 +216,7 @@ test("generating and tokenizing routes: every field broken every way is a 4xx or
 });
 
 test("every POST route: bodies that are not a request are 4xx, never 5xx", SLOW, async () => {
-  const routes = [...Object.keys(GENERATING), "/update_weights_from_disk", "/sleep", "/wake_up", "/reset_prefix_cache"];
+  const routes = [...Object.keys(GENERATING), "/start_weight_update", "/sleep", "/wake_up", "/reset_prefix_cache"];
   for (const path of routes) {
     for (const [, body] of bodies()) {
       // Control routes accept an empty body (their options are optional): skip those that would act.
@@ -224,7 +238,8 @@ test("every POST route: bodies that are not a request are 4xx, never 5xx", SLOW,
 
 test("GET routes and wrong methods: odd paths, queries and methods answer 2xx or 4xx", SLOW, async () => {
   const paths = ["/", "/v1", "/health", "/v1/models", "/v1/models/gym-edge/tiny", "/v1/models/%00", "/v1/models/..%2F..",
-    "/metrics", "/version", "/is_sleeping", "/v1/chat/completions", "/tokenize", "/%ff", "/" + "a".repeat(8000), "/v1//models"];
+    "/metrics", "/version", "/is_sleeping", "/v1/chat/completions", "/tokenize", "/%ff", "/" + "a".repeat(8000), "/v1//models",
+    "/weight_info", "/get_weight_version", "/weight_version"];
   for (const path of paths) {
     for (const method of ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]) {
       await probe({ method, path: `${path}?x=%ff&y=${"b".repeat(100)}` });
