@@ -125,6 +125,17 @@ function withField(body: Record<string, unknown>, field: string, value: unknown)
   return { ...body, [head]: withField((body[head] ?? {}) as Record<string, unknown>, rest.join("."), value) };
 }
 
+// Structured outputs: every way to ask for a grammar, each broken (a wrong type, a schema or regex that does not
+// compile) must be a 400, never a 5xx or a hang in the grammar engine.
+for (const route of ["/v1/chat/completions", "/v1/completions"]) {
+  GENERATING[route].fields.push("response_format.type", "response_format.json_schema", "response_format.json_schema.schema",
+    "structured_outputs", "structured_outputs.json", "structured_outputs.regex", "structured_outputs.choice", "structured_outputs.grammar",
+    "structured_outputs.structural_tag", "structured_outputs.disable_any_whitespace", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar");
+}
+GENERATING["/v1/completions"].fields.push("response_format");
+GENERATING["/v1/responses"].fields.push("text.format", "text.format.type", "text.format.schema", "tool_choice");
+
 /** Messages that are wrong in every way a client gets them wrong. */
 const MESSAGES: unknown[] = [
   [],
