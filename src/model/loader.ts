@@ -132,7 +132,8 @@ export async function openModel<T>(
     dtype,
     cacheDir: location.cacheDir,
     revision: location.revision,
-    files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype),
+    log: log.info,
+    files: () => location.local ? Promise.resolve(onnxFilesIn(location.dir, dtype)) : downloadOnnx(location, dtype, log.info),
   };
   // The tokenizer loads while the model opens; a tokenizer that fails after the model opened closes it again.
   const tokenizing = loadTokenizer(location);
@@ -247,12 +248,12 @@ async function loadTokenizer(location: ModelLocation): Promise<PreTrainedTokeniz
 }
 
 /** A hub model's ONNX files for a backend that opens them itself: downloaded by transformers.js first. */
-async function downloadOnnx(location: ModelLocation, dtype: ModelDtype): Promise<OnnxFiles> {
+async function downloadOnnx(location: ModelLocation, dtype: ModelDtype, log: (message: string) => void): Promise<OnnxFiles> {
   try {
     return onnxFilesIn(location.dir, dtype);
   } catch {
     // transformers.js has no download-only call; opening (then closing) a CPU session fetches the files.
-    const source = { ...location, dtype, files: () => Promise.reject(new Error("unused")) };
+    const source = { ...location, dtype, log, files: () => Promise.reject(new Error("unused")) };
     const session = await (await backendFor("cpu")).open(source);
     await session.release();
     return onnxFilesIn(location.dir, dtype);

@@ -203,9 +203,13 @@ describe("loadModel", () => {
     const cacheDir = path.join(root, "hub-cache-revisions");
     try {
       const hubUrl = `http://127.0.0.1:${hub.port}`;
-      const fromHub = (revision?: string) =>
-        loadModel({ model: "test-org/tiny", device: "cpu", cacheDir, hubUrl, revision, log: silentLogger });
+      const lines: string[] = [];
+      const log = { ...silentLogger, info: (m: string) => lines.push(m) };
+      const fromHub = (revision?: string) => loadModel({ model: "test-org/tiny", device: "cpu", cacheDir, hubUrl, revision, log });
       const atV2 = await fromHub("v2");
+      // The graph (39 MB of embeddings) is big enough to report; the small files are not.
+      assert.ok(lines.some((l) => /^downloading onnx\/model\.onnx: .*done/.test(l)), lines.join("\n"));
+      assert.ok(!lines.some((l) => /downloading (config|tokenizer)/.test(l)), lines.join("\n"));
       assert.deepEqual([...new Set(asked)], ["v2"], "only revision v2 was asked for");
       assert.equal(atV2.dir, path.join(cacheDir, "hub", "test-org", "tiny", "v2"));
       assert.equal(fs.existsSync(path.join(cacheDir, "hub", "test-org", "tiny", "onnx")), false, "main's files are not there");

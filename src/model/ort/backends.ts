@@ -16,6 +16,7 @@ import type { ModelDtype, OnnxFiles } from "../sources/model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
 import { splitPackedWeights } from "./packed-weights.ts";
+import { hubDownloadProgress } from "../sources/model-source.ts";
 import { RunQueue } from "./run-queue.ts";
 import { gpuAdapter, gpuDevicePresent } from "../../runtime/webgpu.ts";
 
@@ -50,6 +51,8 @@ export interface ModelSource {
   cacheDir: string;
   /** The hub revision of a hub id (default main). */
   revision?: string;
+  /** Where the progress of hub downloads goes (none: quiet). */
+  log?: (message: string) => void;
   /** The ONNX files on local disk (downloading a hub model first). */
   files(): Promise<OnnxFiles>;
 }
@@ -211,6 +214,7 @@ async function nativeBackend(device: "cpu" | "webgpu", offThread: boolean): Prom
           local_files_only: source.local,
           cache_dir: source.cacheDir,
           revision: source.revision,
+          progress_callback: source.log && !source.local ? hubDownloadProgress(source.log) : undefined,
           session_options: threadOptions(device),
         });
         const session = (model as unknown as { sessions: Record<string, OrtSession> }).sessions.model;
