@@ -115,7 +115,10 @@ export class Progress {
   /** "45% (120 MB of 266 MB, 12.3 MB/s, ETA 12 s)", or "120 MB (12.3 MB/s)" without a total. */
   #figures(now: number): string {
     const fraction = this.#fraction();
-    if (fraction === null) return `${this.#amount(this.#done)}${this.#rateText(now).replace(/^, /, " (")}${this.#rateText(now) ? ")" : ""}`;
+    if (fraction === null) {
+      const rate = this.#rateText(now);
+      return rate === "" ? this.#amount(this.#done) : `${this.#amount(this.#done)} (${rate.slice(2)})`;
+    }
     const of = `${this.#amount(this.#done)} of ${this.#amount(this.#total!)}`;
     return `${Math.floor(fraction * 100)}% (${of}${this.#rateText(now)}${this.#eta(now)})`;
   }
