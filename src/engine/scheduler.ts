@@ -155,8 +155,16 @@ export class Scheduler {
       // A step with nothing else to do always makes prefill progress, whatever the budget says.
       const room = budget > 0 ? budget : plan.decode.length + plan.prefill.length === 0 ? 1 : 0;
       if (room === 0) break;
-      const tokens = Math.min(seq.numPending, room);
-      plan.prefill.push({ seq, tokens, allLogits: seq.wantsAllLogits });
+      let tokens = Math.min(seq.numPending, room);
+      let allLogits = seq.wantsAllLogits;
+      // Logits are wanted from a position on (teacher scoring): the prompt before it runs as a chunk of its own,
+      // without a vocabulary row of logits per token.
+      const from = seq.logitsFrom;
+      if (allLogits && from !== null && seq.numComputed < from) {
+        tokens = Math.min(tokens, from - seq.numComputed);
+        allLogits = false;
+      }
+      plan.prefill.push({ seq, tokens, allLogits });
       budget -= tokens;
     }
     return plan;

@@ -154,9 +154,14 @@ export class Sequence {
    * first position whose logits the prompt's scoring needs, and never the last token (the step must sample).
    */
   get reusableTokens(): number {
+    return Math.min(this.logitsFrom ?? Infinity, this.length - 1);
+  }
+
+  /** The first prompt position whose logits the prompt's scoring needs (null: none). */
+  get logitsFrom(): number | null {
     if (this.promptLogprobs !== null) return 0;
-    if (this.promptTokenScores !== null) return Math.min(this.promptTokenScores.start, this.length - 1);
-    return this.length - 1;
+    if (this.promptTokenScores !== null) return this.promptTokenScores.start;
+    return null;
   }
 
   get length(): number {

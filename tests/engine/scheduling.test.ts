@@ -8,7 +8,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Engine, EngineRequestError, type SubmittedRequest } from "../../src/engine/engine.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
-import type { Sequence, TokenEvent } from "../../src/engine/sequence.ts";
+import { PrefixCache } from "../../src/engine/prefix-cache.ts";
+import { Scheduler } from "../../src/engine/scheduler.ts";
+import { Sequence, type TokenEvent } from "../../src/engine/sequence.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { openServedTiny } from "../support/served.ts";
 
@@ -88,7 +90,7 @@ describe("preemption by priority, fcfs and cache salts", () => {
         prefixCaching: false,
         kvCacheBytes: 160 * 1024,
         onStep: () => {
-          for (const seq of [...engine.scheduler.running, ...engine.scheduler.waiting] as Sequence[]) {
+          for (const seq of [...engine.scheduler.running, ...engine.scheduler.waiting]) {
             preempted.set(seq.id, Math.max(preempted.get(seq.id) ?? 0, seq.preemptions));
           }
         },
@@ -204,4 +206,24 @@ describe("preemption by priority, fcfs and cache salts", () => {
       (err: unknown) => err instanceof EngineRequestError && err.param === "prompt_logprob_token_ids",
     );
   });
+});
+
+test("teacher scoring prefills the prompt before its first scored position without all logits, then the rest with", () => {
+  const cache = new PrefixCache({ blockSize: 16, floatsPerToken: 4, capacityBlocks: 0 });
+  const limits = { maxNumSeqs: 4, maxNumBatchedTokens: 512, kvCacheBytes: 2 ** 30, bytesPerToken: 16, rowCapacity: (n: number) => n };
+  const scheduler = new Scheduler(limits, cache, true);
+  const p = prompt(120, 90);
+  const rows = Array.from({ length: 19 }, (_, i) => [p[101 + i]]);
+  const seq = new Sequence(p, greedy(1, { prompt_logprob_token_ids: rows, prompt_logprob_start: 100 }));
+  scheduler.add(seq);
+  const first = scheduler.schedule().prefill;
+  assert.deepEqual(first.map((c) => [c.tokens, c.allLogits]), [[100, false]], "positions 0..99 carry no logits");
+  seq.numComputed += 100;
+  const second = scheduler.schedule().prefill;
+  assert.deepEqual(second.map((c) => [c.tokens, c.allLogits]), [[20, true]], "positions 100..119 do");
+  // Prompt log-probabilities need every position's logits from the first chunk on.
+  const whole = new Sequence(p, greedy(1, { prompt_logprobs: 0 }));
+  scheduler.add(whole);
+  const chunks = scheduler.schedule().prefill.filter((c) => c.seq === whole);
+  assert.deepEqual(chunks.map((c) => [c.tokens, c.allLogits]), [[120, true]]);
 });
