@@ -22,6 +22,7 @@ import { operations, type RequestRecord, type RequestTracker, ServiceUnavailable
 import { responseRoutes } from "./responses.ts";
 import { tokenizeRoutes } from "./tokenize.ts";
 import { tokenRoutes } from "./tokens.ts";
+import { sglangRoutes } from "./sglang-generate.ts";
 
 export type { AppDeps } from "./deps.ts";
 
@@ -161,6 +162,7 @@ export function createApp(deps: AppDeps & OperationsDeps): Hono {
   app.route("/", completionRoutes(deps));
   app.route("/", responseRoutes(deps));
   app.route("/", tokenRoutes(deps));
+  app.route("/", sglangRoutes(deps));
   if (deps.metrics) {
     app.route("/", metricsRoutes(deps.metrics, deps.engineSnapshot ?? (() => null), deps.cacheConfig ?? null));
   }

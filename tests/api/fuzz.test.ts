@@ -84,6 +84,14 @@ const GENERATING: Record<string, { body: Record<string, unknown>; fields: string
       "sampling_params.repetition_detection", "sampling_params.output_kind", "sampling_params.prompt_logprob_token_ids",
       "sampling_params.prompt_logprob_start"],
   },
+  // SGLang's native generate.
+  "/generate": {
+    body: { input_ids: [9707, 1879], sampling_params: { max_new_tokens: 2 } },
+    fields: ["input_ids", "text", "sampling_params", "rid", "stream", "return_logprob", "logprob_start_len", "top_logprobs_num",
+      "return_text_in_logprobs", "image_data", "token_ids_logprob", "sampling_params.max_new_tokens", "sampling_params.n",
+      "sampling_params.temperature", "sampling_params.top_k", "sampling_params.stop", "sampling_params.stop_token_ids",
+      "sampling_params.sampling_seed", "sampling_params.no_stop_trim", "sampling_params.regex"],
+  },
   "/v1/chat/completions/render": {
     body: { messages: [{ role: "user", content: "hi" }], max_tokens: 2 },
     fields: ["messages", "model", "tools", "tool_choice", "max_tokens", "seed", "logprobs", "top_logprobs", "stream",
