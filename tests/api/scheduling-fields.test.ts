@@ -69,9 +69,11 @@ for (const [path, body] of Object.entries(ROUTES)) {
     }
     // As vLLM, under fcfs only priority 0 is taken.
     await ok(fcfs, path, { ...body, priority: 0, cache_salt: "tenant-a" });
-    const error = await refused(fcfs, path, { ...body, priority: 1 });
-    assert.equal(error.message, "Got priority 1 but Priority scheduling is not enabled.");
-    assert.equal(error.param, "priority");
+    for (const stream of [false, true]) {
+      const error = await refused(fcfs, path, { ...body, priority: 1, stream });
+      assert.equal(error.message, "Got priority 1 but Priority scheduling is not enabled.", `stream ${stream}`);
+      assert.equal(error.param, "priority");
+    }
   });
 }
 
