@@ -27,7 +27,7 @@ import { engineRowCapacity } from "./model/runners/engine-kv.ts";
 import { startModelThread } from "./model/thread/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
 import { openWeights, resetWeightsDir, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
-import { WeightDigests, WeightFilesChangedError } from "./model/weight-checksums.ts";
+import { DigestsUnavailableError, WeightDigests } from "./model/weight-checksums.ts";
 import { type StartupFacts, startupFields, startupLines } from "./startup-summary.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
@@ -49,7 +49,7 @@ export interface ServedModel {
 
 /** A weights problem as the control plane reports it: the client's mistake, or a forbidden path. */
 function asControlError(err: unknown): unknown {
-  if (err instanceof WeightFilesChangedError) return new ControlError("conflict", err.message);
+  if (err instanceof DigestsUnavailableError) return new ControlError("conflict", err.message);
   if (!(err instanceof WeightsError)) return err;
   return new ControlError(err.problem === "forbidden" ? "forbidden" : "invalid", err.message, "path");
 }

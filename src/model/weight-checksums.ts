@@ -14,7 +14,7 @@
  *
  * Digests are computed from the files when first asked for, once per load. The files' sizes and modification times
  * are recorded when the weights are loaded: files changed since (a trainer saving its next step over the same
- * directory) no longer describe the served weights, and digests() refuses them (WeightFilesChangedError).
+ * directory) no longer describe the served weights, and digests() refuses them (DigestsUnavailableError).
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -36,11 +36,14 @@ const NOT_WEIGHTS = [/^const_/, /inv_freq/, /cos_cached|sin_cached|cos_sin_cache
 /** Bytes hashed between yields to the event loop. */
 const CHUNK_BYTES = 8 * 1024 * 1024;
 
-/** The weight files changed after the weights were loaded from them: their digests would not describe what is served. */
-export class WeightFilesChangedError extends Error {
+/**
+ * The digests cannot describe the served weights: their files changed since they were loaded, or they cannot be
+ * read as weights (a model folder without the ONNX file of the served dtype and without a checkpoint).
+ */
+export class DigestsUnavailableError extends Error {
   constructor(message: string) {
     super(message);
-    this.name = "WeightFilesChangedError";
+    this.name = "DigestsUnavailableError";
   }
 }
 
@@ -158,12 +161,20 @@ export class WeightDigests {
 
   async #compute(): Promise<Record<string, string>> {
     const plan = this.#plan;
-    if (plan instanceof Error) throw plan;
+    if (plan instanceof Error) {
+      throw new DigestsUnavailableError(`cannot checksum the weights loaded from ${this.#source}: ${plan.message}`);
+    }
     this.#checkUnchanged(plan);
     const handles = new Map<string, fs.promises.FileHandle>();
     const out: Record<string, string> = {};
     try {
       for (const tensor of plan.tensors()) out[RANK_PREFIX + tensor.name] = await digestOf(tensor, handles);
+    } catch (err) {
+      // Changed while read (the check below says so), or not readable as weights.
+      this.#checkUnchanged(plan);
+      throw new DigestsUnavailableError(
+        `cannot checksum the weights loaded from ${this.#source}: ${(err as Error).message}`,
+      );
     } finally {
       for (const handle of handles.values()) await handle.close();
     }
@@ -181,7 +192,7 @@ export class WeightDigests {
         now = null;
       }
       if (now !== stamp) {
-        throw new WeightFilesChangedError(
+        throw new DigestsUnavailableError(
           `the weights were loaded from ${this.#source}, whose file ${path.basename(file)} has ` +
             `${now === null ? "been removed" : "changed"} since: its digests would not describe the served weights`,
         );

@@ -330,6 +330,21 @@ describe("the weight API", () => {
 
   test("SGLang's update_weights_from_disk answers {success, message, num_paused_requests}", SLOW, async () => {
     const before = (await ok(base, "GET", "/version")).policy_version;
+    // A long request in flight: abort_all_requests ends it (finish reason abort, its tokens kept) before the update.
+    const long = await fetch(`${base}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        prompt: [1000, 1001],
+        max_tokens: 2000,
+        ignore_eos: true,
+        stream: true,
+        return_token_ids: true,
+      }),
+    });
+    const reader = long.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = (await reader.read()).value ?? "";
+    while (!text.includes("token_ids")) text += (await reader.read()).value ?? "";
     const res = await request(base, "POST", "/update_weights_from_disk", {
       model_path: checkpoint1,
       weight_version: "sglang-1",
@@ -341,6 +356,11 @@ describe("the weight API", () => {
     assert.equal(typeof res.json.message, "string");
     assert.equal(res.json.num_paused_requests, 0);
     assert.equal(res.json.policy_version, before + 1);
+    for (let part = await reader.read(); !part.done; part = await reader.read()) text += part.value;
+    const finish = [...text.matchAll(/"finish_reason":"(\w+)"/g)].map((m) => m[1]);
+    assert.deepEqual(finish, ["abort"]);
+    const generated = [...text.matchAll(/"token_ids":\[(\d+)\]/g)].length;
+    assert.ok(generated > 0 && generated < 2000, `partial tokens: ${generated}`);
     assert.deepEqual(await ok(base, "GET", "/get_weight_version"), { weight_version: "sglang-1" });
     const failed = await request(base, "POST", "/update_weights_from_disk", { model_path: "/no/such/model" });
     assert.equal(failed.status, 400);
