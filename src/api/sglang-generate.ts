@@ -60,7 +60,8 @@ export const SglangGenerateRequest = z.object({
     error: "input_ids must be an array of token ids or an array of arrays of token ids (token ids are integers from 0)",
   }).nullish(),
   sampling_params: SglangSamplingParams.nullish(),
-  rid: z.string().nullish(),
+  // One id for the request, or one per prompt of a batch.
+  rid: z.union([z.string(), z.array(z.string())], { error: "rid must be a string or an array of strings" }).nullish(),
   return_logprob: nullableBool,
   logprob_start_len: z.int().min(-1).nullish(),
   top_logprobs_num: z.int().min(0).max(20).nullish(),
@@ -229,8 +230,15 @@ export function sglangRoutes(deps: AppDeps): Hono {
       for (const generation of generations) generation.abort();
       throw err;
     }
-    const rid = request.rid ?? crypto.randomUUID().replaceAll("-", "");
-    for (const generation of generations) nameRequest(rid, generation);
+    const given = request.rid;
+    if (Array.isArray(given) && given.length !== prompts.length) {
+      for (const generation of generations) generation.abort();
+      throw new InvalidRequestError(`rid has ${given.length} ids for ${prompts.length} prompts`, "rid");
+    }
+    const rid = typeof given === "string" ? given : crypto.randomUUID().replaceAll("-", "");
+    // A batch's own ids name its prompts; one id names them all.
+    const ridOf = (p: number) => Array.isArray(given) ? given[p] : rid;
+    generations.forEach((generation, p) => nameRequest(ridOf(p), generation));
     const started = performance.now();
 
     /** The input log-probabilities of a prompt, from its first token event. */
@@ -269,7 +277,7 @@ export function sglangRoutes(deps: AppDeps): Hono {
       const plan = plans[p];
       const generation = generations[p];
       const meta: Record<string, unknown> = {
-        id: batch || n > 1 ? `${rid}-${index}` : rid,
+        id: Array.isArray(given) ? (n > 1 ? `${given[p]}-${index - p * n}` : given[p]) : batch || n > 1 ? `${rid}-${index}` : rid,
         finish_reason: finish,
         prompt_tokens: prompt.ids.length,
         completion_tokens: tokens.length,

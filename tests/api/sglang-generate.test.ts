@@ -143,6 +143,8 @@ test("text prompts, seeds, n, batches, stop ids and strings", SLOW, async () => 
   assert.deepEqual(samples.map((s) => s.meta_info.id), ["r-0", "r-1"]);
   const batch = z.array(Output).length(2).parse(await json("/generate", { input_ids: [PROMPT, PROMPT.slice(0, 3)], sampling_params: sp }));
   assert.deepEqual(batch.map((s) => s.meta_info.prompt_tokens), [PROMPT.length, 3]);
+  const named = z.array(Output).parse(await json("/generate", { input_ids: [PROMPT, PROMPT.slice(0, 3)], rid: ["a", "b"], sampling_params: sp }));
+  assert.deepEqual(named.map((s) => s.meta_info.id), ["a", "b"], "a batch's rids name its prompts");
 
   const greedy = await generate({ input_ids: PROMPT, sampling_params: { temperature: 0, max_new_tokens: 8, ignore_eos: true } });
   const stopId = greedy.output_ids[2];
@@ -190,4 +192,5 @@ test("bad input is a 400 naming the field", SLOW, async () => {
   assert.equal((await refused({ input_ids: PROMPT, sampling_params: { regex: "a+" } })).param, "sampling_params.regex");
   assert.equal((await refused({ input_ids: PROMPT, sampling_params: { n: 2 }, stream: true })).param, "stream");
   assert.equal((await refused({ input_ids: PROMPT, sampling_params: { max_new_tokens: 0 } })).param, "sampling_params.max_new_tokens");
+  assert.equal((await refused({ input_ids: [PROMPT, PROMPT], rid: ["only-one"] })).param, "rid");
 });
