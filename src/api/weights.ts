@@ -3,9 +3,9 @@
  *
  * vLLM's phased routes with its disk backend: POST /init_weight_transfer_engine {init_info}, /start_weight_update,
  * /update_weights {update_info: {path}} (and gym-edge's own {path, mode, policy_version}), /finish_weight_update
- * {weight_version}, /update_weight_version {new_version}, GET /weight_info, and the weight checker, POST
- * /weight_checker {action: checksum|compare|reset} (digests: model/weight-checksums.ts; reset serves the builder's
- * random weights of the served architecture). A refit loads a whole weight set into a new session, so
+ * {weight_version}, /update_weight_version {new_version}, GET /weight_info, GET /get_world_size, and the weight
+ * checker, POST /weight_checker {action: checksum|compare|reset} (digests: model/weight-checksums.ts; reset serves
+ * the builder's random weights of the served architecture). A refit loads a whole weight set into a new session, so
  * /update_weights swaps the weights as it answers, inside a start/finish pair or not; finish names them.
  *
  * SGLang's POST /update_weights_from_disk {model_path, weight_version, abort_all_requests, flush_cache} answers
@@ -45,6 +45,7 @@ export const WEIGHT_PATHS = [
   "/get_weight_version",
   "/weight_version",
   "/weight_checker",
+  "/get_world_size",
 ] as const;
 
 /** A trainer's name for a weight set. */
@@ -237,6 +238,9 @@ export function weightRoutes(control: WeightPlane, metrics: ServingMetrics | nul
     const name = await run(() => control.setWeightVersion(request.new_version));
     return c.json({ success: true, message: `Weight version updated to ${name}`, new_version: name });
   });
+
+  // vLLM's count of the ranks a trainer's transfer group must reach (with or without data parallelism): one here.
+  routes.get("/get_world_size", (c) => c.json({ world_size: 1 }));
 
   const weightVersion = (c: Context) => c.json({ weight_version: control.weightVersion });
   routes.get("/weight_info", weightVersion);

@@ -258,7 +258,7 @@ test("every POST route: bodies that are not a request are 4xx, never 5xx", SLOW,
 test("GET routes and wrong methods: odd paths, queries and methods answer 2xx or 4xx", SLOW, async () => {
   const paths = ["/", "/v1", "/health", "/v1/models", "/v1/models/gym-edge/tiny", "/v1/models/%00", "/v1/models/..%2F..",
     "/metrics", "/version", "/is_sleeping", "/v1/chat/completions", "/tokenize", "/%ff", "/" + "a".repeat(8000), "/v1//models",
-    "/weight_info", "/get_weight_version", "/weight_version"];
+    "/weight_info", "/get_weight_version", "/weight_version", "/get_world_size"];
   for (const path of paths) {
     for (const method of ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]) {
       await probe({ method, path: `${path}?x=%ff&y=${"b".repeat(100)}` });

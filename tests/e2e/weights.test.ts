@@ -133,6 +133,9 @@ describe("the weight API", () => {
         message: "Weight update finished",
       });
       assert.deepEqual(await ok(base, "GET", "/weight_info"), { weight_version: "step-1" });
+    // One rank serves: vLLM's world size, with data parallelism counted or not.
+    assert.deepEqual(await ok(base, "GET", "/get_world_size"), { world_size: 1 });
+    assert.deepEqual(await ok(base, "GET", "/get_world_size?include_dp=false"), { world_size: 1 });
       // SGLang's reading of the same.
       assert.deepEqual(await ok(base, "GET", "/get_weight_version"), { weight_version: "step-1" });
       // update_weight_version: vLLM answers {success, new_version}; SGLang adds message.
