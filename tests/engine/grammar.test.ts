@@ -11,6 +11,9 @@ import { SamplingParams } from "../../src/engine/sampling-params.ts";
 import type { TokenEvent } from "../../src/engine/sequence.ts";
 import type { ServedModel } from "../../src/server.ts";
 import { openServedTiny, tinyModelDir } from "../support/served.ts";
+import { toolChoiceSpec } from "../../src/api/structured-outputs.ts";
+import { HermesToolParser } from "../../src/chat/tools/hermes.ts";
+import { Llama3JsonToolParser } from "../../src/chat/tools/llama3-json.ts";
 import { releaseStandardRuns, standardRun } from "../support/standard-graph.ts";
 
 const SLOW = { timeout: 240_000 };
@@ -101,6 +104,57 @@ describe("engine with a grammar", () => {
       for await (const e of request.events) ids.push(e.tokenId);
       assert.equal(request.finishReason, "stop");
       assert.ok(["alpha", "beta gamma", "delta"].includes(served.tokenizer.decode(ids, { skipSpecialTokens: true })));
+    }
+  });
+
+  test("forced tool calls in both parsers' formats parse as calls of the named function with its arguments", SLOW, async () => {
+    const tools = [
+      { function: { name: "get_weather", parameters: { type: "object", properties: { unit: { enum: ["C", "F"] } }, required: ["unit"] } } },
+      { function: { name: "bash", parameters: { type: "object", properties: { cmd: { enum: ["ls", "pwd"] } }, required: ["cmd"] } } },
+    ];
+    const prompt = served.tokenizer.encode("Call a tool:");
+    for (const [format, parser] of [["hermes", new HermesToolParser()], ["llama3_json", new Llama3JsonToolParser()]] as const) {
+      const requested = toolChoiceSpec(format, tools, { type: "function", function: { name: "bash" } }, true)!;
+      const compiled = await grammars.compile(requested.spec);
+      const params = SamplingParams.parse({ temperature: 1, seed: 8, max_tokens: 60, n: 3 });
+      for (let i = 0; i < 3; i++) {
+        const request = engine.submit(prompt, params, i, compiled.matcher());
+        const ids: number[] = [];
+        for await (const e of request.events) ids.push(e.tokenId);
+        const text = served.tokenizer.decode(ids, { skipSpecialTokens: true });
+        assert.equal(request.finishReason, "stop", `${format}: ${text}`);
+        const calls = parser.extract(text).calls;
+        assert.equal(calls.length, 1, `${format}: ${text}`);
+        assert.equal(calls[0].name, "bash");
+        assert.ok(["ls", "pwd"].includes(JSON.parse(calls[0].arguments).cmd), text);
+      }
+    }
+  });
+
+  test("a preempted constrained sequence keeps its grammar's state: the same tokens as alone, still valid", SLOW, async () => {
+    // 512 bytes a token for the tiny model: room for two 128-token rows, not four.
+    const small = await openServedTiny({ prefixCaching: false, kvCacheMemory: 160 * 1024 });
+    try {
+      const compiled = await grammars.compile({ kind: "json_schema", schema: JSON.stringify(SCHEMA), anyWhitespace: false });
+      const prompts = [0, 1, 2, 3].map((i) => served.tokenizer.encode(`Pet number ${i} as JSON, with a long preamble ${"x ".repeat(40 + 5 * i)}:`));
+      const params = (seed: number) => SamplingParams.parse({ temperature: 1, seed, max_tokens: 60 });
+      const collect = async (e: Engine, p: number[], seed: number) => {
+        const request = e.submit(p, params(seed), 0, compiled.matcher());
+        const ids: number[] = [];
+        for await (const ev of request.events) ids.push(ev.tokenId);
+        return { ids, finish: request.finishReason };
+      };
+      const alone: { ids: number[]; finish: string | null }[] = [];
+      for (const [i, p] of prompts.entries()) alone.push(await collect(engine, p, 30 + i));
+      const together = await Promise.all(prompts.map((p, i) => collect(small.engine, p, 30 + i)));
+      assert.ok(small.engine.stats().preemptions > 0, "the pool was too small: something was preempted");
+      together.forEach((r, i) => {
+        assert.deepEqual(r.ids, alone[i].ids, `request ${i}`);
+        const text = served.tokenizer.decode(r.ids, { skipSpecialTokens: true });
+        if (r.finish === "stop") assert.deepEqual(Object.keys(JSON.parse(text)).sort(), ["kind", "legs", "ok"], text);
+      });
+    } finally {
+      await small.engine.runner.dispose();
     }
   });
 });
