@@ -15,7 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ServerConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
-import { type StartedServer, startServer } from "../../src/server.ts";
+import { serverApp, type StartedServer, startServer } from "../../src/server.ts";
 import { writeCheckpoint } from "../support/checkpoint.ts";
 import { testCacheDir } from "../support/served.ts";
 import { tinyWithSeed } from "../support/weights.ts";
@@ -133,9 +133,9 @@ describe("the weight API", () => {
         message: "Weight update finished",
       });
       assert.deepEqual(await ok(base, "GET", "/weight_info"), { weight_version: "step-1" });
-    // One rank serves: vLLM's world size, with data parallelism counted or not.
-    assert.deepEqual(await ok(base, "GET", "/get_world_size"), { world_size: 1 });
-    assert.deepEqual(await ok(base, "GET", "/get_world_size?include_dp=false"), { world_size: 1 });
+      // One rank serves: vLLM's world size, with data parallelism counted or not.
+      assert.deepEqual(await ok(base, "GET", "/get_world_size"), { world_size: 1 });
+      assert.deepEqual(await ok(base, "GET", "/get_world_size?include_dp=false"), { world_size: 1 });
       // SGLang's reading of the same.
       assert.deepEqual(await ok(base, "GET", "/get_weight_version"), { weight_version: "step-1" });
       // update_weight_version: vLLM answers {success, new_version}; SGLang adds message.
@@ -375,4 +375,40 @@ describe("the weight API", () => {
     assert.match(missing.json.message, /model_path/);
     assert.equal((await ok(base, "GET", "/version")).policy_version, before + 1, "failed updates change nothing");
   });
+
+  test(
+    "the weight routes take the admin key, as the rest of the control plane, and go with --disable-control-plane",
+    SLOW,
+    async () => {
+      const served = await server.ready;
+      const flags = { device: "cpu", cacheDir: testCacheDir(), logRequests: false };
+      const guarded = serverApp(ServerConfig.parse({ ...flags, apiKey: "sk-user", adminApiKey: "sk-admin" }), served, {
+        log: silentLogger,
+      });
+      const calls: [string, string, unknown?][] = [
+        ["GET", "/weight_info"],
+        ["GET", "/get_weight_version"],
+        ["GET", "/get_world_size"],
+        ["POST", "/weight_checker", { action: "checksum" }],
+        ["POST", "/init_weight_transfer_engine", { init_info: {} }],
+      ];
+      for (const [method, route, body] of calls) {
+        for (const [key, status] of [["sk-user", 401], ["sk-admin", 200]] as const) {
+          const res = await guarded.request(route, {
+            method,
+            headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+            body: body === undefined ? undefined : JSON.stringify(body),
+          });
+          assert.equal(res.status, status, `${route} with ${key}`);
+        }
+      }
+      const off = serverApp(ServerConfig.parse({ ...flags, disableControlPlane: true }), served, { log: silentLogger });
+      assert.equal((await off.request("/weight_info")).status, 404);
+      assert.equal(
+        (await off.request("/weight_checker", { method: "POST", body: '{"action":"checksum"}' })).status,
+        404,
+      );
+      assert.equal(typeof (await (await off.request("/version")).json()).policy_version, "number");
+    },
+  );
 });
