@@ -15,7 +15,9 @@ import { Grammars, type GrammarSpec } from "../src/engine/grammar/grammars.ts";
 import { loadXGrammar } from "../src/engine/grammar/xgrammar-load.ts";
 import { Rng } from "../src/engine/rng.ts";
 import { benchFlags, intFlag } from "./lib/flags.ts";
-import { percentile } from "./logit-rows.ts";
+import { modelLikeRow, percentile } from "./logit-rows.ts";
+import { rowSampling, Sampler } from "../src/engine/sampler.ts";
+import { SamplingParams } from "../src/engine/sampling-params.ts";
 
 const Flags = z.object({
   model: z.string().default(path.join(process.env.GYM_EDGE_CACHE ?? ".cache", "models", "tiny")).describe("model folder"),
@@ -156,6 +158,31 @@ const bad: [string, GrammarSpec][] = [
 for (const [what, spec] of bad) {
   const error = await grammars.compile(spec).then(() => null, (err: Error) => err.message.slice(0, 160));
   emit({ what: `refused: ${what}`, error });
+}
+
+// What the mask adds to sampling: the CPU sampler on a model-like row of this vocabulary (temperature 1, one top
+// logprob: the RL load), without a mask, with a mask of ten tokens (digits) and with one allowing most tokens.
+{
+  const rows = [modelLikeRow(1), modelLikeRow(2)];
+  const sampler = new Sampler();
+  const params = SamplingParams.parse({ temperature: 1, logprobs: 1 });
+  const state = { params, outputIds: [] as number[], promptIds: [] as number[], rng: Rng.fromSeed(3) };
+  const narrow = new Uint32Array(Math.ceil(vocabSize / 32));
+  for (const id of Array.from({ length: 10 }, (_, d) => tokens.indexOf(String(d)))) narrow[id >>> 5] |= 1 << (id & 31);
+  const wide = new Uint32Array(Math.ceil(vocabSize / 32)).fill(0xffffffff);
+  for (let id = 0; id < vocabSize; id += 7) wide[id >>> 5] &= ~(1 << (id & 31));
+  for (const [what, mask] of [["no mask", null], ["10 tokens allowed", narrow], ["6/7 of the vocabulary allowed", wide]] as const) {
+    const times: number[] = [];
+    for (let j = 0; j < 500; j++) {
+      const row = rowSampling(state, vocabSize);
+      if (mask) row.allowed = mask;
+      const t = performance.now();
+      sampler.sampleRow(rows[j % 2], row);
+      if (j >= 200) times.push(performance.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    emit({ what: `sampleRow with ${what}`, vocab: vocabSize, median_ms: round(percentile(times, 0.5)), p90_ms: round(percentile(times, 0.9)) });
+  }
 }
 
 /** A random allowed token, preferring the first thousand ids (short pieces) so that strings and numbers close. */

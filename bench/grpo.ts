@@ -10,13 +10,16 @@
  * Run: node --import tsx bench/grpo.ts [--runs 3] [--baseline-runs 1] [--baseline-top-k 0[,50]] [--no-baseline]
  *      [--max-num-seqs 32] [--max-num-batched-tokens 512] [--device cpu|wasm|webgpu [--host-cache]] [--cache-dir DIR]
  *      [--http [--server-runtime node|deno|bun] [--server-flags "..."] [--no-in-process]]
+ *      [--grammar none|json|digits] (every sample under a grammar that cannot finish: the cost of the masks)
  */
 import process from "node:process";
 import { z } from "zod";
+import type { TokenConstraint } from "../src/engine/constraint.ts";
+import { Grammars, type GrammarSpec } from "../src/engine/grammar/grammars.ts";
 import { runtimeName } from "../src/runtime/detect.ts";
 import { ServerProcess } from "./chaos/server.ts";
 import { baselineFigures, baselineVariant, GenerateBaseline } from "./lib/baseline.ts";
-import { benchModel, openBenchEngine, runEngineLoad } from "./lib/engine.ts";
+import { type BenchEngine, benchModel, openBenchEngine, runEngineLoad } from "./lib/engine.ts";
 import { EngineBenchFlags } from "./lib/engine-flags.ts";
 import { benchFlags, intFlag, numberListFlag } from "./lib/flags.ts";
 import { runHttpLoad } from "./lib/http-load.ts";
@@ -37,6 +40,10 @@ const GrpoFlags = EngineBenchFlags.extend({
   serverRuntime: z.enum(["node", "deno", "bun"]).default(runtimeName()).describe("the runtime the --http server runs on"),
   serverFlags: z.string().default("").describe("more flags for the --http server, space-separated (\"--sampler-threads 1\")"),
   inProcess: z.boolean().default(true).describe("run the load through the engine in this process"),
+  grammar: z.enum(["none", "json", "digits"]).default("none").describe(
+    "constrain every sample (in process): json, an array of strings (most of the vocabulary allowed inside a " +
+      "string); digits, 1000 digits (ten tokens allowed); neither can finish within new_tokens",
+  ),
 });
 
 const flags = benchFlags(
@@ -56,6 +63,7 @@ async function benchEngine(): Promise<number> {
   // Once loaded, before any request: what the weights and the engine hold (peak_rss_mb includes the loading).
   const loadedMb = residentMemory().rss_mb;
   const { engine, profile } = bench;
+  const constraint = await grammarOf(bench);
   await runEngineLoad(engine, randomPrompts(2, 4, promptLen, 16), 2, { ...sampling, max_tokens: 8 }, 0);
   const rates: number[] = [];
   const profiles: Record<string, unknown>[] = [];
@@ -63,7 +71,7 @@ async function benchEngine(): Promise<number> {
   const before = engine.stats();
   for (let run = 0; run < flags.runs; run++) {
     profile.clear();
-    const result = await runEngineLoad(engine, promptsOf(run), n, sampling, run * 100);
+    const result = await runEngineLoad(engine, promptsOf(run), n, sampling, run * 100, constraint);
     rates.push(result.generated / result.seconds);
     otherCores.push(result.cpu.other_cores);
     profiles.push({ tok_s: round(result.generated / result.seconds, 1), seconds: round(result.seconds, 1),
@@ -75,6 +83,7 @@ async function benchEngine(): Promise<number> {
   report("grpo", flags, {
     engine: "gym-edge",
     ...load,
+    grammar: flags.grammar,
     requests: numPrompts * n,
     runs: flags.runs,
     tok_s: round(rate, 1),
@@ -94,6 +103,22 @@ async function benchEngine(): Promise<number> {
   });
   await bench.close();
   return rate;
+}
+
+/** Each sample's grammar matcher under --grammar (compiled before the timed runs), or none. */
+async function grammarOf(bench: BenchEngine): Promise<(() => TokenConstraint) | undefined> {
+  if (flags.grammar === "none") return undefined;
+  const { tokenizer, engine, loaded } = bench.served;
+  const grammars = new Grammars(() => ({
+    tokens: tokenizer.tokenStrings(Array.from({ length: tokenizer.vocabSize }, (_, i) => i)),
+    vocabSize: engine.runner.vocabSize,
+    stopTokenIds: loaded.config.eosTokenIds,
+  }));
+  const spec: GrammarSpec = flags.grammar === "json"
+    ? { kind: "json_schema", schema: JSON.stringify({ type: "array", items: { type: "string" } }), anyWhitespace: false }
+    : { kind: "regex", pattern: "[0-9]{1000}" };
+  const compiled = await grammars.compile(spec);
+  return () => compiled.matcher();
 }
 
 async function benchBaseline(engineRate: number): Promise<void> {

@@ -4,6 +4,7 @@
  */
 import * as path from "node:path";
 import { ServerConfig } from "../../src/config.ts";
+import type { TokenConstraint } from "../../src/engine/constraint.ts";
 import type { Engine } from "../../src/engine/engine.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
 import { silentLogger } from "../../src/log.ts";
@@ -67,7 +68,7 @@ export interface EngineLoadResult {
 
 /**
  * Submits every prompt `n` times (sample indexes 0..n-1) at once and waits for every token.
- * The requests' seeds are `seed` + prompt index, so a run can be repeated.
+ * The requests' seeds are `seed` + prompt index, so a run can be repeated. `constraint` gives each sample a grammar.
  */
 export async function runEngineLoad(
   engine: Engine,
@@ -75,12 +76,13 @@ export async function runEngineLoad(
   n: number,
   params: SamplingParamsInput,
   seed: number,
+  constraint?: () => TokenConstraint,
 ): Promise<EngineLoadResult> {
   const meter = new CpuMeter().start();
   const t0 = performance.now();
   const requests = prompts.flatMap((prompt, p) => {
     const sampling = SamplingParams.parse({ ...params, seed: seed + p });
-    return Array.from({ length: n }, (_, i) => engine.submit(prompt, sampling, i));
+    return Array.from({ length: n }, (_, i) => engine.submit(prompt, sampling, i, constraint?.() ?? null));
   });
   const ttftMs: number[] = [];
   let generated = 0;
