@@ -125,8 +125,8 @@ describe("GPU-resident engine runner", { skip }, () => {
       const settings: SamplingParamsInput[] = [
         { temperature: 0, logprobs: 5 },
         { temperature: 1, seed: 7, logprobs: 3 },
-        { temperature: 0.8, top_k: 50, top_p: 0.9, seed: 8, logprobs: 20 },
-        { temperature: 1.2, min_p: 0.2, seed: 9, logprobs: 2, logprobs_mode: "raw" },
+        { temperature: 0.8, top_k: 50, top_p: 0.9, seed: 8, logprobs: 20, return_sampling_mask: true },
+        { temperature: 1.2, min_p: 0.2, seed: 9, logprobs: 2, logprobs_mode: "raw", return_sampling_mask: true },
         { temperature: 1, seed: 10, repetition_penalty: 1.3, frequency_penalty: 0.5, logit_bias: { "42": 30 }, logprobs: 1 },
       ];
       const prompts = settings.map((_, i) => tokens(5 + 3 * i, 30 + i));
@@ -146,6 +146,9 @@ describe("GPU-resident engine runner", { skip }, () => {
           assert.ok(Math.abs(pick!.logprob - want.logprob) < 1e-5, `row ${i} step ${step}: ${pick!.logprob} vs ${want.logprob}`);
           assert.deepEqual(pick!.topLogprobs?.map((t) => t.tokenId), want.topLogprobs?.map((t) => t.tokenId));
           pick!.topLogprobs?.forEach((t, k) => assert.ok(Math.abs(t.logprob - want.topLogprobs![k].logprob) < 1e-5));
+          // The sampling mask, for the rows that asked: the same set on the GPU as on the CPU.
+          assert.deepEqual(pick!.kept && [...pick!.kept], want.kept && [...want.kept], `row ${i} step ${step}: kept set`);
+          assert.equal(pick!.kept !== undefined, i === 2 || i === 3);
           outputs[i].push(want.tokenId);
         });
         inputs = inputs.map((r, i) => ({ row: r.row, tokens: [outputs[i].at(-1)!], start: r.start + r.tokens.length }));
