@@ -96,7 +96,7 @@ test("json_object, streamed: the streamed text is one JSON object", SLOW, async 
   else assert.equal(finish, "length");
 });
 
-test("structured_outputs regex, choice and grammar (and the guided_* aliases) on completions: every output matches", SLOW, async () => {
+test("structured_outputs regex, choice, grammar and structural_tag (and the guided_* aliases) on completions: every output matches", SLOW, async () => {
   const cases: [Record<string, unknown>, (text: string) => boolean][] = [
     [{ structured_outputs: { regex: "[A-Z][a-z]{2,5}-\\d{2,4}" } }, (t) => /^[A-Z][a-z]{2,5}-\d{2,4}$/.test(t)],
     [{ guided_regex: "(yes|no), [0-9]{3}" }, (t) => /^(yes|no), [0-9]{3}$/.test(t)],
@@ -107,6 +107,17 @@ test("structured_outputs regex, choice and grammar (and the guided_* aliases) on
       (t) => /^\(([1-9][0-9]?[+*])*[1-9][0-9]?\)$/.test(t),
     ],
     [{ guided_grammar: 'root ::= ("ab" | "cd")+ "!"' }, (t) => /^(ab|cd)+!$/.test(t)],
+    [
+      {
+        structured_outputs: {
+          structural_tag: {
+            type: "structural_tag",
+            format: { type: "sequence", elements: [{ type: "const_string", value: "Answer: " }, { type: "regex", pattern: "[0-9]{2}" }] },
+          },
+        },
+      },
+      (t) => /^Answer: [0-9]{2}$/.test(t),
+    ],
   ];
   for (const [fields, matches] of cases) {
     const out = await client.completions.create({ model: MODEL, prompt: "Answer:", n: 5, seed: 4, temperature: 1, max_tokens: 40, ...fields });
@@ -240,6 +251,8 @@ test("bad schemas, regexes and grammars are a 400 naming the field, not a 500 or
     [{ structured_outputs: { choice: [] } }, "structured_outputs.choice"],
     [{ guided_json: "{not json" }, "guided_json"],
     [{ structured_outputs: { regex: "a", choice: ["a"] } }, "structured_outputs.choice"],
+    [{ structured_outputs: { structural_tag: { type: "structural_tag" } } }, "structured_outputs.structural_tag"],
+    [{ structured_outputs: { json: { type: "object" }, whitespace_pattern: " *" } }, "structured_outputs.whitespace_pattern"],
   ];
   for (const [fields, param] of cases) {
     const res = await post("/v1/chat/completions", { model: MODEL, messages, max_tokens: 4, ...fields });
@@ -247,6 +260,18 @@ test("bad schemas, regexes and grammars are a 400 naming the field, not a 500 or
     assert.equal(res.json.error.type, "invalid_request_error");
     assert.equal(res.json.error.param, param, JSON.stringify(res.json));
   }
+});
+
+test("vLLM's older structural tag (structures and triggers) is taken", SLOW, async () => {
+  const res = await post("/v1/chat/completions", {
+    model: MODEL,
+    messages,
+    max_tokens: 4,
+    structured_outputs: {
+      structural_tag: { type: "structural_tag", structures: [{ begin: "<a>", schema: { type: "integer" }, end: "</a>" }], triggers: ["<a>"] },
+    },
+  });
+  assert.equal(res.status, 200, JSON.stringify(res.json));
 });
 
 test("a grammar that cannot complete within max_tokens ends with finish_reason length", SLOW, async () => {
