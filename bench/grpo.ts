@@ -41,7 +41,7 @@ const GrpoFlags = EngineBenchFlags.extend({
   serverFlags: z.string().default("").describe("more flags for the --http server, space-separated (\"--sampler-threads 1\")"),
   inProcess: z.boolean().default(true).describe("run the load through the engine in this process"),
   grammar: z.enum(["none", "json", "digits"]).default("none").describe(
-    "constrain every sample (in process): json, an array of strings (most of the vocabulary allowed inside a " +
+    "constrain every sample (in process): json, an array of 1000 strings or more (most of the vocabulary allowed inside a " +
       "string); digits, 1000 digits (ten tokens allowed); neither can finish within new_tokens",
   ),
 });
@@ -115,7 +115,7 @@ async function grammarOf(bench: BenchEngine): Promise<(() => TokenConstraint) | 
     stopTokenIds: loaded.config.eosTokenIds,
   }));
   const spec: GrammarSpec = flags.grammar === "json"
-    ? { kind: "json_schema", schema: JSON.stringify({ type: "array", items: { type: "string" } }), anyWhitespace: false }
+    ? { kind: "json_schema", schema: JSON.stringify({ type: "array", items: { type: "string" }, minItems: 1000 }), anyWhitespace: false }
     : { kind: "regex", pattern: "[0-9]{1000}" };
   const compiled = await grammars.compile(spec);
   return () => compiled.matcher();
