@@ -139,7 +139,7 @@ test("streaming emits the Responses events in order, and the final response hold
 test("Responses errors are 400s naming the field", SLOW, async () => {
   const cases: [Record<string, unknown>, string, RegExp][] = [
     [{ input: "x", previous_response_id: "resp_1" }, "previous_response_id", /not supported/],
-    [{ input: "x", text: { format: { type: "json_schema" } } }, "text.format", /not supported/],
+    [{ input: "x", text: { format: { type: "json_schema" } } }, "text.format.schema", /JSON Schema/],
     [{ input: [{ type: "web_search_call", id: "x" }] }, "input[0].type", /./],
     [{ input: "x ".repeat(600) }, "input", /context length/],
     [{ input: "x", tool_choice: { type: "function", name: "nope" }, tools: TOOLS }, "tool_choice", /nope/],

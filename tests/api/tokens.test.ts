@@ -378,7 +378,6 @@ test("bad input is a 4xx in OpenAI's error shape naming the field", SLOW, async 
   assert.match((await refused(render, { messages: [{ role: "user", content: "x".repeat(10) }], max_tokens: "many" })).param ?? "", /^max_tokens/);
   assert.match((await refused(render, { messages: [{ role: "user", content: "word ".repeat(MAX_MODEL_LEN) }] })).message, /context length/);
   // What the chat route refuses, render refuses too.
-  assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } })).param, "response_format");
   assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], top_logprobs: 2 })).param, "top_logprobs");
   assert.equal((await refused(render, { messages: [{ role: "user", content: "hi" }], tool_choice: { type: "function", function: { name: "nope" } }, tools: TOOLS })).type, "invalid_request_error");
 

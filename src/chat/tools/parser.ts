@@ -52,8 +52,8 @@ export interface ToolCalling {
 
 /**
  * The tool calling of a request, or null when its output is not parsed for calls (no tools, tool_choice "none",
- * or no parser). "required" and a named choice are not enforced while generating (that needs constrained
- * decoding): the output is parsed as with "auto", and a named choice keeps only calls of that function.
+ * or no parser). "required" and a named choice are enforced while generating by a grammar of the parser's format
+ * (api/structured-outputs.ts); the output is parsed as with "auto", and a named choice keeps only its own calls.
  */
 export function toolCalling(
   parserName: string | null,
