@@ -11,7 +11,7 @@
 import { z } from "zod";
 import type { ChatTokenizer } from "../chat/template.ts";
 import type { TokenConstraint } from "../engine/constraint.ts";
-import { type CompiledConstraint, GrammarError, type Grammars, type GrammarSpec } from "../engine/grammar/grammars.ts";
+import { type CompiledConstraint, GrammarError, Grammars, type GrammarSpec } from "../engine/grammar/grammars.ts";
 import { ReasoningGate, type ReasoningTags } from "../engine/grammar/reasoning-gate.ts";
 import { InvalidRequestError } from "./errors.ts";
 
@@ -187,7 +187,7 @@ export function toolChoiceSpec(
   };
 }
 
-/** The grammars of a server (null: constrained generation is not available). */
+/** The grammars of a server (absent: ones over the tokenizer's vocabulary alone, see tokenizerGrammars). */
 export interface ConstraintSetup {
   grammars?: Grammars | null;
   tokenizer: ChatTokenizer;
@@ -203,18 +203,36 @@ export async function constraintFactory(
   requested: RequestedGrammar | null,
 ): Promise<(() => TokenConstraint) | undefined> {
   if (!requested) return undefined;
-  if (!setup.grammars) {
-    throw new InvalidRequestError("structured outputs are not available on this server", requested.param);
-  }
+  const grammars = setup.grammars ?? tokenizerGrammars(setup.tokenizer);
   let compiled: CompiledConstraint;
   try {
-    compiled = await setup.grammars.compile(requested.spec);
+    compiled = await grammars.compile(requested.spec);
   } catch (err) {
     if (err instanceof GrammarError) throw new InvalidRequestError(`${requested.param}: ${err.message}`, requested.param);
     throw err;
   }
   const tags = setup.reasoningParser ? reasoningTags(setup.tokenizer, setup.reasoningParser) : null;
   return tags ? () => new ReasoningGate(compiled.matcher(), tags) : () => compiled.matcher();
+}
+
+const byTokenizer = new WeakMap<ChatTokenizer, Grammars>();
+
+/**
+ * Grammars for an app built without the model's (a library user's createApp): the tokenizer's vocabulary, its
+ * end-of-sequence token. Ids the model has beyond the tokenizer's (padding) are never allowed: the engine's mask
+ * words past the grammar's stay 0.
+ */
+function tokenizerGrammars(tokenizer: ChatTokenizer): Grammars {
+  let grammars = byTokenizer.get(tokenizer);
+  if (!grammars) {
+    grammars = new Grammars(() => ({
+      tokens: tokenizer.tokenStrings(Array.from({ length: tokenizer.vocabSize }, (_, i) => i)),
+      vocabSize: tokenizer.vocabSize,
+      stopTokenIds: tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId],
+    }));
+    byTokenizer.set(tokenizer, grammars);
+  }
+  return grammars;
 }
 
 /** The reasoning section's tags as single token ids, or null when the vocabulary does not have them so. */

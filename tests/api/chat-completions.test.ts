@@ -265,3 +265,13 @@ test("prompt_logprobs reports one entry per prompt token, the first null", SLOW,
   assert.equal(prompt[0], null);
   prompt.slice(1).forEach((entry, i) => assert.deepEqual(Object.keys(entry!), [String(ids[i + 1])], `position ${i + 1}`));
 });
+
+test("an app built without the model's grammars constrains over the tokenizer's vocabulary: tool_choice named is one call", SLOW, async () => {
+  const tools = [{ type: "function", function: { name: "add", parameters: { type: "object", properties: { a: { type: "integer", minimum: 0, maximum: 9 } }, required: ["a"] } } }];
+  const out = await chat({ tools, tool_choice: { type: "function", function: { name: "add" } }, max_tokens: 40, seed: 3 });
+  const calls = out.choices[0].message.tool_calls ?? [];
+  assert.equal(out.choices[0].finish_reason, "tool_calls", JSON.stringify(out.choices[0].message));
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].function.name, "add");
+  assert.ok(Number.isInteger(JSON.parse(calls[0].function.arguments).a));
+});
