@@ -48,6 +48,7 @@ export const VllmSamplingParams = z.object({
   best_of: z.unknown().optional(),
   allowed_token_ids: z.unknown().optional(),
   bad_words: z.unknown().optional(),
+  // Honoured: vLLM's StructuredOutputsParams (guided_decoding, its older name), checked in tokens.ts.
   structured_outputs: z.unknown().optional(),
   guided_decoding: z.unknown().optional(),
   logits_processors: z.unknown().optional(),

@@ -46,6 +46,7 @@ import {
   type GenerateStreamResponse,
   type VllmSamplingParams,
 } from "./tokens-protocol.ts";
+import { constraintFactory, structuredSpec } from "./structured-outputs.ts";
 
 /** Whether a field of vLLM's SamplingParams asks for something: set, and not to its default (or an empty list). */
 function asks(value: unknown, ...defaults: unknown[]): boolean {
@@ -64,8 +65,6 @@ const REFUSED_SAMPLING: [keyof VllmSamplingParams, (sp: VllmSamplingParams) => b
   ["best_of", (sp) => asks(sp.best_of, 1, sp.n ?? 1), "best_of is not supported (vLLM's V1 engine dropped it too); ask for n samples"],
   ["allowed_token_ids", (sp) => asks(sp.allowed_token_ids), "allowed_token_ids is not supported"],
   ["bad_words", (sp) => asks(sp.bad_words), "bad_words is not supported"],
-  ["structured_outputs", (sp) => asks(sp.structured_outputs), "structured outputs are not implemented"],
-  ["guided_decoding", (sp) => asks(sp.guided_decoding), "guided decoding (structured output) is not implemented"],
   ["logits_processors", (sp) => asks(sp.logits_processors), "custom logits processors are not supported"],
   ["logprob_token_ids", (sp) => asks(sp.logprob_token_ids), "logprob_token_ids is not supported: use logprobs (top 0..20)"],
   ["thinking_token_budget", (sp) => asks(sp.thinking_token_budget, -1), "thinking_token_budget is not supported"],
@@ -76,6 +75,26 @@ const REFUSED_SAMPLING: [keyof VllmSamplingParams, (sp: VllmSamplingParams) => b
   ["trace_decode_token_ids", (sp) => asks(sp.trace_decode_token_ids), "trace_decode_token_ids (forced decoding) is not supported"],
   ["truncate_prompt_tokens", (sp) => asks(sp.truncate_prompt_tokens), "truncate_prompt_tokens is not supported: send the token ids to run"],
 ];
+
+/** The grammar of a generate request's sampling_params.structured_outputs (or guided_decoding), or null. */
+function generateStructuredSpec(sp: VllmSamplingParams) {
+  const given = sp.structured_outputs ?? sp.guided_decoding;
+  if (given == null) return null;
+  const field = sp.structured_outputs != null ? "structured_outputs" : "guided_decoding";
+  if (typeof given !== "object" || Array.isArray(given)) {
+    throw new InvalidRequestError(`sampling_params.${field} must be an object`, `sampling_params.${field}`);
+  }
+  try {
+    const requested = structuredSpec({ structured_outputs: given as Record<string, unknown> });
+    return requested && { ...requested, param: `sampling_params.${requested.param.replace("structured_outputs", field)}` };
+  } catch (err) {
+    if (err instanceof InvalidRequestError && err.param) {
+      const param = `sampling_params.${err.param.replace("structured_outputs", field)}`;
+      throw new InvalidRequestError(`${param}: ${err.message.replace(`${err.param} `, "")}`, param);
+    }
+    throw err;
+  }
+}
 
 function isSet(value: unknown): boolean {
   return asks(value);
@@ -273,7 +292,12 @@ export function tokenRoutes(deps: AppDeps): Hono {
     if (bad >= 0) {
       throw new InvalidRequestError(`token id ${ids[bad]} is outside the vocabulary (${deps.tokenizer.vocabSize} tokens)`, `token_ids[${bad}]`);
     }
-    const generation = new Generation({ engine, tokenizer: deps.tokenizer, params, text: textOptions(sp), signal: c.req.raw.signal }, ids);
+    // vLLM's StructuredOutputsParams (guided_decoding is its older name); the grammar applies from the first token.
+    const constraint = await constraintFactory({ ...deps, reasoningParser: null }, generateStructuredSpec(sp));
+    const generation = new Generation(
+      { engine, tokenizer: deps.tokenizer, params, text: textOptions(sp), signal: c.req.raw.signal, constraint },
+      ids,
+    );
     // The body's request_id names the generation for /abort_requests, as the x-request-id header does.
     const requestId = nameRequest(request.request_id ?? crypto.randomUUID(), generation);
     if (!request.stream) {

@@ -345,6 +345,20 @@ test("vLLM fields that only steer vLLM's own output are accepted and ignored", S
   assert.deepEqual(hinted.choices[0].token_ids, plain.choices[0].token_ids);
 });
 
+test("generate: sampling_params.structured_outputs (and guided_decoding) constrain the tokens", SLOW, async () => {
+  for (const sp of [{ structured_outputs: { regex: "[a-c]{3}-[0-9]{2}" } }, { guided_decoding: { choice: ["left", "right"] } }]) {
+    const res = await post("/inference/v1/generate", { token_ids: PROMPT, sampling_params: { ...sp, n: 3, seed: 2, temperature: 1, max_tokens: 20 } });
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    for (const choice of body.choices) {
+      // The end token (either of the model's two) is the last id.
+      const text = (await (await post("/detokenize", { tokens: choice.token_ids.slice(0, -1) })).json()).prompt;
+      assert.equal(choice.finish_reason, "stop");
+      assert.ok(/^[a-c]{3}-[0-9]{2}$/.test(text) || ["left", "right"].includes(text), text);
+    }
+  }
+});
+
 test("bad input is a 4xx in OpenAI's error shape naming the field", SLOW, async () => {
   const sp = { max_tokens: 2 };
   const generate = "/inference/v1/generate";
@@ -360,7 +374,9 @@ test("bad input is a 4xx in OpenAI's error shape naming the field", SLOW, async 
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { max_tokens: 0 } })).param, "sampling_params.max_tokens");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { logprobs: -1 } })).param, "sampling_params.logprobs");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { logprobs: 21 } })).param, "sampling_params.logprobs");
-  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { structured_outputs: { regex: "a+" } } })).param, "sampling_params.structured_outputs");
+  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { structured_outputs: { regex: "([a-z" } } })).param, "sampling_params.structured_outputs.regex");
+  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { guided_decoding: { choice: [] } } })).param, "sampling_params.guided_decoding.choice");
+  assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { structured_outputs: "a+" } })).param, "sampling_params.structured_outputs");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { allowed_token_ids: [1, 2] } })).param, "sampling_params.allowed_token_ids");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: { logprob_token_ids: [1] } })).param, "sampling_params.logprob_token_ids");
   assert.equal((await refused(generate, { token_ids: PROMPT, sampling_params: {}, priority: 1 })).param, "priority");
