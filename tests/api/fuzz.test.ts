@@ -143,6 +143,8 @@ for (const route of ["/v1/chat/completions", "/v1/completions"]) {
 }
 GENERATING["/v1/completions"].fields.push("response_format");
 GENERATING["/v1/responses"].fields.push("text.format", "text.format.type", "text.format.schema", "tool_choice");
+GENERATING["/inference/v1/generate"].fields.push("sampling_params.structured_outputs", "sampling_params.structured_outputs.json",
+  "sampling_params.structured_outputs.regex", "sampling_params.guided_decoding");
 
 /** Messages that are wrong in every way a client gets them wrong. */
 const MESSAGES: unknown[] = [
