@@ -29,6 +29,7 @@ import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.
 import { openWeights, resetWeightsDir, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 import { DigestsUnavailableError, WeightDigests } from "./model/weight-checksums.ts";
 import { type StartupFacts, startupFields, startupLines } from "./startup-summary.ts";
+import { Grammars } from "./engine/grammar/grammars.ts";
 
 /** The default KV budget when --kv-cache-memory is not given. */
 const DEFAULT_KV_CACHE_BYTES = 2 ** 30;
@@ -249,6 +250,7 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     isReady: () => true,
     apiKey: config.apiKey,
     toolCallParser: config.toolCallParser,
+    grammars: grammarsOf(served),
     reasoningParser: config.reasoningParser ?? null,
     logprobsMode: config.logprobsMode,
     returnTokensAsTokenIds: config.returnTokensAsTokenIds,
@@ -260,6 +262,16 @@ export function serverApp(config: ServerConfig, served: ServedModel, options: Se
     samplingDefaults: served.samplingDefaults.defaults,
     nextSeed: seedStream(config.seed),
   });
+}
+
+/** The model's grammars: its vocabulary is compiled for them on the first constrained request, not at start. */
+function grammarsOf(served: ServedModel): Grammars {
+  const { tokenizer, engine, loaded } = served;
+  return new Grammars(() => ({
+    tokens: tokenizer.tokenStrings(Array.from({ length: tokenizer.vocabSize }, (_, i) => i)),
+    vocabSize: engine.runner.vocabSize,
+    stopTokenIds: loaded.config.eosTokenIds,
+  }));
 }
 
 /** The figures of the start-up summary. */
