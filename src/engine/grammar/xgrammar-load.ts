@@ -10,6 +10,7 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
+import { embeddedFile } from "../../runtime/embedded.ts";
 
 /** The slice of the package's classes the grammar layer uses (their declarations, as the package types them). */
 export type XGrammar = typeof import("@mlc-ai/web-xgrammar") & {
@@ -31,13 +32,16 @@ const ANCHOR = "let binding = null;";
 /** The bundle's line that starts its instance, given our error printer instead. */
 const START = "binding = await Module();";
 
+/** The bundle in the package, which a single-file build carries (runtime/embedded.ts). */
+export const XGRAMMAR_BUNDLE = `${PACKAGE}/lib/index.js`;
+
 let loaded: XGrammar | null = null;
 
 /** The package, evaluated once per process. */
 export function loadXGrammar(): XGrammar {
   if (loaded) return loaded;
   const require = createRequire(import.meta.url);
-  const file = require.resolve(PACKAGE);
+  const file = embeddedFile(XGRAMMAR_BUNDLE) ?? require.resolve(PACKAGE);
   const source = readFileSync(file, "utf8");
   if (!source.includes(ANCHOR) || !source.includes(START)) {
     throw new Error(`${PACKAGE} at ${file} is not the build this server was written against (0.1.27)`);
