@@ -16,6 +16,7 @@ import { InvalidRequestError } from "./errors.ts";
 import { engineOf, Generation, policyVersionOf, type SampleEvent, samplingParams, versionFields } from "./generate.ts";
 import { nameRequest } from "./request-names.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
+import { samplingMasksOf } from "./protocol.ts";
 
 const nullableNumber = z.number().nullish();
 const nullableInt = z.int().nullish();
@@ -66,6 +67,8 @@ export const SglangGenerateRequest = z.object({
   logprob_start_len: z.int().min(-1).nullish(),
   top_logprobs_num: z.int().min(0).max(20).nullish(),
   return_text_in_logprobs: nullableBool,
+  // Per generated token, the ids it was drawn from: meta_info.output_token_sampling_mask.
+  return_sampling_mask: nullableBool,
   stream: nullableBool,
   // Read only to refuse them when they ask for something.
   input_embeds: z.unknown().optional(),
@@ -189,6 +192,7 @@ export function sglangRoutes(deps: AppDeps): Hono {
       frequency_penalty: sp.frequency_penalty,
       repetition_penalty: sp.repetition_penalty,
       logit_bias: sp.logit_bias,
+      return_sampling_mask: (deps.returnSamplingMask || request.return_sampling_mask) ?? false,
     };
     const text = {
       skipSpecialTokens: sp.skip_special_tokens ?? true,
@@ -294,6 +298,7 @@ export function sglangRoutes(deps: AppDeps): Hono {
           meta.output_top_logprobs = tokens.map((t) => tops(t.topLogprobs, plan.top, plan.withText));
         }
       }
+      if (fields.return_sampling_mask) meta.output_token_sampling_mask = samplingMasksOf(tokens);
       return { text: sampleText, output_ids: tokens.map((t) => t.tokenId), meta_info: meta };
     };
 

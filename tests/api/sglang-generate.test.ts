@@ -161,6 +161,28 @@ test("text prompts, seeds, n, batches, stop ids and strings", SLOW, async () => 
   }
 });
 
+test("return_sampling_mask: meta_info.output_token_sampling_mask, per token the ids it was drawn from", SLOW, async () => {
+  const res = await post("/generate", {
+    input_ids: PROMPT,
+    sampling_params: { max_new_tokens: 6, temperature: 1, top_k: 5, sampling_seed: 3, ignore_eos: true },
+    return_sampling_mask: true,
+  });
+  assert.equal(res.status, 200);
+  const out = Output.extend({ meta_info: MetaInfo.extend({ output_token_sampling_mask: z.array(z.array(z.int())) }) })
+    .parse(await res.json());
+  const masks = out.meta_info.output_token_sampling_mask;
+  assert.equal(masks.length, out.output_ids.length);
+  masks.forEach((set, i) => {
+    // top_k 5 keeps five ids, ascending, and the token drawn is one of them.
+    assert.equal(set.length, 5, `token ${i}`);
+    assert.deepEqual(set, [...set].sort((a, b) => a - b));
+    assert.ok(set.includes(out.output_ids[i]), `token ${i}: ${out.output_ids[i]} in ${set}`);
+  });
+  // Not asked, not there.
+  const plain = await (await post("/generate", { input_ids: PROMPT, sampling_params: { max_new_tokens: 2 } })).json();
+  assert.equal("output_token_sampling_mask" in plain.meta_info, false);
+});
+
 test("stream: SSE chunks with everything so far, the finish reason on the last, then [DONE]", SLOW, async () => {
   const body = { input_ids: PROMPT, sampling_params: { temperature: 0, max_new_tokens: 4, ignore_eos: true }, return_logprob: true };
   const whole = await generate(body);
