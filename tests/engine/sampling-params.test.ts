@@ -35,6 +35,7 @@ describe("SamplingParams defaults", () => {
       logit_bias: [],
       logprobs: null,
       logprobs_mode: "processed",
+      return_sampling_mask: false,
       prompt_logprobs: null,
       prompt_logprob_token_ids: null,
       prompt_logprob_start: 0,
