@@ -10,7 +10,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
+import { ChatTokenizer } from "../../src/chat/template.ts";
 import { Engine, type SubmittedRequest } from "../../src/engine/engine.ts";
+import { Grammars } from "../../src/engine/grammar/grammars.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
 import { SequenceSampler } from "../../src/engine/sampler.ts";
 import { type Backend, backendFor } from "../../src/model/ort/backends.ts";
@@ -163,23 +165,24 @@ describe("GPU-resident engine runner", { skip }, () => {
     }
   });
 
+  const engineOver = async (hostCache: boolean) => {
+    const runner = await open(9, hostCache);
+    return new Engine(runner, {
+      maxModelLen: 4096,
+      maxNumSeqs: 8,
+      maxNumBatchedTokens: 48,
+      eosTokenIds: [151645],
+      kvCacheBytes: 64 * 1024 * 1024,
+      rowCapacity: (n) => (runner as GpuEngineRunner).rowCapacity(n),
+    });
+  };
+  const collect = async (req: SubmittedRequest) => {
+    const events = [];
+    for await (const e of req.events) events.push(e);
+    return events;
+  };
+
   test("the engine over it generates what the engine over the host-cache runner does, prefix cache included", SLOW, async () => {
-    const engineOver = async (hostCache: boolean) => {
-      const runner = await open(9, hostCache);
-      return new Engine(runner, {
-        maxModelLen: 4096,
-        maxNumSeqs: 8,
-        maxNumBatchedTokens: 48,
-        eosTokenIds: [151645],
-        kvCacheBytes: 64 * 1024 * 1024,
-        rowCapacity: (n) => (runner as GpuEngineRunner).rowCapacity(n),
-      });
-    };
-    const collect = async (req: SubmittedRequest) => {
-      const events = [];
-      for await (const e of req.events) events.push(e);
-      return events;
-    };
     const shared = tokens(40, 50);
     const run = async (engine: Engine) => {
       const params = (seed: number) => SamplingParams.parse({ temperature: 1, seed, max_tokens: 12, ignore_eos: true, logprobs: 2 });
@@ -203,6 +206,43 @@ describe("GPU-resident engine runner", { skip }, () => {
           const want = host.results[r][j];
           assert.ok(Math.abs(e.logprob - want.logprob) < 1e-4, `request ${r} token ${j}: ${e.logprob} vs ${want.logprob}`);
         });
+      });
+    } finally {
+      await gpuEngine.runner.dispose();
+      await hostEngine.runner.dispose();
+    }
+  });
+
+  test("under a grammar the engine over it samples what the engine over the host-cache runner does", SLOW, async () => {
+    // The grammar's mask goes to the WGSL sampler on one side and to the CPU sampler on the other.
+    const tokenizer = await ChatTokenizer.load(tiny);
+    const grammars = new Grammars(() => ({
+      tokens: tokenizer.tokenStrings(Array.from({ length: arch.vocabSize }, (_, i) => i)),
+      vocabSize: arch.vocabSize,
+      stopTokenIds: [151645, 151643],
+    }));
+    const schema = {
+      type: "object",
+      properties: { n: { type: "integer", minimum: 0, maximum: 99 }, pet: { enum: ["cat", "dog"] } },
+      required: ["n", "pet"],
+    };
+    const compiled = await grammars.compile({ kind: "json_schema", schema: JSON.stringify(schema), anyWhitespace: false });
+    const run = async (engine: Engine) =>
+      await Promise.all([0, 1, 2].map((i) => {
+        const params = SamplingParams.parse({ temperature: 1, seed: 7, max_tokens: 64, logprobs: 1 });
+        return collect(engine.submit(tokens(20, 60), params, i, compiled.matcher()));
+      }));
+    const [gpuEngine, hostEngine] = [await engineOver(false), await engineOver(true)];
+    try {
+      const [gpu, host] = [await run(gpuEngine), await run(hostEngine)];
+      gpu.forEach((events, r) => {
+        assert.deepEqual(events.map((e) => e.tokenId), host[r].map((e) => e.tokenId), `sample ${r}: tokens`);
+        events.forEach((e, j) => assert.ok(Math.abs(e.logprob - host[r][j].logprob) < 1e-4, `sample ${r} token ${j}`));
+        // A random model writes JSON only under the grammar, and ends it only when the grammar is complete.
+        assert.equal(events.at(-1)?.finishReason, "stop", `sample ${r}`);
+        const text = tokenizer.decode(events.map((e) => e.tokenId), { skipSpecialTokens: true });
+        const value = JSON.parse(text);
+        assert.ok(Number.isInteger(value.n) && ["cat", "dog"].includes(value.pet), text);
       });
     } finally {
       await gpuEngine.runner.dispose();
