@@ -16,7 +16,7 @@ import type { ModelDtype, OnnxFiles } from "../sources/model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
 import { splitPackedWeights } from "./packed-weights.ts";
-import { hubDownloadProgress } from "../sources/model-source.ts";
+import { hubDownloadProgress } from "../sources/download-progress.ts";
 import { RunQueue } from "./run-queue.ts";
 import { gpuAdapter, gpuDevicePresent } from "../../runtime/webgpu.ts";
 

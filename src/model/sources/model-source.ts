@@ -7,6 +7,7 @@ import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeSync } fro
 import * as path from "node:path";
 import { envVar } from "../../runtime/process.ts";
 import { Progress } from "../../progress.ts";
+import { REPORTED_DOWNLOAD } from "./download-progress.ts";
 import { ModelLoadError } from "../errors.ts";
 
 /** A model named on the command line, resolved. */
@@ -153,35 +154,6 @@ export async function fetchHubCheckpoint(
   }
 }
 
-/** Files at least this big say when their download is done. */
-const REPORTED_DOWNLOAD = 16 * 2 ** 20;
-
-/** What transformers.js tells a `progress_callback` of the files it downloads. */
-interface HubProgressInfo {
-  status: string;
-  file?: string;
-  loaded?: number;
-  total?: number;
-}
-
-/**
- * A `progress_callback` for transformers.js's downloads that reports files of 16 MiB and more to `log` as
- * writeDownload does (lines every few seconds, then done); smaller ones and files read from the cache stay quiet.
- */
-export function hubDownloadProgress(log: (message: string) => void): (info: HubProgressInfo) => void {
-  const files = new Map<string, Progress>();
-  return (info) => {
-    if (!info.file) return;
-    if (info.status === "progress" && (info.total ?? 0) >= REPORTED_DOWNLOAD) {
-      let progress = files.get(info.file);
-      if (!progress) files.set(info.file, progress = new Progress(`downloading ${info.file}`, info.total!, "bytes", { log, bar: false }));
-      progress.set(info.loaded ?? 0);
-    } else if (info.status === "done") {
-      files.get(info.file)?.finish();
-      files.delete(info.file);
-    }
-  };
-}
 
 /**
  * Streams a response body into `dir/name` (through a temporary file, so a cut download never looks complete);
