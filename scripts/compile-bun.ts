@@ -26,7 +26,8 @@ if (Bun === undefined) {
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
-const outfile = path.resolve(args[args.indexOf("--outfile") + 1] && args.includes("--outfile") ? args[args.indexOf("--outfile") + 1] : path.join(root, "dist", "gym-edge"));
+const at = args.indexOf("--outfile");
+const outfile = path.resolve(at >= 0 && args[at + 1] ? args[at + 1] : path.join(root, "dist", "gym-edge"));
 
 /** Package files the executable carries, by the package path the code asks for. */
 const EMBEDDED = [

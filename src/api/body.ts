@@ -12,3 +12,19 @@ export async function readJson(c: Context): Promise<unknown> {
   }
 }
 
+
+/** The body as a JSON object, or {} when there is none (routes that take their options from the query too). */
+export async function optionalJson(req: Request): Promise<Record<string, unknown>> {
+  const text = await req.text();
+  if (text.trim() === "") return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new MalformedJsonError((err as Error).message);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new MalformedJsonError("expected a JSON object");
+  }
+  return value as Record<string, unknown>;
+}

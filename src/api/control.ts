@@ -13,7 +13,7 @@ import type { ControlStatus, EngineControl } from "../engine/control.ts";
 import type { PauseMode } from "../engine/control.ts";
 import type { ServingMetrics } from "../metrics/serving.ts";
 import { VERSION } from "../version.ts";
-import { MalformedJsonError } from "./errors.ts";
+import { optionalJson } from "./body.ts";
 import { httpErrorOf } from "./operations.ts";
 import { abortNamed } from "./request-names.ts";
 import { WEIGHT_PATHS, type WeightPlane, weightRoutes } from "./weights.ts";
@@ -69,22 +69,6 @@ const PauseGenerationRequest = z.object({ mode: z.enum(["abort", "retract", "in_
 
 const AbortRequestsRequest = z.object({ request_ids: z.array(z.string()).max(100_000) });
 const AbortRequestRequest = z.object({ rid: z.string().default(""), abort_all: z.boolean().default(false) });
-
-/** The JSON body, or {} when there is none (these routes take their options from the query too). */
-async function optionalJson(req: Request): Promise<Record<string, unknown>> {
-  const text = await req.text();
-  if (text.trim() === "") return {};
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new MalformedJsonError((err as Error).message);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new MalformedJsonError("expected a JSON object");
-  }
-  return value as Record<string, unknown>;
-}
 
 function statusBody(s: ControlStatus, weightVersion: string | null) {
   return {

@@ -16,7 +16,8 @@ import { z } from "zod";
 import { ControlError, type EngineControl, REFIT_MODES, type RefitMode, type RefitResult } from "../engine/control.ts";
 import type { ServingMetrics } from "../metrics/serving.ts";
 import { compareDigests } from "../model/weight-checksums.ts";
-import { errorPayload, MalformedJsonError } from "./errors.ts";
+import { optionalJson } from "./body.ts";
+import { errorPayload } from "./errors.ts";
 import { httpErrorOf } from "./operations.ts";
 
 /** What the weight routes drive (an EngineControl). */
@@ -110,22 +111,6 @@ const CompareRequest = z.object({
   baseline: z.record(z.string(), z.string(), { error: "action='compare' requires a 'baseline' object" }),
   checksums: z.array(Digests, { error: "'checksums' must be a list of checksum response objects" }).optional(),
 });
-
-/** The JSON body, or {} when there is none. */
-async function optionalJson(req: Request): Promise<Record<string, unknown>> {
-  const text = await req.text();
-  if (text.trim() === "") return {};
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new MalformedJsonError((err as Error).message);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new MalformedJsonError("expected a JSON object");
-  }
-  return value as Record<string, unknown>;
-}
 
 async function run<T>(operation: () => Promise<T> | T): Promise<T> {
   try {
