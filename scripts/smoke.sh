@@ -152,8 +152,9 @@ smoke_pack() {
   tgz=$(npm pack --silent --pack-destination "$WORK" | tail -1)
   log "packed $tgz ($(du -h "$WORK/$tgz" | cut -f1)) in $((SECONDS - t0)) s"
   mkdir -p "$app"
-  # An empty directory: the repository's .npmrc does not apply there, so its one setting travels in the environment.
-  (cd "$app" && npm_config_onnxruntime_node_install=skip npm install --prefix "$app" --no-audit --no-fund \
+  # An empty directory: the repository's allowScripts does not apply there, so onnxruntime-node's CUDA download is
+  # turned off through its own environment variable.
+  (cd "$app" && ONNXRUNTIME_NODE_INSTALL=skip npm install --prefix "$app" --no-audit --no-fund \
     --prefer-offline --loglevel=error "$WORK/$tgz" >/dev/null)
   log "installed into an empty directory in $((SECONDS - t0)) s ($(du -sh "$app/node_modules" | cut -f1))"
   smoke "node (npx gym-edge)" '(^| )node( |$)' '' "$app" "$WORK/cache-node" npx --no-install gym-edge
@@ -317,6 +318,8 @@ smoke_fresh() {
     log "  npm install printed:"
     grep -a 'warn' "$WORK/npm-install.log" | sed 's/^/    /' | head -12
   fi
+  # A setting npm does not know (as a project .npmrc key once was) warns on every npm command.
+  if grep -aq 'Unknown .* config' "$WORK/npm-install.log"; then fail "npm install warned about an unknown config"; fi
   smoke "npm start" '(^| )node( |$)' '' "$dir" "$WORK/cache-fresh-npm" npm start --
   fresh_check "npm install && npm start" "$dir"
   # After npm install, node_modules/.bin is on a task's PATH: `deno task serve` must still serve.
