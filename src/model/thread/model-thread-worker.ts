@@ -12,7 +12,7 @@ import { ensureConverted } from "../builder/convert.ts";
 import type { OpenEngineRunnerOptions } from "../runners/engine-runner.ts";
 import { serializeError, type ThreadReply, type ThreadRequest } from "./model-thread.ts";
 import { openModelRunner } from "../runners/open-runner.ts";
-import type { StepReply, ThreadedRunnerInfo } from "./threaded-runner.ts";
+import { type FloatSpan, floatView, type StepReply, type ThreadedRunnerInfo } from "./threaded-runner.ts";
 import { tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
 import { openWeights, type ServedWeights } from "../weights.ts";
 
@@ -113,17 +113,17 @@ const handlers: Record<string, Handler> = {
     return unanswered(handle, (r) => r.copyRow(from, to, length));
   },
   async "runner.readKv"(
-    args: { handle: number; row: number; start: number; length: number; out?: Float32Array },
+    args: { handle: number; row: number; start: number; length: number; out?: FloatSpan },
   ) {
     const r = runnerToRead(args.handle);
     // Shared memory of the calling thread is written in place; otherwise the KV goes back in a moved buffer.
-    const out = args.out ?? new Float32Array(args.length * r.floatsPerToken);
+    const out = args.out ? floatView(args.out) : new Float32Array(args.length * r.floatsPerToken);
     r.readKv(args.row, args.start, args.length, out);
     await r.flush?.();
-    return args.out ? { value: null } : { value: out, transfer: [out.buffer as ArrayBuffer] };
+    return args.out ? { value: null } : { value: out.buffer, transfer: [out.buffer as ArrayBuffer] };
   },
-  "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: Float32Array }) {
-    return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, args.data));
+  "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: FloatSpan }) {
+    return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, floatView(args.data)));
   },
   async "runner.dispose"({ handle }: { handle: number }) {
     const r = runners.get(handle);
