@@ -62,6 +62,27 @@ describe("sampler pool", () => {
     assert.deepEqual(await pool.sample(rows, rows.map((_, i) => spec(i))), want);
   });
 
+  test("allowed masks and kept sets cross to and from a helper unchanged", SLOW, async () => {
+    const rows = Array.from({ length: 8 }, (_, i) => logitsRow(i + 60));
+    // One buffer of masks for every row, as a grammar's memory holds them: row i allows the ids not divisible by i + 2.
+    const words = Math.ceil(VOCAB / 32);
+    const masks = new Uint32Array(rows.length * words);
+    for (let i = 0; i < rows.length; i++) {
+      for (let t = 0; t < VOCAB; t++) if (t % (i + 2) !== 0) masks[i * words + (t >>> 5)] |= 1 << (t & 31);
+    }
+    const spec = (i: number) => ({
+      ...new SequenceSampler(SamplingParams.parse({ ...settings[i % settings.length], seed: 20 + i }), [1]).next([], VOCAB),
+      allowed: masks.subarray(i * words, (i + 1) * words),
+      keepSet: true,
+    });
+    const want = rows.map((row, i) => new Sampler().sampleRow(row, spec(i)));
+    const got = await pool.sample(rows, rows.map((_, i) => spec(i)));
+    assert.deepEqual(got, want);
+    assert.ok(got.every((t, i) => t.tokenId % (i + 2) !== 0 && t.kept instanceof Int32Array && t.kept.includes(t.tokenId)));
+    assert.ok(got.some((t) => t.kept!.length > 1000), "some rows keep a large set");
+    assert.equal(masks.byteLength, rows.length * words * 4, "the caller's masks stay its own (not moved away)");
+  });
+
   test("a batch too small to share stays on the calling thread; a closed pool starts its thread again", SLOW, async () => {
     const small = new SamplerPool(1);
     const row = logitsRow(99);
