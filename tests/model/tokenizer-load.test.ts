@@ -11,7 +11,7 @@ import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transforme
 import { tokenizerFiles } from "../../src/model/builder/hf-files.ts";
 import { getPreset } from "../../src/model/builder/presets.ts";
 import { tokenizerFromParts } from "../../src/model/tokenizer/tokenizer-load.ts";
-import { tokenizerParts } from "../../src/model/tokenizer/tokenizer-parts.ts";
+import { partsFromWire, partsToWire, tokenizerParts } from "../../src/model/tokenizer/tokenizer-parts.ts";
 
 const TEXTS = [
   "Hello, world",
@@ -40,8 +40,12 @@ describe("tokenizer built in slices", () => {
       const dir = tokenizerDir(presetName);
       try {
         const expected = await AutoTokenizer.from_pretrained(dir, { local_files_only: true });
-        const parts = tokenizerParts(path.join(dir, "tokenizer.json"));
-        assert.ok(parts, "a BPE tokenizer is taken apart");
+        const taken = tokenizerParts(path.join(dir, "tokenizer.json"));
+        assert.ok(taken, "a BPE tokenizer is taken apart");
+        // As the model thread sends them: buffers moved, no typed array in the message.
+        const { wire, transfer } = partsToWire(taken);
+        assert.ok([wire.vocab.ends, wire.vocab.ids, wire.merges.ends].every((b) => b instanceof ArrayBuffer));
+        const parts = partsFromWire(structuredClone(wire, { transfer }));
         const built = await tokenizerFromParts(dir, parts);
         assert.ok(built, "and built in slices");
         assert.equal(built.constructor, expected.constructor);

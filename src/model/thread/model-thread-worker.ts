@@ -13,7 +13,7 @@ import type { OpenEngineRunnerOptions } from "../runners/engine-runner.ts";
 import { serializeError, type ThreadReply, type ThreadRequest } from "./model-thread.ts";
 import { openModelRunner } from "../runners/open-runner.ts";
 import { type FloatSpan, floatView, type StepReply, type ThreadedRunnerInfo } from "./threaded-runner.ts";
-import { tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
+import { partsToWire, tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
 import { openWeights, type ServedWeights } from "../weights.ts";
 
 /** Where a runner opens: the device of the calling thread's backend, with its thread count. */
@@ -134,8 +134,9 @@ const handlers: Record<string, Handler> = {
   },
   "tokenizer.parts"({ file }: { file: string }) {
     const parts = tokenizerParts(file);
-    const transfer = parts ? [parts.vocab.ends.buffer, parts.vocab.ids.buffer, parts.merges.ends.buffer] : [];
-    return { value: parts, transfer: transfer as ArrayBuffer[] };
+    if (!parts) return { value: null };
+    const { wire, transfer } = partsToWire(parts);
+    return { value: wire, transfer };
   },
   async "builtin.ensure"({ cacheDir }: { cacheDir: string }) {
     return { value: await ensureBuiltinModel(cacheDir) };
