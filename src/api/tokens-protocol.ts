@@ -6,35 +6,21 @@
 import { z } from "zod";
 import { TokenIds } from "../chat/messages.ts";
 import { ChatLogprobs, PromptLogprobs, SamplingMasks, Usage } from "./protocol.ts";
-import { ChatCompletionRequest } from "./schemas.ts";
+import { ChatCompletionRequest, SamplingRequestFields } from "./schemas.ts";
 
-const nullableNumber = z.number().nullish();
 const nullableInt = z.int().nullish();
 const nullableBool = z.boolean().nullish();
 
 /** vLLM's SamplingParams as JSON (vLLM's names); range checks happen in the engine's SamplingParams. */
 export const VllmSamplingParams = z.object({
-  n: nullableInt,
-  temperature: nullableNumber,
-  top_p: nullableNumber,
-  top_k: nullableInt,
-  min_p: nullableNumber,
-  seed: nullableInt,
+  // The fields every generating route reads; priority and cache_salt sit at the request's top level here, as in vLLM.
+  ...SamplingRequestFields.omit({ priority: true, cache_salt: true }).shape,
   max_tokens: z.int().min(1).nullish(),
-  min_tokens: nullableInt,
   stop: z.union([z.string(), z.array(z.string())], { error: "stop must be a string or an array of strings" }).nullish(),
-  stop_token_ids: z.array(z.int().nonnegative()).nullish(),
-  ignore_eos: nullableBool,
-  presence_penalty: nullableNumber,
-  frequency_penalty: nullableNumber,
-  repetition_penalty: nullableNumber,
-  logit_bias: z.record(z.string(), z.number()).nullish(),
   logprobs: nullableInt,
   prompt_logprobs: nullableInt,
   include_stop_str_in_output: nullableBool,
   skip_special_tokens: nullableBool,
-  // gym-edge's own: which distribution log-probabilities come from (vLLM sets it server-wide).
-  logprobs_mode: z.enum(["processed", "raw", "processed_logprobs", "raw_logprobs"]).nullish(),
   // gym-edge's own: this request's choices carry sampling_mask (also the request's top-level return_sampling_mask,
   // SGLang's name, and every request under --enable-return-sampling-mask, vLLM's switch).
   return_sampling_mask: nullableBool,
