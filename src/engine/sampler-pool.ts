@@ -6,7 +6,9 @@
  */
 import { availableParallelism } from "node:os";
 import type { Worker } from "node:worker_threads";
+import { fromWire, toWire } from "../runtime/wire.ts";
 import { startWorker } from "../runtime/worker.ts";
+import type { SampleJob, SampleReply } from "./sample-worker.ts";
 import { type RowSampling, type SampledToken, Sampler } from "./sampler.ts";
 
 /** Fewer rows than this are sampled on the calling thread alone: a message costs more than they do. */
@@ -99,7 +101,7 @@ class Helper {
   constructor() {
     this.#worker = startWorker(import.meta.url, "sample-worker");
     this.#worker.unref();
-    this.#worker.on("message", (reply: SampleReply) => this.#settle(reply));
+    this.#worker.on("message", (reply: SampleReply) => this.#settle(fromWire(reply) as SampleReply));
     this.#worker.on("error", (err) => this.#fail(err));
     this.#worker.on("exit", (code) => this.#fail(new Error(`sampler thread exited (${code})`)));
   }
@@ -126,22 +128,21 @@ class Helper {
     const vocabSize = logits[0].length;
     // Rows already in one shared buffer (the model thread's logits) are read there; others are copied into ours.
     const shared = logits[0].buffer;
-    const transfer: ArrayBuffer[] = [];
-    const settings = rows.map((row) => wireRow(row, transfer));
     let job: SampleJob;
     if (shared instanceof SharedArrayBuffer && logits.every((row) => row.buffer === shared)) {
-      job = { buffer: shared, vocabSize, offsets: logits.map((row) => row.byteOffset), rows: settings };
+      job = { buffer: shared, vocabSize, offsets: logits.map((row) => row.byteOffset), rows: [...rows] };
     } else {
       const bytes = rows.length * vocabSize * 4;
       if (this.#buffer.byteLength < bytes) this.#buffer = new SharedArrayBuffer(bytes);
       const view = new Float32Array(this.#buffer, 0, rows.length * vocabSize);
       logits.forEach((row, i) => view.set(row, i * vocabSize));
-      job = { buffer: this.#buffer, vocabSize, offsets: rows.map((_, i) => i * vocabSize * 4), rows: settings };
+      job = { buffer: this.#buffer, vocabSize, offsets: rows.map((_, i) => i * vocabSize * 4), rows: [...rows] };
     }
     return new Promise<SampledToken[]>((resolve, reject) => {
-      this.#reply = (reply) => ("error" in reply ? reject(new Error(reply.error)) : resolve(reply.tokens.map(fromWireToken)));
+      this.#reply = (reply) => ("error" in reply ? reject(new Error(reply.error)) : resolve(reply.tokens));
       this.#worker.ref();
-      this.#worker.postMessage(job, transfer);
+      const moved: ArrayBuffer[] = [];
+      this.#worker.postMessage(toWire(job, moved), moved);
     });
   }
 
@@ -156,48 +157,4 @@ class Helper {
     this.#failure ??= err instanceof Error ? err : new Error(String(err));
     this.#settle({ error: this.#failure.message });
   }
-}
-
-/**
- * Typed arrays cross threads as their ArrayBuffer, moved: Deno's worker messages copy a typed array element by
- * element (a kept set of 100,000 ids took tens of milliseconds), an ArrayBuffer at once.
- */
-export type WireRow = Omit<RowSampling, "allowed"> & { allowed?: ArrayBuffer | null };
-export type WireToken = Omit<SampledToken, "kept"> & { kept?: ArrayBuffer };
-
-/** One batch of rows: row i is `vocabSize` floats of `buffer` from byte `offsets[i]`. */
-export interface SampleJob {
-  buffer: SharedArrayBuffer;
-  vocabSize: number;
-  offsets: number[];
-  rows: WireRow[];
-}
-
-/** The answer to a job. */
-export type SampleReply = { tokens: WireToken[] } | { error: string };
-
-/** A row's settings to send, and the buffers to move with them: its allowed mask as a copy of its own words. */
-export function wireRow(row: RowSampling, transfer: ArrayBuffer[]): WireRow {
-  if (!row.allowed) return row as WireRow;
-  const words = row.allowed.slice().buffer as ArrayBuffer;
-  transfer.push(words);
-  return { ...row, allowed: words };
-}
-
-/** A token as sent back, and the buffers to move with it: its kept set as a copy of its own ids. */
-export function wireToken(token: SampledToken, transfer: ArrayBuffer[]): WireToken {
-  if (!token.kept) return token as WireToken;
-  const ids = token.kept.slice().buffer as ArrayBuffer;
-  transfer.push(ids);
-  return { ...token, kept: ids };
-}
-
-/** The row a helper samples. */
-export function fromWireRow(row: WireRow): RowSampling {
-  return row.allowed ? { ...row, allowed: new Uint32Array(row.allowed) } : row as RowSampling;
-}
-
-/** The token the caller gets. */
-export function fromWireToken(token: WireToken): SampledToken {
-  return token.kept ? { ...token, kept: new Int32Array(token.kept) } : token as SampledToken;
 }

@@ -15,7 +15,7 @@ import { fetchHubCheckpoint, fetchHubConfig, locateModel, type ModelLocation } f
 import { offThread } from "./thread/model-thread.ts";
 import type { OrtTensor, OrtTensorData, OrtTensorType, OrtValueMetadata, TensorLike } from "./ort/ort-types.ts";
 import { tokenizerFromParts } from "./tokenizer/tokenizer-load.ts";
-import { partsFromWire, type WireTokenizerParts } from "./tokenizer/tokenizer-parts.ts";
+import type { TokenizerParts } from "./tokenizer/tokenizer-parts.ts";
 
 /** Options of loadModel. */
 export interface LoadModelOptions {
@@ -232,8 +232,7 @@ async function loadTokenizer(location: ModelLocation): Promise<PreTrainedTokeniz
   try {
     const file = path.join(location.dir, "tokenizer.json");
     if (existsSync(file) && existsSync(path.join(location.dir, "tokenizer_config.json"))) {
-      const wire = await offThread<WireTokenizerParts | null>("tokenizer.parts", { file }, () => Promise.resolve(null));
-      const parts = wire && partsFromWire(wire);
+      const parts = await offThread<TokenizerParts | null>("tokenizer.parts", { file }, () => Promise.resolve(null));
       const tokenizer = await tokenizerFromParts(location.dir, parts);
       if (tokenizer) return tokenizer;
     }

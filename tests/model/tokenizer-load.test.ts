@@ -11,7 +11,8 @@ import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transforme
 import { tokenizerFiles } from "../../src/model/builder/hf-files.ts";
 import { getPreset } from "../../src/model/builder/presets.ts";
 import { tokenizerFromParts } from "../../src/model/tokenizer/tokenizer-load.ts";
-import { partsFromWire, partsToWire, tokenizerParts } from "../../src/model/tokenizer/tokenizer-parts.ts";
+import { tokenizerParts, type TokenizerParts } from "../../src/model/tokenizer/tokenizer-parts.ts";
+import { fromWire, toWire } from "../../src/runtime/wire.ts";
 
 const TEXTS = [
   "Hello, world",
@@ -43,9 +44,10 @@ describe("tokenizer built in slices", () => {
         const taken = tokenizerParts(path.join(dir, "tokenizer.json"));
         assert.ok(taken, "a BPE tokenizer is taken apart");
         // As the model thread sends them: buffers moved, no typed array in the message.
-        const { wire, transfer } = partsToWire(taken);
-        assert.ok([wire.vocab.ends, wire.vocab.ids, wire.merges.ends].every((b) => b instanceof ArrayBuffer));
-        const parts = partsFromWire(structuredClone(wire, { transfer }));
+        const transfer = [taken.vocab.ends.buffer, taken.vocab.ids.buffer, taken.merges.ends.buffer] as ArrayBuffer[];
+        const wire = toWire(taken, transfer) as { vocab: Record<string, unknown>; merges: Record<string, unknown> };
+        assert.ok([wire.vocab.ends, wire.vocab.ids, wire.merges.ends].every((b) => !ArrayBuffer.isView(b)));
+        const parts = fromWire(structuredClone(wire, { transfer })) as TokenizerParts;
         const built = await tokenizerFromParts(dir, parts);
         assert.ok(built, "and built in slices");
         assert.equal(built.constructor, expected.constructor);

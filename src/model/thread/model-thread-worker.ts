@@ -4,6 +4,7 @@
  * converts models, the load's other long stretches of work.
  */
 import { parentPort } from "node:worker_threads";
+import { fromWire, toWire } from "../../runtime/wire.ts";
 import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
 import { localNativeBackend, setCpuThreads } from "../ort/backends.ts";
 import { ensureBuiltinModel } from "../builtin.ts";
@@ -12,8 +13,8 @@ import { ensureConverted } from "../builder/convert.ts";
 import type { OpenEngineRunnerOptions } from "../runners/engine-runner.ts";
 import { serializeError, type ThreadReply, type ThreadRequest } from "./model-thread.ts";
 import { openModelRunner } from "../runners/open-runner.ts";
-import { type FloatSpan, floatView, type StepReply, type ThreadedRunnerInfo } from "./threaded-runner.ts";
-import { partsToWire, tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
+import type { StepReply, ThreadedRunnerInfo } from "./threaded-runner.ts";
+import { tokenizerParts } from "../tokenizer/tokenizer-parts.ts";
 import { openWeights, type ServedWeights } from "../weights.ts";
 
 /** Where a runner opens: the device of the calling thread's backend, with its thread count. */
@@ -113,17 +114,17 @@ const handlers: Record<string, Handler> = {
     return unanswered(handle, (r) => r.copyRow(from, to, length));
   },
   async "runner.readKv"(
-    args: { handle: number; row: number; start: number; length: number; out?: FloatSpan },
+    args: { handle: number; row: number; start: number; length: number; out?: Float32Array },
   ) {
     const r = runnerToRead(args.handle);
     // Shared memory of the calling thread is written in place; otherwise the KV goes back in a moved buffer.
-    const out = args.out ? floatView(args.out) : new Float32Array(args.length * r.floatsPerToken);
+    const out = args.out ?? new Float32Array(args.length * r.floatsPerToken);
     r.readKv(args.row, args.start, args.length, out);
     await r.flush?.();
-    return args.out ? { value: null } : { value: out.buffer, transfer: [out.buffer as ArrayBuffer] };
+    return args.out ? { value: null } : { value: out, transfer: [out.buffer as ArrayBuffer] };
   },
-  "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: FloatSpan }) {
-    return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, floatView(args.data)));
+  "runner.writeKv"(args: { handle: number; row: number; start: number; length: number; data: Float32Array }) {
+    return unanswered(args.handle, (r) => r.writeKv(args.row, args.start, args.length, args.data));
   },
   async "runner.dispose"({ handle }: { handle: number }) {
     const r = runners.get(handle);
@@ -134,9 +135,8 @@ const handlers: Record<string, Handler> = {
   },
   "tokenizer.parts"({ file }: { file: string }) {
     const parts = tokenizerParts(file);
-    if (!parts) return { value: null };
-    const { wire, transfer } = partsToWire(parts);
-    return { value: wire, transfer };
+    const transfer = parts ? [parts.vocab.ends.buffer, parts.vocab.ids.buffer, parts.merges.ends.buffer] : [];
+    return { value: parts, transfer: transfer as ArrayBuffer[] };
   },
   async "builtin.ensure"({ cacheDir }: { cacheDir: string }) {
     return { value: await ensureBuiltinModel(cacheDir) };
@@ -158,8 +158,9 @@ parentPort!.on("message", async ({ id, op, args }: ThreadRequest) => {
   try {
     const handler = handlers[op];
     if (!handler) throw new Error(`the model thread has no operation ${op}`);
-    const { value, transfer } = await handler(args);
-    reply({ id, value }, transfer);
+    const { value, transfer = [] } = await handler(fromWire(args));
+    const moved = [...transfer];
+    reply({ id, value: toWire(value, moved) }, moved);
   } catch (err) {
     reply({ id, error: serializeError(err) });
   }

@@ -6,6 +6,7 @@
  * the calling thread only sends requests and awaits their answers. Sessions cannot move between threads, so a
  * session opened here also runs here (ThreadedRunner), and the KV cache lives here with it.
  */
+import { fromWire, toWire } from "../../runtime/wire.ts";
 import type { Worker } from "node:worker_threads";
 import { startWorker } from "../../runtime/worker.ts";
 import { EngineLayoutError } from "../builder/engine-decoder.ts";
@@ -88,7 +89,8 @@ export class ModelThread {
       this.#pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
       if (this.#pending.size === 1) this.#worker.ref();
       try {
-        this.#worker.postMessage({ id, op, args } satisfies ThreadRequest, transfer);
+        const moved = [...transfer];
+        this.#worker.postMessage({ id, op, args: toWire(args, moved) } satisfies ThreadRequest, moved);
       } catch (err) {
         this.#pending.delete(id);
         if (this.#pending.size === 0) this.#worker.unref();
@@ -103,7 +105,7 @@ export class ModelThread {
     this.#pending.delete(reply.id);
     if (this.#pending.size === 0) this.#worker.unref();
     if ("error" in reply) waiting.reject(reviveError(reply.error));
-    else waiting.resolve(reply.value);
+    else waiting.resolve(fromWire(reply.value));
   }
 
   #fail(err: unknown): void {

@@ -23,27 +23,6 @@ export interface ThreadedRunnerInfo {
   bytes: number;
 }
 
-/**
- * Floats crossing between threads as their buffer and place, never as a typed array: Deno's worker messages copy a
- * typed array element by element (a 737 KB KV block took 30-60 ms, a view into shared memory too, and every call
- * behind it waited), while an ArrayBuffer or SharedArrayBuffer crosses at once on every runtime.
- */
-export interface FloatSpan {
-  buffer: ArrayBuffer | SharedArrayBuffer;
-  byteOffset: number;
-  length: number;
-}
-
-/** `view` as a FloatSpan: the same memory (a view into shared memory stays one). */
-export function floatSpan(view: Float32Array): FloatSpan {
-  return { buffer: view.buffer, byteOffset: view.byteOffset, length: view.length };
-}
-
-/** The Float32Array a FloatSpan names. */
-export function floatView(span: FloatSpan): Float32Array {
-  return new Float32Array(span.buffer, span.byteOffset, span.length);
-}
-
 /** What a step answers beside the logits it wrote into the logits buffer it was given: the runner's bytes. */
 export interface StepReply {
   bytes: number;
@@ -115,10 +94,10 @@ export class ThreadedRunner implements ModelRunner {
   readKv(row: number, start: number, length: number, out: Float32Array): void {
     checkRow(row, this.maxRows);
     checkCanonical(length, out, this.floatsPerToken);
-    const shared = out.buffer instanceof SharedArrayBuffer ? floatSpan(out) : undefined;
-    const read = this.#thread.call<ArrayBuffer | null>("runner.readKv", { handle: this.#handle, row, start, length, out: shared })
+    const shared = out.buffer instanceof SharedArrayBuffer ? out : undefined;
+    const read = this.#thread.call<Float32Array | null>("runner.readKv", { handle: this.#handle, row, start, length, out: shared })
       .then((data) => {
-        if (data) out.set(new Float32Array(data));
+        if (data) out.set(data);
       });
     this.#reads.push(read.catch((err) => {
       this.#readFailure ??= err;
@@ -142,10 +121,10 @@ export class ThreadedRunner implements ModelRunner {
     // later readKv into the same block cannot overtake this write. Other memory: a copy of just the floats written,
     // moved to the thread, as the caller keeps its block.
     const floats = length * this.floatsPerToken;
-    if (data.buffer instanceof SharedArrayBuffer) this.#send("writeKv", { row, start, length, data: floatSpan(data.subarray(0, floats)) });
+    if (data.buffer instanceof SharedArrayBuffer) this.#send("writeKv", { row, start, length, data: data.subarray(0, floats) });
     else {
       const copy = data.slice(0, floats);
-      this.#send("writeKv", { row, start, length, data: floatSpan(copy) }, [copy.buffer]);
+      this.#send("writeKv", { row, start, length, data: copy }, [copy.buffer]);
     }
   }
 

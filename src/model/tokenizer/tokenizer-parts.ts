@@ -43,33 +43,6 @@ export function tokenizerParts(file: string): TokenizerParts | null {
   return { json, vocab, merges };
 }
 
-/**
- * TokenizerParts as a thread sends them: the Int32Arrays as their ArrayBuffers, moved (Deno's worker messages copy a
- * typed array element by element: ~0.1 s for these), and the buffers to move.
- */
-export function partsToWire(parts: TokenizerParts): { wire: WireTokenizerParts; transfer: ArrayBuffer[] } {
-  const [ends, ids, mergeEnds] = [parts.vocab.ends, parts.vocab.ids, parts.merges.ends].map((a) => a.buffer as ArrayBuffer);
-  return {
-    wire: { json: parts.json, vocab: { text: parts.vocab.text, ends, ids }, merges: { text: parts.merges.text, ends: mergeEnds } },
-    transfer: [ends, ids, mergeEnds],
-  };
-}
-
-/** The TokenizerParts a thread received. */
-export function partsFromWire(wire: WireTokenizerParts): TokenizerParts {
-  return {
-    json: wire.json,
-    vocab: { text: wire.vocab.text, ends: new Int32Array(wire.vocab.ends), ids: new Int32Array(wire.vocab.ids) },
-    merges: { text: wire.merges.text, ends: new Int32Array(wire.merges.ends) },
-  };
-}
-
-export interface WireTokenizerParts {
-  json: Record<string, any>;
-  vocab: { text: string; ends: ArrayBuffer; ids: ArrayBuffer };
-  merges: { text: string; ends: ArrayBuffer };
-}
-
 function pack(strings: string[]): PackedStrings {
   const ends = new Int32Array(strings.length);
   let at = 0;
