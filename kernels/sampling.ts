@@ -93,6 +93,22 @@ export function argmax(values: Float32Array, n: number): number {
   return best;
 }
 
+/**
+ * Copies a row into the scratch's logits (as copyLogits) and returns its argmax; the SIMD kernels scan it when
+ * the scratch has them.
+ */
+export function copyRow(src: Float32Array, s: SamplingScratch): number {
+  if (s.kernels === null) return copyLogits(src, s.logits);
+  s.logits.set(src);
+  const best = s.kernels.argmaxIfOrdered(src.length);
+  return best >= 0 ? best : argmax(s.logits, sanitize(s.logits, src.length));
+}
+
+/** logSumExp over the scratch's logits, on its SIMD kernels when it has them. */
+export function rowLogSumExp(s: SamplingScratch, n: number, max: number): number {
+  return s.kernels === null ? logSumExp(s.logits, n, max) : Math.log(s.kernels.sumExp(n, max));
+}
+
 /** log(sum exp(v_i - max)) over a row. */
 export function logSumExp(values: Float32Array, n: number, max: number): number {
   let z = 0;
@@ -118,7 +134,7 @@ export function truncate(s: SamplingScratch, n: number, temperature: number, top
   const k = topK > 0 && topK < n ? topK : 0;
   s.kept = k > 0 && k <= HEAP_LIMIT ? "candidates" : k === 0 && topP >= 1 ? "all" : "histogram";
   if (s.kept === "candidates") return cutFromHeap(s, n, k, topP);
-  if (s.kept === "all") return allWeights(s, n);
+  if (s.kept === "all") return s.kernels ? s.kernels.weigh(n, s.max, s.invT, s.lnMinP) : allWeights(s, n);
   return cutFromHistogram(s, n, k, topP);
 }
 
@@ -183,7 +199,8 @@ export function isKept(s: SamplingScratch, i: number): boolean {
  */
 export function pickKept(s: SamplingScratch, n: number, target: number): number {
   if (s.kept === "candidates") return pickCandidate(s, target);
-  return s.kept === "all" ? pickWeighted(s.weights, n, target, s.argmax) : pickBelowCut(s, n, target);
+  if (s.kept === "all") return s.kernels ? s.kernels.pick(n, target, s.argmax) : pickWeighted(s.weights, n, target, s.argmax);
+  return pickBelowCut(s, n, target);
 }
 
 // Every weight is valid, 0 for the tokens min-p dropped.

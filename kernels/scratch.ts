@@ -2,6 +2,7 @@
  * What every pass of the CPU sampler shares: its limits, the per-row scratch buffers (so a decode step allocates
  * nothing) and a fast exp for the weights.
  */
+import { EXP_FLOOR, EXP_STEPS, EXP_TABLE, SamplingKernels } from "./sampling-simd.ts";
 
 /** Log-probabilities are never reported below this (vLLM's floor; masked tokens are -inf), and never NaN. */
 export const LOGPROB_FLOOR = -9999;
@@ -15,6 +16,8 @@ export const ID_SPACE = 1 << 21;
 /** Reusable buffers and the state of the row being sampled, so a decode step allocates nothing. */
 export class SamplingScratch {
   readonly logits: Float32Array;
+  /** The SIMD passes, over `logits` and `weights` (which live in their memory); null where WebAssembly SIMD is missing. */
+  readonly kernels: SamplingKernels | null;
   /** The float bits of `logits`, for the histogram. */
   readonly bits: Int32Array;
   readonly weights: Float64Array;
@@ -38,11 +41,13 @@ export class SamplingScratch {
   readonly candidates = new Float64Array(HEAP_LIMIT);
   candidateCount = 0;
 
-  constructor(readonly capacity: number) {
+  /** `simd: false` keeps to the JavaScript passes (their twin's tests compare the two). */
+  constructor(readonly capacity: number, options: { simd?: boolean } = {}) {
     if (capacity > ID_SPACE) throw new RangeError(`vocabulary of ${capacity} tokens is over ${ID_SPACE}`);
-    this.logits = new Float32Array(capacity);
-    this.bits = new Int32Array(this.logits.buffer);
-    this.weights = new Float64Array(capacity);
+    this.kernels = options.simd === false ? null : SamplingKernels.create(capacity);
+    this.logits = this.kernels?.logits ?? new Float32Array(capacity);
+    this.bits = new Int32Array(this.logits.buffer, this.logits.byteOffset, capacity);
+    this.weights = this.kernels?.weights ?? new Float64Array(capacity);
     this.counts = new Uint32Array(capacity);
     this.binKeys = new Float64Array(capacity);
   }
@@ -51,15 +56,12 @@ export class SamplingScratch {
 // exp(x) for x <= 0 from a table of exp(-j/64) and a degree-4 correction (relative error < 1e-11), 3-4x faster
 // than Math.exp on V8. Below -104 (a weight under 1e-45 of the top token's) it is 0: such a token is never drawn,
 // though its log-probability is still reported exactly.
-const EXP_STEPS = 64;
-const EXP_FLOOR = 104 * EXP_STEPS;
-const EXP_TABLE = new Float64Array(EXP_FLOOR + 1).map((_, j) => Math.exp(-j / EXP_STEPS));
-
 /** exp(x) for x <= 0; 0 below -104, for -inf and for NaN. */
 export function expNonPositive(x: number): number {
   const q = x * -EXP_STEPS;
   if (!(q < EXP_FLOOR)) return 0;
   const j = q | 0;
-  const d = (j - q) / EXP_STEPS;
-  return EXP_TABLE[j] * (1 + d * (1 + d * (0.5 + d * (1 / 6 + d / 24))));
+  const d = (j - q) * (1 / EXP_STEPS);
+  // Multiplications only (no division): the SIMD twin (sampling-simd.ts) does the same operations in this order.
+  return EXP_TABLE[j] * (1 + d * (1 + d * (0.5 + d * (1 / 6 + d * (1 / 24)))));
 }

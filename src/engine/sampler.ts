@@ -5,13 +5,13 @@
  */
 import {
   argmax,
-  copyLogits,
+  copyRow,
   floorLogprob,
   keptIds,
   keptLogprob,
-  logSumExp,
   maskForbidden,
   pickKept,
+  rowLogSumExp,
   SamplingScratch,
   selectTop,
   truncate,
@@ -57,7 +57,7 @@ export class Sampler {
     const n = logits.length;
     if (n === 0) throw new RangeError("cannot sample from an empty row of logits");
     const s = this.#scratchFor(n);
-    s.argmax = copyLogits(logits, s.logits);
+    s.argmax = copyRow(logits, s);
     const edited = row.edits !== undefined && row.edits.length > 0;
     // The allowed mask comes first: bias and penalties never bring a forbidden token back.
     if (row.allowed) maskForbidden(s.logits, n, row.allowed);
@@ -75,7 +75,7 @@ export class Sampler {
       // vLLM's greedy log-probs: the processed logits at temperature 1, nothing truncated.
       untruncated(s, n, 1);
       tokenId = s.argmax;
-      logZ = logSumExp(s.logits, n, s.max);
+      logZ = rowLogSumExp(s, n, s.max);
     } else {
       const z = truncate(s, n, row.temperature, row.topK, row.topP, row.minP);
       tokenId = pickKept(s, n, row.uniform * z);
@@ -106,10 +106,11 @@ export class Sampler {
   // The model's own log-softmax, before bias, penalties, temperature or truncation.
   #rawLogprobs(logits: Float32Array, tokenId: number, top: number | null): SampledToken {
     const n = logits.length;
-    const raw = this.#scratchFor(n).logits;
-    const best = copyLogits(logits, raw);
+    const s = this.#scratchFor(n);
+    const raw = s.logits;
+    const best = copyRow(logits, s);
     const max = raw[best];
-    const logZ = logSumExp(raw, n, max);
+    const logZ = rowLogSumExp(s, n, max);
     const result: SampledToken = { tokenId, logprob: floorLogprob(raw[tokenId] - max - logZ) };
     if (top !== null) {
       const count = top > 0 ? selectTop(raw, n, top, this.#topIds, this.#topVals, best) : 0;
