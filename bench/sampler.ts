@@ -8,6 +8,7 @@ import { runtimeName, runtimeVersion } from "../src/runtime/detect.ts";
 import { Rng } from "../src/engine/rng.ts";
 import { flatRow, modelLikeRow, percentile, VOCAB } from "./logit-rows.ts";
 import { Sampler } from "../src/engine/sampler.ts";
+import { SamplingScratch } from "../kernels/sampling.ts";
 import { SamplingParams, type SamplingParamsInput } from "../src/engine/sampling-params.ts";
 import { z } from "zod";
 import { benchFlags, intFlag } from "./lib/flags.ts";
@@ -37,6 +38,7 @@ const cases: [string, SamplingParamsInput][] = [
 
 const rows = { "model-like": [modelLikeRow(1), modelLikeRow(2)], flat: [flatRow(3), flatRow(4)] };
 const sampler = new Sampler();
+const simd = new SamplingScratch(1).kernels !== null;
 for (const [shape, [rowA, rowB]] of Object.entries(rows)) {
   for (const [what, input] of cases) {
     const state = { params: SamplingParams.parse(input), outputIds: [] as number[], promptIds: [] as number[], rng: Rng.fromSeed(7) };
@@ -55,6 +57,8 @@ for (const [shape, [rowA, rowB]] of Object.entries(rows)) {
       runtime: runtimeName(),
       version: runtimeVersion(),
       backend: "cpu",
+      // Whether the row passes ran as WebAssembly SIMD (kernels/sampling-simd.ts) or as JavaScript.
+      passes: simd ? "wasm-simd" : "javascript",
       vocab: VOCAB,
       runs,
       median_ms: Number(percentile(times, 0.5).toFixed(3)),
