@@ -104,6 +104,13 @@ export function copyRow(src: Float32Array, s: SamplingScratch): number {
   return best >= 0 ? best : argmax(s.logits, sanitize(s.logits, src.length));
 }
 
+/** argmax over the scratch's logits (already copied in, then masked or edited), on its SIMD kernels when it has them. */
+export function rowArgmax(s: SamplingScratch, n: number): number {
+  // An edit can push a float32 to +inf (the largest logit plus a bias): the kernel declines such a row.
+  const best = s.kernels === null ? -1 : s.kernels.argmaxIfOrdered(n);
+  return best >= 0 ? best : argmax(s.logits, n);
+}
+
 /** logSumExp over the scratch's logits, on its SIMD kernels when it has them. */
 export function rowLogSumExp(s: SamplingScratch, n: number, max: number): number {
   return s.kernels === null ? logSumExp(s.logits, n, max) : Math.log(s.kernels.sumExp(n, max));

@@ -4,26 +4,27 @@
  * whole vocabulary, and the most likely alternatives. And teacher scoring, vLLM's prompt_logprob_token_ids: the same
  * raw log-softmax at given token ids, position by position.
  */
-import { copyLogits, floorLogprob, logSumExp, selectTop } from "../../kernels/sampling.ts";
+import { copyRow, floorLogprob, rowLogSumExp, SamplingScratch, selectTop } from "../../kernels/sampling.ts";
 import { MAX_TOP_LOGPROBS } from "./sampling-params.ts";
 import type { PromptLogprob, Sequence } from "./sequence.ts";
 
 export class PromptScorer {
-  readonly #row: Float32Array;
+  // The row is copied into a sampler scratch so that its argmax and log-sum-exp run on the SIMD passes.
+  readonly #scratch: SamplingScratch;
   readonly #topIds = new Int32Array(MAX_TOP_LOGPROBS);
   readonly #topVals = new Float32Array(MAX_TOP_LOGPROBS);
 
   constructor(readonly vocabSize: number) {
-    this.#row = new Float32Array(vocabSize);
+    this.#scratch = new SamplingScratch(vocabSize);
   }
 
   /** The entry of `tokenId` under `logits` (one row of the vocabulary), with `top` alternatives. */
   score(logits: Float32Array, tokenId: number, top: number): PromptLogprob {
-    const row = this.#row;
+    const row = this.#scratch.logits;
     const n = this.vocabSize;
-    const best = copyLogits(logits.subarray(0, n), row);
+    const best = copyRow(logits.subarray(0, n), this.#scratch);
     const max = row[best];
-    const logZ = max + logSumExp(row, n, max);
+    const logZ = max + rowLogSumExp(this.#scratch, n, max);
     const value = row[tokenId];
     let rank = 1;
     for (let i = 0; i < n; i++) if (row[i] > value) rank++;
@@ -52,10 +53,10 @@ export class PromptScorer {
 
   /** Writes the raw log-softmax of `row` at `ids[from, from + count)` to `out` (-Infinity for a -1 pad). */
   #scoreIds(row: Float32Array, ids: Int32Array, out: Float32Array, from: number, count: number): void {
-    const copy = this.#row;
-    const best = copyLogits(row, copy);
+    const copy = this.#scratch.logits;
+    const best = copyRow(row.subarray(0, this.vocabSize), this.#scratch);
     const max = copy[best];
-    const logZ = max + logSumExp(copy, this.vocabSize, max);
+    const logZ = max + rowLogSumExp(this.#scratch, this.vocabSize, max);
     for (let j = from; j < from + count; j++) out[j] = ids[j] < 0 ? -Infinity : copy[ids[j]] - logZ;
   }
 }

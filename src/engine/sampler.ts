@@ -4,13 +4,13 @@
  * top-k, top-p, then one draw from the sequence's own stream. The math lives in kernels/sampling.ts.
  */
 import {
-  argmax,
   copyRow,
   floorLogprob,
   keptIds,
   keptLogprob,
   maskForbidden,
   pickKept,
+  rowArgmax,
   rowLogSumExp,
   SamplingScratch,
   selectTop,
@@ -62,7 +62,7 @@ export class Sampler {
     // The allowed mask comes first: bias and penalties never bring a forbidden token back.
     if (row.allowed) maskForbidden(s.logits, n, row.allowed);
     if (edited) applyEdits(s.logits, row.edits!);
-    if (row.allowed || edited) s.argmax = argmax(s.logits, n);
+    if (row.allowed || edited) s.argmax = rowArgmax(s, n);
     s.max = s.logits[s.argmax];
     let tokenId: number;
     let logZ: number;

@@ -1,6 +1,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyRow, pickKept, rowLogSumExp, SamplingScratch, truncate } from "../../kernels/sampling.ts";
+import { argmax, copyRow, pickKept, rowArgmax, rowLogSumExp, SamplingScratch, truncate } from "../../kernels/sampling.ts";
 import { assembleModule } from "../../kernels/wasm-assembler.ts";
 import { Rng } from "../../src/engine/rng.ts";
 
@@ -70,6 +70,18 @@ describe("the sampler's SIMD passes (kernels/sampling-simd.ts)", () => {
     const row = Float32Array.of(1, NaN, 2, Infinity, -Infinity, 0.5, NaN);
     assert.equal(copyRow(row, simd), copyRow(row, plain));
     assert.deepEqual(simd.logits.subarray(0, row.length), plain.logits.subarray(0, row.length));
+  });
+
+  test("the argmax of an edited row: the kernel's where every value is ordered, JavaScript's past +inf", () => {
+    const row = Float32Array.from({ length: 1003 }, (_, i) => Math.sin(i));
+    copyRow(row, simd);
+    simd.logits.fill(-Infinity, 0, 500);
+    assert.equal(rowArgmax(simd, row.length), argmax(simd.logits, row.length));
+    assert.ok(rowArgmax(simd, row.length) >= 500);
+    // A bias on the largest float32 overflows to +inf: the kernel declines, and JavaScript's argmax finds it.
+    simd.logits[700] = Infinity;
+    assert.equal(simd.kernels!.argmaxIfOrdered(row.length), -1);
+    assert.equal(rowArgmax(simd, row.length), 700);
   });
 
   test("rows shorter than the last one do not see its tail", () => {
