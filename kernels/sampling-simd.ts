@@ -146,7 +146,7 @@ interface Exports {
 
 let compiled: WebAssembly.Module | null | undefined;
 
-// Compiled once a process; null where WebAssembly or its SIMD is missing.
+// Compiled once a process; null where WebAssembly or its SIMD is missing (or code from bytes is not allowed).
 function kernelModule(): WebAssembly.Module | null {
   if (compiled === undefined) {
     try {
@@ -183,7 +183,13 @@ export class SamplingKernels {
   /** Kernels for rows of up to `capacity` logits, or null where WebAssembly SIMD is missing. */
   static create(capacity: number): SamplingKernels | null {
     const module = kernelModule();
-    return module === null ? null : new SamplingKernels(module, capacity);
+    if (module === null) return null;
+    try {
+      return new SamplingKernels(module, capacity);
+    } catch {
+      // A runtime that compiles modules but refuses the memory or the instance: the JavaScript passes run.
+      return null;
+    }
   }
 
   /** The argmax of logits[0, n) (lowest index among equals), or -1 when one is NaN or +inf. */
