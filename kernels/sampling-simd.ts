@@ -2,21 +2,20 @@
  * The CPU sampler's hottest passes in WebAssembly SIMD: the row's argmax (with the check for NaN and +inf), the
  * weights exp((l - max) / T) and their sum, and the inverse-CDF walk. They give the very bits the JavaScript passes
  * in sampling.ts give: the same float64 operations in the same order (no fused multiply-add, the same exp table,
- * the weights summed one at a time in id order); only the exp's arithmetic runs two lanes at a time. A row costs
- * about a fifth of the JavaScript passes' time on V8 and JavaScriptCore. Where WebAssembly SIMD is missing,
+ * the weights summed one at a time in id order); only the exp's arithmetic runs two lanes at a time. A row at
+ * temperature 1 costs under half the JavaScript passes' time on V8 and JavaScriptCore. Where WebAssembly SIMD is missing,
  * SamplingScratch has no kernels and the JavaScript passes run.
  */
 import { assembleModule, type WasmFunction } from "./wasm-assembler.ts";
 
-// The weights' exp: exp(-j / STEPS) from a table, times a degree-4 polynomial in the remainder (scratch.ts).
+// The weights' exp: exp(-j / EXP_STEPS) from a table, times a degree-4 polynomial in the remainder (scratch.ts).
 /** Table entries a nat. */
 export const EXP_STEPS = 64;
 /** exp(x) is 0 where x * -EXP_STEPS is not below this (x < -104). */
 export const EXP_FLOOR = 104 * EXP_STEPS;
-const [STEPS, FLOOR] = [EXP_STEPS, EXP_FLOOR];
 
 /** exp(-j / EXP_STEPS), shared by the JavaScript exp and the kernels (at the start of their memory). */
-export const EXP_TABLE = new Float64Array(FLOOR + 1).map((_, j) => Math.exp(-j / STEPS));
+export const EXP_TABLE = new Float64Array(EXP_FLOOR + 1).map((_, j) => Math.exp(-j / EXP_STEPS));
 
 // argmax of f32 logits at $l ([0, n), n >= 1), or -1 when one is NaN or +inf. Pads the row to whole lanes with -inf
 // first (the memory has room), so the lane loop needs no tail.
@@ -62,9 +61,9 @@ const scan: WasmFunction = {
     i32.const -1`,
 };
 
-// One or two weights from the logits at $p: x = (l - max) * invT; 0 when x < lnMinP or x * -STEPS is not below
-// FLOOR, else table[j] * (1 + d (1 + d (1/2 + d (1/6 + d (1/24))))) with j = trunc(q), q = x * -STEPS,
-// d = (j - q) (1/STEPS): scratch.ts's expNonPositive, operation for operation.
+// One or two weights from the logits at $p: x = (l - max) * invT; 0 when x < lnMinP or q = x * -EXP_STEPS is not
+// below EXP_FLOOR, else table[j] * (1 + d (1 + d (1/2 + d (1/6 + d (1/24))))) with j = trunc(q),
+// d = (j - q) (1/EXP_STEPS): scratch.ts's expNonPositive, operation for operation.
 const weightPair = `
   local.get $p v128.load64_zero f64x2.promote_low_f32x4 local.get $max f64x2.sub local.get $invT f64x2.mul local.set $x
   local.get $x local.get $negSteps f64x2.mul local.set $q
@@ -78,7 +77,7 @@ const weightPair = `
   local.get $t f64x2.mul local.get $keep v128.and local.set $w`;
 
 const f64x2Constants: [string, number][] = [
-  ["negSteps", -STEPS], ["floor", FLOOR], ["perStep", 1 / STEPS], ["twentyFourth", 1 / 24], ["sixth", 1 / 6], ["half", 0.5], ["one", 1],
+  ["negSteps", -EXP_STEPS], ["floor", EXP_FLOOR], ["perStep", 1 / EXP_STEPS], ["twentyFourth", 1 / 24], ["sixth", 1 / 6], ["half", 0.5], ["one", 1],
 ];
 
 // Weights of the n logits at $l (written to $w when $store is 1) and their sum, added in id order.
@@ -95,7 +94,7 @@ const weights: WasmFunction = {
     local.get $m f64x2.splat local.set $max
     local.get $inverseT f64x2.splat local.set $invT
     local.get $minP f64x2.splat local.set $lnMinP
-    i32.const ${FLOOR} i32x4.splat local.set $lastJ
+    i32.const ${EXP_FLOOR} i32x4.splat local.set $lastJ
     ${f64x2Constants.map(([name, value]) => `f64.const ${value} f64x2.splat local.set $${name}`).join("\n")}
     local.get $l local.set $p
     local.get $l local.get $n i32.const 2 i32.shl i32.add local.set $end

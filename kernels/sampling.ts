@@ -28,14 +28,19 @@ export function floorLogprob(x: number): number {
 }
 
 /**
- * Copies a row so that ranking is a total order (NaN -> -inf, +inf -> the largest float32, -0 -> +0); returns the
- * argmax of the copy (the lowest index among equals).
+ * Copies a row into the scratch's logits so that ranking is a total order (NaN -> -inf, +inf -> the largest float32,
+ * -0 -> +0); returns the argmax of the copy (the lowest index among equals).
  */
-export function copyLogits(src: Float32Array, dst: Float32Array): number {
-  dst.set(src);
+export function copyRow(src: Float32Array, s: SamplingScratch): number {
+  s.logits.set(src);
   // Non-finite values are rare: one read-only pass finds the argmax and any of them, a second fixes them only then.
-  const best = argmaxIfOrdered(dst, src.length);
-  return best >= 0 ? best : argmax(dst, sanitize(dst, src.length));
+  const best = orderedArgmax(s, src.length);
+  return best >= 0 ? best : argmax(s.logits, sanitize(s.logits, src.length));
+}
+
+// argmaxIfOrdered over the scratch's logits, on its SIMD kernels when it has them.
+function orderedArgmax(s: SamplingScratch, n: number): number {
+  return s.kernels === null ? argmaxIfOrdered(s.logits, n) : s.kernels.argmaxIfOrdered(n);
 }
 
 // The argmax (lowest index among equals), or -1 when a NaN or +inf breaks the total order.
@@ -93,21 +98,10 @@ export function argmax(values: Float32Array, n: number): number {
   return best;
 }
 
-/**
- * Copies a row into the scratch's logits (as copyLogits) and returns its argmax; the SIMD kernels scan it when
- * the scratch has them.
- */
-export function copyRow(src: Float32Array, s: SamplingScratch): number {
-  if (s.kernels === null) return copyLogits(src, s.logits);
-  s.logits.set(src);
-  const best = s.kernels.argmaxIfOrdered(src.length);
-  return best >= 0 ? best : argmax(s.logits, sanitize(s.logits, src.length));
-}
-
-/** argmax over the scratch's logits (already copied in, then masked or edited), on its SIMD kernels when it has them. */
+/** argmax over the scratch's logits (already copied in, then masked or edited). */
 export function rowArgmax(s: SamplingScratch, n: number): number {
-  // An edit can push a float32 to +inf (the largest logit plus a bias): the kernel declines such a row.
-  const best = s.kernels === null ? -1 : s.kernels.argmaxIfOrdered(n);
+  // An edit can push a float32 to +inf (the largest logit plus a bias), which only the plain argmax ranks.
+  const best = orderedArgmax(s, n);
   return best >= 0 ? best : argmax(s.logits, n);
 }
 

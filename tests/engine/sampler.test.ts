@@ -1,6 +1,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { argmax, copyLogits, isKept, LOGPROB_FLOOR, SamplingScratch, truncate } from "../../kernels/sampling.ts";
+import { argmax, copyRow, isKept, LOGPROB_FLOOR, SamplingScratch, truncate } from "../../kernels/sampling.ts";
 import { Rng, sequenceRng } from "../../src/engine/rng.ts";
 import { type SampledToken, Sampler, type SamplerState, sampleToken, SequenceSampler } from "../../src/engine/sampler.ts";
 import { SamplingParams, type SamplingParamsInput } from "../../src/engine/sampling-params.ts";
@@ -192,7 +192,7 @@ describe("truncation", () => {
     test(`keeps the same tokens as a brute-force sort of ${VOCAB} ${name} logits`, () => {
       const order = Array.from({ length: VOCAB }, (_, i) => i).sort((a, b) => row[b] - row[a] || a - b);
       const s = new SamplingScratch(VOCAB);
-      copyLogits(row, s.logits);
+      copyRow(row, s);
       s.argmax = argmax(s.logits, VOCAB);
       s.max = s.logits[s.argmax];
       for (const [temperature, k, p, minP] of cases) {
