@@ -38,11 +38,11 @@ export const ENGINE_DIMS = {
 } as const;
 
 /** The emitted graph's name, with its version: bump it whenever the emitter's output changes, so stale files are rewritten. */
-export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v4";
+export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v5";
 
 /** Masks and sizes shared by every layer's attention. */
 interface EngineMasks {
-  /** [B, 1, 1, M] bool: cache slot m holds a token of row b (m < past_lengths[b]). */
+  /** [B, 1, 1, 1, M] bool: cache slot m holds a token of row b (m < past_lengths[b]). */
   cacheValid: string;
   /** [S, S] bool: new token j is visible from new token i (j <= i). */
   causal: string;
@@ -55,8 +55,8 @@ function engineMasks(g: GraphBuilder, inputIds: string, pastLengths: string, key
   const zero = g.int64([0], []);
   const one = g.int64([1], []);
   const slots = g.op("Range", [zero, dim(keyCache0, 3), one]); // [M]
-  const lengths = g.op("Unsqueeze", [pastLengths, g.int64([1, 2, 3])]); // [B, 1, 1, 1]
-  const cacheValid = g.op("Less", [slots, lengths]); // [B, 1, 1, M]
+  const lengths = g.op("Unsqueeze", [pastLengths, g.int64([1, 2, 3, 4])]); // [B, 1, 1, 1, 1]
+  const cacheValid = g.op("Less", [slots, lengths]); // [B, 1, 1, 1, M]
   const positions = g.op("Range", [zero, dim(inputIds, 1), one]); // [S]
   const query = g.op("Unsqueeze", [positions, g.int64([1])]); // [S, 1]
   const key = g.op("Unsqueeze", [positions, g.int64([0])]); // [1, S]
@@ -89,12 +89,11 @@ function attendCacheAndNew(
   const { numHeads: h, numKvHeads: kvh, headDim: d } = arch;
   // Scaling q instead of the scores: D multiplies a query rather than M + S.
   const scaledQ = g.op("Mul", [q, g.float([1 / Math.sqrt(d)], ctx.act)]);
-  const grouped = g.op("Reshape", [scaledQ, g.int64([0, kvh, -1, d])]); // [B, KvH, G*S, D]
-  const perHead = (t: string) => g.op("Reshape", [t, g.int64([0, h, -1, 0])]); // [B, H, S, *]
-  const perKvHead = (t: string) => g.op("Reshape", [t, g.int64([0, kvh, -1, 0])]); // [B, KvH, G*S, *]
+  const grouped = g.op("Reshape", [scaledQ, g.int64([0, kvh, h / kvh, -1, d])]); // [B, KvH, G, S, D]
+  const shared = (t: string) => g.op("Unsqueeze", [t, g.int64([2])]); // [B, KvH, 1, *, *]
   const lowest = g.float([ctx.act === DataType.FLOAT16 ? -65504 : -3.4028234663852886e38], ctx.act);
-  const cacheScores = perHead(g.op("MatMul", [grouped, keyCache])); // [B, H, S, M]
-  const newScores = perHead(g.op("MatMul", [grouped, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })])); // [B, H, S, S]
+  const cacheScores = g.op("MatMul", [grouped, shared(keyCache)]); // [B, KvH, G, S, M]
+  const newScores = g.op("MatMul", [grouped, shared(g.op("Transpose", [k], { perm: [0, 1, 3, 2] }))]); // [B, KvH, G, S, S]
   // Masked with the lowest finite value, not -inf: a row never turns NaN, and stale slots are discarded.
   const scores = g.op("Concat", [
     g.op("Where", [masks.cacheValid, cacheScores, lowest]),
@@ -103,9 +102,9 @@ function attendCacheAndNew(
   const probs = g.op("Softmax", [scores], { axis: -1 });
   const [cacheProbs, newProbs] = g.opN("Split", [probs, masks.split], 2, { axis: -1 });
   const mixed = g.op("Add", [
-    g.op("MatMul", [perKvHead(cacheProbs), valueCache]),
-    g.op("MatMul", [perKvHead(newProbs), v]),
-  ]); // [B, KvH, G*S, D]
+    g.op("MatMul", [cacheProbs, shared(valueCache)]),
+    g.op("MatMul", [newProbs, shared(v)]),
+  ]); // [B, KvH, G, S, D]
   const bshd = g.op("Transpose", [g.op("Reshape", [mixed, g.int64([0, h, -1, d])])], { perm: [0, 2, 1, 3] });
   return g.op("Reshape", [bshd, g.int64([0, 0, h * d])]);
 }
