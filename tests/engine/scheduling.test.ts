@@ -80,7 +80,8 @@ describe("preemption by priority, fcfs and cache salts", () => {
   test("preemption takes the lowest priority (the largest number), not the youngest", SLOW, async () => {
     // An engine of its own over the served runner (which has rows for several sequences).
     const { engine: base } = served;
-    // 512 bytes a token for the tiny model: 160 KiB holds three 64-token rows, not three 128-token rows.
+    // 512 bytes a token for the tiny model: 100 KiB holds three rows of 64 slots (20-token prompts), not three
+    // of 80 (where they grow to: 20 + 60 tokens).
     const run = async (low: number, high: number) => {
       const preempted = new Map<number, number>();
       const engine: Engine = new Engine(base.runner, {
@@ -88,7 +89,7 @@ describe("preemption by priority, fcfs and cache salts", () => {
         schedulingPolicy: "priority",
         maxNumSeqs: 4,
         prefixCaching: false,
-        kvCacheBytes: 160 * 1024,
+        kvCacheBytes: 100 * 1024,
         onStep: () => {
           for (const seq of [...engine.scheduler.running, ...engine.scheduler.waiting]) {
             preempted.set(seq.id, Math.max(preempted.get(seq.id) ?? 0, seq.preemptions));

@@ -14,7 +14,7 @@ import {
 } from "../../src/model/builder/build.ts";
 import { decodeModel } from "../../src/model/builder/onnx-read.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
-import { openEngineRunner } from "../../src/model/runners/engine-runner.ts";
+import { feedSlots, openEngineRunner } from "../../src/model/runners/engine-runner.ts";
 import { engineRowCapacity } from "../../src/model/runners/engine-kv.ts";
 import { backendFor } from "../../src/model/ort/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
@@ -115,6 +115,27 @@ describe("engine runner", () => {
     }
   });
 
+  test("rows holding under a third of their slots, fed a cut copy of their cache, match their solo runs", SLOW, async () => {
+    const runner = await open();
+    try {
+      runner.reserve(600);
+      const capacity = runner.capacity;
+      const prompts = [tokens(3, 13), tokens(9, 14), tokens(14, 15)];
+      const next = [tokens(4, 16), tokens(4, 17), tokens(4, 18)];
+      const expected = await Promise.all(prompts.map((p, r) => standardRun([...p, ...next[r]])));
+      for (const [row, prompt] of prompts.entries()) await prefill(runner, row, prompt);
+      for (let i = 0; i < 4; i++) {
+        const inputs = prompts.map((p, row) => ({ row, tokens: [next[row][i]], start: p.length + i }));
+        assert.ok(feedSlots(inputs, capacity) < capacity / 3, `step ${i} is fed a cut cache`);
+        const logits = await runner.step(inputs);
+        logits.forEach((l, row) => assertClose(l, expected[row].at(prompts[row].length + i), `row ${row} step ${i}`));
+      }
+      assert.equal(runner.capacity, capacity);
+    } finally {
+      await runner.dispose();
+    }
+  });
+
   test("growing the cache across a bucket boundary and copying a row keep the logits", SLOW, async () => {
     const runner = await open();
     try {
@@ -125,7 +146,7 @@ describe("engine runner", () => {
       assert.equal(runner.capacity, 64);
       await prefill(runner, 0, prompt, 16);
       runner.reserve(100);
-      assert.equal(runner.capacity, 128);
+      assert.equal(runner.capacity, engineRowCapacity(100, 4096));
       for (let i = 0; i < 3; i++) {
         const [logits] = await runner.step([{ row: 0, tokens: [next[i]], start: prompt.length + i }]);
         assertClose(logits, expected.at(prompt.length + i), `after growing, step ${i}`);
@@ -188,17 +209,31 @@ describe("engine runner", () => {
     }
   });
 
-  test("row capacity grows by powers of two from 64, then by 1024, never past the maximum", () => {
-    assert.deepEqual([1, 64, 65, 200, 1024, 1025, 3000].map((n) => engineRowCapacity(n, 4096)), [
+  test("row capacity: 64 slots at least, then four sizes per doubling, at most a fifth unused, never past the maximum", () => {
+    assert.deepEqual([1, 64, 65, 80, 81, 128, 129, 200, 1024, 1025, 3000, 20000].map((n) => engineRowCapacity(n, 1 << 20)), [
       64,
       64,
+      80,
+      80,
+      96,
       128,
-      256,
+      160,
+      224,
       1024,
-      2048,
+      1280,
       3072,
+      20480,
     ]);
+    const sizes = new Set<number>();
+    for (let n = 65; n <= 9000; n++) {
+      const slots = engineRowCapacity(n, 1 << 20);
+      assert.ok(slots >= n && (slots - n) / slots < 0.2, `${n} tokens given ${slots} slots`);
+      sizes.add(slots);
+    }
+    // 64 < n <= 8192 is seven doublings; above that, steps of 1024.
+    assert.equal([...sizes].filter((s) => s <= 8192).length, 7 * 4);
     assert.equal(engineRowCapacity(100, 100), 100);
+    assert.equal(engineRowCapacity(90, 100), 96);
     assert.throws(() => engineRowCapacity(101, 100), /maximum length/);
   });
 

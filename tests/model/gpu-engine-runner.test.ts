@@ -20,6 +20,7 @@ import { buildModel } from "../../src/model/builder/build.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
 import { openEngineRunner } from "../../src/model/runners/engine-runner.ts";
 import { GpuEngineRunner } from "../../src/model/runners/gpu-engine-runner.ts";
+import { engineRowCapacity } from "../../src/model/runners/engine-kv.ts";
 import { assertClose, prefill, tokens } from "../support/runner-checks.ts";
 import { allLogits, canonicalKv, mixedChunks, refusesBadSteps, type RunnerUnderTest } from "../support/runner-contract.ts";
 import { releaseStandardRuns, standardRun } from "../support/standard-graph.ts";
@@ -98,7 +99,7 @@ describe("GPU-resident engine runner", { skip }, () => {
       assert.equal(runner.capacity, 64);
       await prefill(runner, 2, prompt, 16);
       runner.reserve(100);
-      assert.equal(runner.capacity, 128);
+      assert.equal(runner.capacity, engineRowCapacity(100, 4096));
       for (let i = 0; i < 3; i++) {
         const [logits] = await runner.step([{ row: 2, tokens: [next[i]], start: prompt.length + i }]);
         assertClose(logits, expected.at(prompt.length + i), `after growing, step ${i}`);
@@ -109,11 +110,11 @@ describe("GPU-resident engine runner", { skip }, () => {
         const [logits] = await runner.step([{ row: 0, tokens: [next[i]], start: prompt.length + i }]);
         assertClose(logits, expected.at(prompt.length + i), `in the copied row, step ${i}`);
       }
-      // Rows of 66 tokens need 128 slots: a request for 2048 grows, and the next small reserve shrinks back.
+      // Rows of 66 tokens need 80 slots: a request for 2048 grows, and the next small reserve shrinks back.
       runner.reserve(2048);
       assert.equal(runner.capacity, 2048);
       runner.reserve(1);
-      assert.equal(runner.capacity, 128);
+      assert.equal(runner.capacity, engineRowCapacity(66, 4096));
       const [logits] = await runner.step([{ row: 0, tokens: [next[5]], start: prompt.length + 5 }]);
       assertClose(logits, expected.at(prompt.length + 5), "after growing and shrinking");
     } finally {

@@ -13,11 +13,17 @@ export interface KvShape {
   headDim: number;
 }
 
-/** Slots a row is given for `length` tokens: powers of two from 64 up to 1024, then multiples of 1024. */
+/**
+ * Slots a row is given for `length` tokens: 64 at least, then four sizes per doubling (80, 96, 112, 128, 160, ...;
+ * steps of at most 1024). A step's attention reads every slot of the rows it runs, held or not, so unused slots cost
+ * as much as tokens: these sizes leave at most a fifth of them unused where powers of two left up to half, for four
+ * re-layouts per doubling of the longest row instead of one.
+ */
 export function engineRowCapacity(length: number, maxLength: number): number {
   if (length > maxLength) throw new Error(`a row of ${length} tokens exceeds the maximum length ${maxLength}`);
-  const bucket = length <= 1024 ? 2 ** Math.ceil(Math.log2(Math.max(64, length))) : Math.ceil(length / 1024) * 1024;
-  return Math.min(bucket, maxLength);
+  if (length <= 64) return Math.min(64, maxLength);
+  const step = Math.min(1024, 2 ** (Math.ceil(Math.log2(length)) - 3));
+  return Math.min(Math.ceil(length / step) * step, maxLength);
 }
 
 /**

@@ -150,9 +150,10 @@ export class EngineRunner implements ModelRunner {
   /**
    * Feeds of one run: the token inputs, and the rows' cache (see tokenFeeds). One ascending range of rows is fed as
    * views of the row buffers, all their slots: onnxruntime-node reads them where they lie, and onnxruntime-web, which
-   * copies every input into its heap, copies them once. Other sets of rows (prefill chunks) are gathered, and where
-   * the runtime copies its inputs, a range whose rows hold under CUT_BELOW of the slots is too: either copy takes only
-   * the slots the rows hold (feedSlots), so the run copies and computes over those alone. The copy goes into one
+   * copies every input into its heap, copies them once. Other sets of rows (prefill chunks) are gathered, and so is
+   * a range whose rows hold few of the slots (under CUT_BELOW where the runtime copies its inputs, CUT_BELOW_IN_PLACE
+   * where it does not): either copy takes only the slots the rows hold (feedSlots), so the run computes over those
+   * alone. The copy goes into one
    * buffer kept from run to run, so that no step allocates its cache's size anew.
    */
   #feeds(inputs: RowInput[], seq: number, picks: number): Record<string, OrtTensor> {
@@ -163,7 +164,7 @@ export class EngineRunner implements ModelRunner {
     const slots = feedSlots(inputs, capacity);
     const first = inputs[0].row;
     const inRange = inputs.every((r, b) => r.row === first + b);
-    if (inRange && (!this.#copyInputs || slots >= capacity * CUT_BELOW)) {
+    if (inRange && slots >= capacity * (this.#copyInputs ? CUT_BELOW : CUT_BELOW_IN_PLACE)) {
       for (let l = 0; l < this.#numLayers; l++) {
         const { key, value } = this.#kv.rowRange(l, first, count);
         feeds[`key_cache.${l}`] = new this.#Tensor("float32", key, [count, kvh, d, capacity]);
@@ -204,6 +205,13 @@ const FEED_SLOTS_STEP = 16;
  * at 5/8 on onnxruntime-web's WASM build, bench-135m, 32 rows).
  */
 const CUT_BELOW = 2 / 3;
+
+/**
+ * Where the runtime reads inputs where they lie (onnxruntime-node), the cut is a copy the run would not otherwise
+ * make, written and read again, so it pays only once the rows hold under a third of the slots (prefill chunks of new
+ * requests into rows laid out for longer ones).
+ */
+const CUT_BELOW_IN_PLACE = 1 / 3;
 
 /** Calls to reserve (about one a step) that must find few rows in use before rows are dropped. */
 const SHRINK_AFTER = 64;
