@@ -52,7 +52,7 @@ export const ServerConfig = z.object({
   ),
   threads: positiveInt.optional().describe("CPU threads one model run uses on the cpu and wasm devices (default: every core)"),
   samplerThreads: z.coerce.number().int().min(0).optional().describe(
-    "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1 up to 7 with 4 cores or more, else 0)",
+    "threads that sample rows beside the engine's own when logits come back to the host (default: cores - 1, up to 7)",
   ),
   maxModelLen: tokenCount.optional().describe("context length in tokens (default: the model's)"),
   apiKey: z.string().min(1).optional().describe("require 'Authorization: Bearer KEY' on every route but /health and /metrics (see --metrics-api-key-required)"),
