@@ -24,7 +24,7 @@ import { type ModelInfo, openModel } from "./model/loader.ts";
 import { readSamplingDefaults, type SamplingDefaultsSource } from "./model/generation-defaults.ts";
 import { BUILTIN_MODEL_NAME, defaultCacheDir } from "./model/builtin.ts";
 import { engineRowCapacity } from "./model/runners/engine-kv.ts";
-import { startModelThread } from "./model/thread/model-thread.ts";
+import { collectLoadGarbage, startModelThread } from "./model/thread/model-thread.ts";
 import { openModelRunner, type RunnerLayout } from "./model/runners/open-runner.ts";
 import { openWeights, resetWeightsDir, resolveWeightsPath, type ServedWeights, WeightsError } from "./model/weights.ts";
 import { DigestsUnavailableError, WeightDigests } from "./model/weight-checksums.ts";
@@ -335,6 +335,7 @@ export async function startServer(config: ServerConfig, log: Logger = serverLogg
     model = served;
     const app = serverApp(config, served, { log, tracker, metrics });
     await warmUp(config, served);
+    await collectLoadGarbage();
     handler = (req) => app.fetch(req);
     logStartupSummary(log, config, startupFacts(config, served, running));
     return served;

@@ -4,6 +4,7 @@
  * converts models, the load's other long stretches of work.
  */
 import { parentPort } from "node:worker_threads";
+import { collectGarbage } from "../../runtime/gc.ts";
 import { fromWire, toWire } from "../../runtime/wire.ts";
 import type { ModelRunner, RowInput } from "../../engine/model-runner.ts";
 import { localNativeBackend, setCpuThreads } from "../ort/backends.ts";
@@ -137,6 +138,9 @@ const handlers: Record<string, Handler> = {
     const parts = tokenizerParts(file);
     const transfer = parts ? [parts.vocab.ends.buffer, parts.vocab.ids.buffer, parts.merges.ends.buffer] : [];
     return { value: parts, transfer: transfer as ArrayBuffer[] };
+  },
+  gc() {
+    return { value: collectGarbage() };
   },
   async "builtin.ensure"({ cacheDir }: { cacheDir: string }) {
     return { value: await ensureBuiltinModel(cacheDir) };

@@ -6,6 +6,7 @@
  * the calling thread only sends requests and awaits their answers. Sessions cannot move between threads, so a
  * session opened here also runs here (ThreadedRunner), and the KV cache lives here with it.
  */
+import { collectGarbage } from "../../runtime/gc.ts";
 import { fromWire, toWire } from "../../runtime/wire.ts";
 import type { Worker } from "node:worker_threads";
 import { startWorker } from "../../runtime/worker.ts";
@@ -159,3 +160,13 @@ export async function offThread<T>(op: string, args: unknown, here: () => Promis
     throw err;
   }
 }
+
+/**
+ * A full garbage collection on the model thread and on the calling thread, for when loading is done (see
+ * runtime/gc.ts: what loading leaves would otherwise stay resident).
+ */
+export async function collectLoadGarbage(): Promise<void> {
+  await offThread("gc", null, () => Promise.resolve(false));
+  collectGarbage();
+}
+
