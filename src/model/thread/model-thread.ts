@@ -169,4 +169,3 @@ export async function collectLoadGarbage(): Promise<void> {
   await offThread("gc", null, () => Promise.resolve(false));
   collectGarbage();
 }
-
