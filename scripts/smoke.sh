@@ -295,9 +295,9 @@ smoke_fresh() {
   dir=$(fresh_clone deno)
   smoke "deno run -A mod.ts" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno" "$BIN/deno" run -A mod.ts
   fresh_check "deno run -A mod.ts" "$dir"
-  # No `deno task serve` here: in a clone without node_modules the task's `deno` is the bin of package.json's npm
-  # `deno` package, run from Deno's cache, where it cannot find its platform binary (Deno 2.9.6 with the registry as
-  # of 2026-12-02). It is checked after npm install, below.
+  # No `deno task serve` here: it runs node_modules/.bin/deno, which npm install puts there (checked below). A task
+  # naming plain `deno` got the bin of package.json's npm `deno` package, run from Deno's cache, where it cannot find
+  # its platform binary (Deno 2.9.6, with or without node_modules).
   rm -rf "$dir"
 
   dir=$(fresh_clone bun)
@@ -323,7 +323,7 @@ smoke_fresh() {
   if grep -aq 'Unknown .* config' "$WORK/npm-install.log"; then fail "npm install warned about an unknown config"; fi
   smoke "npm start" '(^| )node( |$)' '' "$dir" "$WORK/cache-fresh-npm" npm start --
   fresh_check "npm install && npm start" "$dir"
-  # After npm install, node_modules/.bin is on a task's PATH: `deno task serve` must still serve.
+  # After npm install, `deno task serve` runs the Deno it put in node_modules/.bin.
   before=$(git -C "$dir" status --porcelain)
   smoke "deno task serve (after npm install)" '(^| )deno( |$)' '' "$dir" "$WORK/cache-fresh-deno-task" \
     "$BIN/deno" task serve
