@@ -18,7 +18,11 @@
 //
 // usage: node client.mjs --url http://127.0.0.1:PORT --label NAME --out FILE.json [--server llama-server|gym-edge]
 //          [--runtime C++|node|deno|bun] [--dtype fp32|q8|q4] [--mode split|n] [--runs 3] [--warmup 1] [--prompts 8]
-//          [--n 4] [--max-tokens 64] [--words 110]
+//          [--n 4] [--max-tokens 64] [--words 110] [--first-round 1] [--append]
+// --first-round R numbers the timed rounds from R (round r's prompts and seeds are the same on every server);
+// --append adds the rounds to those already in FILE.json (its probe kept, no new probe), so a script can interleave
+// single rounds of several servers: `--runs 0` for the probe and warm-ups, then `--runs 1 --warmup 0 --first-round r
+// --append` per round.
 import * as http from "node:http";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -34,6 +38,7 @@ const server = opt("server", label), runtime = opt("runtime", ""), dtype = opt("
 const out = opt("out", "");
 const mode = opt("mode", "split");
 const runs = Number(opt("runs", 3)), warmups = Number(opt("warmup", 1));
+const firstRound = Number(opt("first-round", 1)), append = argv.includes("--append");
 const prompts = Number(opt("prompts", 8)), n = Number(opt("n", 4));
 const maxTokens = Number(opt("max-tokens", 64)), nWords = Number(opt("words", 110));
 if (!["split", "n"].includes(mode)) throw new Error("--mode split|n");
@@ -218,7 +223,8 @@ async function probe() {
   };
 }
 
-const result = {
+const earlier = append && out && fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, "utf8")) : null;
+const result = earlier ?? {
   label,
   server,
   runtime,
@@ -241,20 +247,22 @@ const say = (x) =>
         x.ok ? "" : "  CHECK FAILED"
       }`,
   );
-result.probe = await probe();
-console.log(JSON.stringify({ label, probe: result.probe }));
-console.error(
-  `    ${label} probe: prompt ${result.probe.prompt_tokens} tok, greedy ${
-    JSON.stringify(result.probe.tokens.join(""))
-  }, logprobs ${result.probe.logprobs.map((v) => v.toFixed(4)).join(" ")}`,
-);
+if (!earlier) {
+  result.probe = await probe();
+  console.log(JSON.stringify({ label, probe: result.probe }));
+  console.error(
+    `    ${label} probe: prompt ${result.probe.prompt_tokens} tok, greedy ${
+      JSON.stringify(result.probe.tokens.join(""))
+    }, logprobs ${result.probe.logprobs.map((v) => v.toFixed(4)).join(" ")}`,
+  );
+}
 for (let w = 0; w < warmups; w++) {
   const r = await round(w + 1, false);
   result.warmups.push(r);
   console.log(JSON.stringify({ label, ...r }));
   say(r);
 }
-for (let r = 1; r <= runs; r++) {
+for (let r = firstRound; r < firstRound + runs; r++) {
   const x = await round(r, true);
   result.runs.push(x);
   console.log(JSON.stringify({ label, ...x }));

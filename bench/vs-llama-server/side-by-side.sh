@@ -18,13 +18,18 @@
 #         2. the model built by gym-edge itself, one dtype at a time:
 #            `gym-edge build-model --preset bench-135m --out $W/bench-135m --dtype D` (seed 0; q8 and q4 again on every
 #            run); a dtype that build-model cannot write yet is skipped with a message, on both servers
+#            and, for Node, dist/ compiled by `npm run build` (Node runs `node dist/bin.js`, as `npm start` does)
 #         3. $W/bench-135m-f32.gguf written from exactly the fp32 ONNX weights and checked bit for bit
 #            (gguf-from-gym-edge.ts); q8_0 / q4_0 GGUFs from it by llama-quantize (its default tensor choices)
 #         4. QUALITY=1: mean KL divergence from fp32 over the second half of each CTX-token chunk of one text:
 #            llama-perplexity --kl-divergence for llama.cpp, bench/quality.ts (when present) for gym-edge
-#   bench for each DTYPE: llama-server start -> client.mjs per MODE -> stop; then gym-edge on each runtime and MODE:
-#         start -> client -> stop. summary.mjs prints the table (also $OUT/SUMMARY.md); raw JSON per server in $OUT,
-#         memory and load averages per server start in $OUT/servers.jsonl and env.json.
+#   bench for each DTYPE and MODE (INTERLEAVE=1, the default): llama-server and gym-edge on each runtime started side
+#         by side (each idle while another works); probe and warm-up on each; then round by round, one timed round
+#         of the load on each server in turn (the order rotating each round), so that every server meets the same
+#         phases of a machine whose speed drifts; then all stopped. INTERLEAVE=0: one server at a time, all its
+#         rounds in a row (llama-server per DTYPE for every MODE, then gym-edge per runtime and MODE).
+#         summary.mjs prints the table (also $OUT/SUMMARY.md); raw JSON per server in $OUT, memory and load averages
+#         per server start in $OUT/servers.jsonl and env.json.
 #
 # MODES (default "split n"):
 #   split  32 separate n=1 requests (4 per prompt). Equal work: 32 prefills + 32 x 64 decoded tokens on both;
@@ -40,6 +45,7 @@
 #      QUANTIZE_EXTRA (llama-quantize flags, e.g. "--token-embedding-type f32"; names its own GGUFs),
 #      QUALITY (1; 0 skips the KL divergences), QUALITY_CTX (256), QUALITY_CHUNKS (12), QUALITY_TEXT ($W/quality-text.md,
 #      a copy of the project's README.md made once), RSS_EVERY (1 s between memory samples during a load),
+#      INTERLEAVE (1: servers side by side, their rounds taken in turn; 0: one server at a time),
 #      REBUILD_QUANTIZED (1: gym-edge's q8 / q4 files are written anew each run, from this checkout's builder; 0 keeps
 #      them), SKIP_PREP (1: fail instead of building), SERVER_WAIT (600 s for a server to answer /health).
 set -euo pipefail
@@ -62,6 +68,7 @@ QUALITY=${QUALITY:-1}; QUALITY_CTX=${QUALITY_CTX:-256}; QUALITY_CHUNKS=${QUALITY
 QUALITY_TEXT=${QUALITY_TEXT:-$W/quality-text.md}
 RSS_EVERY=${RSS_EVERY:-1}
 SERVER_WAIT=${SERVER_WAIT:-600}
+INTERLEAVE=${INTERLEAVE:-1}
 MODEL=$W/bench-135m
 GGUF_F32=$W/bench-135m-f32.gguf
 BIN=$W/llama-src/build/bin
@@ -126,6 +133,10 @@ build_dtype() { # dtype -> 0 when the model folder holds it
   if [ -n "$saved" ] && [ ! -f "$RECORD" ]; then restore_record "$saved" "$1"; fi
   return 1
 }
+if [[ " $RUNTIMES " == *" node "* ]]; then # Node runs the compiled dist/, as `npm start` does
+  log "npm run build (dist/ for Node)"
+  (cd "$GYM" && npm run build) >> "$OUT/prep.log" 2>&1 || { log "npm run build failed (see $OUT/prep.log)"; exit 1; }
+fi
 build_dtype fp32 || { log "gym-edge build-model --dtype fp32 failed (see $OUT/prep.log)"; exit 1; }
 RUN_DTYPES=""
 for d in $DTYPES; do
@@ -251,10 +262,17 @@ fi
 
 # ---------------------------------------------------------------- servers
 SERVER_PID=""; SAMPLER_PID=""
+# servers running side by side (INTERLEAVE=1), by label: pid, port and start record; `use LABEL` makes one current
+declare -A S_PID=() S_PORT=() S_REC=()
+remember() { S_PID[$1]=$SERVER_PID; S_PORT[$1]=$PORT; S_REC[$1]=$START_REC; }
+use() { SERVER_PID=${S_PID[$1]}; PORT=${S_PORT[$1]}; START_REC=${S_REC[$1]}; }
 stop_sampler() { if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""; fi; }
 cleanup() {
   stop_sampler
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then kill -TERM "$SERVER_PID" 2>/dev/null || true; sleep 2; kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
+  local p
+  for p in "$SERVER_PID" "${S_PID[@]}"; do
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null || true; sleep 2; kill -KILL "$p" 2>/dev/null || true; fi
+  done
 }
 trap cleanup EXIT INT TERM
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
@@ -312,13 +330,16 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 }
-run_client() { # label server runtime dtype mode
-  local label=$1 server=$2 runtime=$3 dtype=$4 mode=$5 peak=$OUT/.rss_peak
-  log "load $label, mode $mode: $PROMPTS prompts x n=$N x $MAX_TOKENS tokens, $WARMUP warm-up + $RUNS timed round(s)"
+run_client() { # label server runtime dtype mode [runs warmups first-round: a later round, added to the earlier ones]
+  local label=$1 server=$2 runtime=$3 dtype=$4 mode=$5 runs=${6:-$RUNS} warmups=${7:-$WARMUP} first=${8:-1}
+  local peak=$OUT/.rss_peak more=()
+  if [ -n "${8:-}" ]; then more=(--append); fi
+  if [ "$runs" = 0 ]; then log "load $label, mode $mode: $PROMPTS prompts x n=$N x $MAX_TOKENS tokens: probe, $warmups warm-up"
+  else log "load $label, mode $mode: $PROMPTS prompts x n=$N x $MAX_TOKENS tokens, $warmups warm-up + timed round(s) $first..$((first + runs - 1))"; fi
   start_sampler "$peak"
   node "$HERE/client.mjs" --url "http://127.0.0.1:$PORT" --label "$label" --server "$server" --runtime "$runtime" \
-    --dtype "$dtype" --mode "$mode" --runs "$RUNS" --warmup "$WARMUP" --prompts "$PROMPTS" --n "$N" \
-    --max-tokens "$MAX_TOKENS" --words "$WORDS" --out "$OUT/client_${label}_${mode}.json" \
+    --dtype "$dtype" --mode "$mode" --runs "$runs" --warmup "$warmups" --first-round "$first" "${more[@]}" \
+    --prompts "$PROMPTS" --n "$N" --max-tokens "$MAX_TOKENS" --words "$WORDS" --out "$OUT/client_${label}_${mode}.json" \
     >> "$OUT/client.jsonl" 2> >(tee -a "$OUT/run.log" >&2) || log "CHECK FAILED for $label / $mode (see $OUT/client.jsonl)"
   stop_sampler
   local load_peak hwm
@@ -350,7 +371,7 @@ llama_cmd() { # gguf -> CMD
 }
 gym_cmd() { # runtime mode dtype -> CMD
   case $1 in
-    node) CMD=(node --import tsx mod.ts) ;;
+    node) CMD=(node dist/bin.js) ;; # what `npm start` and `npx gym-edge` run (tsx's loader costs ~190 MB)
     deno) CMD=(node_modules/.bin/deno run -A mod.ts) ;;
     bun) CMD=(node_modules/.bin/bun mod.ts) ;;
     *) log "unknown runtime $1 (node, deno, bun)"; exit 2 ;;
@@ -375,7 +396,35 @@ node -e '
   quality "$QUALITY" quality_text "$QUALITY_TEXT" quality_ctx "$QUALITY_CTX" quality_chunks "$QUALITY_CHUNKS"
 log "results in $OUT; dtypes $RUN_DTYPES; load average at start: $(loadavg)"
 
-if [ -n "${MODES// /}" ]; then
+if [ -n "${MODES// /}" ] && [ "$INTERLEAVE" = 1 ]; then
+  for d in $RUN_DTYPES; do
+    for mode in $MODES; do
+      labels=() servers=() runtimes=()
+      PORT=$(free_port)
+      llama_cmd "$(gguf_of "$d")"
+      start_server "llama-server-$d" llama-server C++ "$d" "$OUT/server_llama-server-${d}_$mode.log" "$W" "${CMD[@]}"
+      remember "llama-server-$d"; labels+=("llama-server-$d"); servers+=(llama-server); runtimes+=(C++)
+      for rt in $RUNTIMES; do
+        PORT=$(free_port)
+        gym_cmd "$rt" "$mode" "$d"
+        start_server "gym-edge-$rt-$d" gym-edge "$rt" "$d" "$OUT/server_gym-edge-$rt-${d}_$mode.log" "$GYM" "${CMD[@]}"
+        remember "gym-edge-$rt-$d"; labels+=("gym-edge-$rt-$d"); servers+=(gym-edge); runtimes+=("$rt")
+      done
+      k=${#labels[@]}
+      for ((i = 0; i < k; i++)); do
+        use "${labels[i]}"; run_client "${labels[i]}" "${servers[i]}" "${runtimes[i]}" "$d" "$mode" 0 "$WARMUP"
+      done
+      for ((r = 1; r <= RUNS; r++)); do
+        for ((j = 0; j < k; j++)); do
+          i=$(((j + r - 1) % k))
+          use "${labels[i]}"; run_client "${labels[i]}" "${servers[i]}" "${runtimes[i]}" "$d" "$mode" 1 0 "$r"
+        done
+      done
+      for ((i = 0; i < k; i++)); do use "${labels[i]}"; stop_server; done
+      S_PID=() S_PORT=() S_REC=()
+    done
+  done
+elif [ -n "${MODES// /}" ]; then
   for d in $RUN_DTYPES; do
     # llama-server serves both modes from one start (the modes differ only in the requests)
     PORT=$(free_port)

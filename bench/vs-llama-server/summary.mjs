@@ -46,6 +46,21 @@ const ratio = (
   ref,
 ) => (r && ref?.median_gen_tok_per_s ? (r.median_gen_tok_per_s / ref.median_gen_tok_per_s).toFixed(2) + "x" : "-");
 const max = (xs) => (xs.length ? Math.max(...xs) : null);
+const median = (xs) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length ? (v.length % 2 ? v[v.length >> 1] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2) : null;
+};
+/**
+ * Median over rounds of the ratio to llama-server's round of the same number: with the servers' rounds taken in
+ * turn (side-by-side.sh's INTERLEAVE=1), each such pair ran minutes apart at most, so a machine whose speed drifts
+ * moves both.
+ */
+const pairedRatio = (r, ref) => {
+  if (!r || !ref || r === ref) return "-";
+  const byRound = new Map(ref.runs.map((x) => [x.round, x.gen_tok_per_s]));
+  const ratios = r.runs.filter((x) => byRound.get(x.round)).map((x) => x.gen_tok_per_s / byRound.get(x.round));
+  return ratios.length ? median(ratios).toFixed(2) + "x" : "-";
+};
 
 /** RSS once ready / largest RSS sampled during the loads (VmHWM: the peak since start, loading included). */
 function memory(label, mode) {
@@ -98,9 +113,10 @@ for (const mode of modes) {
   p();
   p(
     "| server | dtype | runs: generated tok/s | median tok/s | ratio | wall s (median run) | prompt tok / round | gen tok / round | " +
-      "logprob entries / gen tok (seqs with one for every token) | RSS MB ready / load peak (VmHWM) | probe vs llama-server |",
+      "logprob entries / gen tok (seqs with one for every token) | RSS MB ready / load peak (VmHWM) | probe vs llama-server | " +
+      "paired ratio (median over rounds of the ratio to llama-server's round) |",
   );
-  p("|---|---|---|---|---|---|---|---|---|---|---|");
+  p("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rs) {
     const ref = reference(r.dtype, mode);
     const walls = r.runs.map((x) => x.wall_s).sort((a, b) => a - b);
@@ -127,7 +143,7 @@ for (const mode of modes) {
         `${walls.length ? walls[walls.length >> 1].toFixed(2) : "-"} | ${last?.prompt_tokens ?? "-"} | ${
           last?.completion_tokens ?? "-"
         } | ` +
-        `${lp}${r.all_ok ? "" : " (CHECK FAILED)"} | ${memory(r.label, mode)} | ${probe} |`,
+        `${lp}${r.all_ok ? "" : " (CHECK FAILED)"} | ${memory(r.label, mode)} | ${probe} | ${pairedRatio(r, ref)} |`,
     );
   }
   p();
