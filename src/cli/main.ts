@@ -3,7 +3,7 @@ import { z } from "zod";
 import { ENV_FLAGS, ServerConfig, VLLM_SPELLINGS, VLLM_VALUES } from "../config.ts";
 import { parseFlags, renderFlagHelp, renderSpellingHelp, UsageError } from "./flags.ts";
 import { envRecord, exitProcess, onShutdownSignal } from "../runtime/process.ts";
-import { installForModelThread, runAgain } from "../runtime/bun-install.ts";
+import { bunAllocatorEnv, exitWithParent, installForModelThread, runAgain } from "../runtime/bun-install.ts";
 import { serverLogger, startServer } from "../server.ts";
 import { ChatTemplateError, readChatTemplate } from "../chat/template.ts";
 import { GenerationConfigError, readSamplingDefaults } from "../model/generation-defaults.ts";
@@ -115,11 +115,14 @@ export async function main(argv: string[]): Promise<number> {
     debug = config.logLevel === "debug";
     const log = serverLogger(config);
     for (const warning of config.warnings) log.warn(warning);
+    exitWithParent();
     const installed = installForModelThread(log.info);
-    if (installed !== null) {
-      log.info(installed);
-      return await runAgain();
+    if (installed !== null) log.info(installed);
+    const allocator = bunAllocatorEnv();
+    if (allocator !== null) {
+      log.info("on Bun: starting again with MIMALLOC_PURGE_DELAY=-1 (freed memory kept for reuse; set it to skip this)");
     }
+    if (installed !== null || allocator !== null) return await runAgain(allocator ?? {});
     const server = await startServer(config, log);
     let stopping = false;
     onShutdownSignal(async (signal) => {
