@@ -120,7 +120,7 @@ export async function main(argv: string[]): Promise<number> {
     if (installed !== null) log.info(installed);
     const allocator = bunAllocatorEnv();
     if (allocator !== null) {
-      log.info("on Bun: starting again with MIMALLOC_PURGE_DELAY=-1 (freed memory kept for reuse; set it to skip this)");
+      log.info("on Bun: starting again with MIMALLOC_PURGE_DELAY=60000 (freed memory kept a minute for reuse; set it to skip this)");
     }
     if (installed !== null || allocator !== null) return await runAgain(allocator ?? {});
     const server = await startServer(config, log);

@@ -13,6 +13,7 @@ import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { runtimeName } from "./detect.ts";
+import { collectGarbage } from "./gc.ts";
 
 /** The checkout this module lives in (the directory with gym-edge's package.json), or null in a compiled binary. */
 function packageRoot(): string | null {
@@ -68,9 +69,10 @@ export function installForModelThread(info: (msg: string) => void): string | nul
  * files: not a compiled binary); null otherwise. Bun's mimalloc hands freed memory back to the system 10 ms after
  * it is freed, and every step frees and allocates tens of MB (its outputs as new buffers), so every step faulted its
  * memory in anew: on a 2-core virtual machine, a 32-row decode step of bench-135m took ~150 ms instead of ~85 (as on
- * Node), and the GRPO-like load ran at half Node's speed. With MIMALLOC_PURGE_DELAY=-1 freed memory stays for reuse
- * (peak resident memory ~250 MB higher on that load). mimalloc reads it once, as the process starts; one set by
- * the user, to any value, is left alone.
+ * Node), and the GRPO-like load ran at half Node's speed. With MIMALLOC_PURGE_DELAY=60000, memory freed and not
+ * reused for a minute goes back: steps reuse theirs (as fast as never handing it back, -1, which held 140 MB more
+ * once loaded and ~280 MB more at the load's peak). mimalloc reads it once, as the process starts; one set by the
+ * user, to any value, is left alone.
  */
 export function bunAllocatorEnv(
   runtime = runtimeName(),
@@ -79,7 +81,7 @@ export function bunAllocatorEnv(
   fromFiles = import.meta.url.startsWith("file:") && !/\/(\$bunfs|~BUN)\//.test(import.meta.url),
 ): Record<string, string> | null {
   if (runtime !== "bun" || !fromFiles || env.MIMALLOC_PURGE_DELAY !== undefined) return null;
-  return { MIMALLOC_PURGE_DELAY: "-1" };
+  return { MIMALLOC_PURGE_DELAY: "60000" };
 }
 
 /** Names, in the environment of a program run again, the process that runs it (see exitWithParent). */
@@ -96,6 +98,8 @@ export function runAgain(env: Record<string, string> = {}): Promise<number> {
     detached: true,
     env: { ...process.env, ...env, [PARENT_VAR]: String(process.pid) },
   });
+  // This process only waits from now on: what reading the flags and loading the modules left need not stay resident.
+  collectGarbage();
   const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, pass(s)] as const);
   for (const [s, h] of handlers) process.on(s, h);

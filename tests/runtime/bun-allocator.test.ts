@@ -1,5 +1,5 @@
 /**
- * Bun's allocator setting: on Bun the program runs itself again with MIMALLOC_PURGE_DELAY=-1 (freed memory kept for
+ * Bun's allocator setting: on Bun the program runs itself again with MIMALLOC_PURGE_DELAY=60000 (freed memory kept for
  * reuse instead of handed back and faulted in again every step), and that second process ends with the first.
  */
 import { test } from "node:test";
@@ -12,7 +12,7 @@ import { startChildServer } from "../support/child-server.ts";
 const SLOW = { timeout: 120_000 };
 
 test("the setting is asked for on Bun run from files, and only where the environment lacks it", () => {
-  assert.deepEqual(bunAllocatorEnv("bun", {}, true), { MIMALLOC_PURGE_DELAY: "-1" });
+  assert.deepEqual(bunAllocatorEnv("bun", {}, true), { MIMALLOC_PURGE_DELAY: "60000" });
   assert.equal(bunAllocatorEnv("bun", { MIMALLOC_PURGE_DELAY: "10" }, true), null, "a value the user set is kept");
   assert.equal(bunAllocatorEnv("bun", {}, false), null, "a compiled binary does not run itself again");
   assert.equal(bunAllocatorEnv("node", {}, true), null);
@@ -45,11 +45,11 @@ function alive(pid: number): boolean {
 }
 
 test(
-  "served from a checkout: on Bun by a second process with MIMALLOC_PURGE_DELAY=-1 that ends when the first is killed",
+  "served from a checkout: on Bun by a second process with MIMALLOC_PURGE_DELAY=60000 that ends when the first is killed",
   { ...SLOW, skip: process.platform !== "linux" && "reads /proc" },
   async () => {
     const server = await startChildServer();
-    const said = /starting again with MIMALLOC_PURGE_DELAY=-1/.test(server.stderr());
+    const said = /starting again with MIMALLOC_PURGE_DELAY=60000/.test(server.stderr());
     try {
       assert.equal((await fetch(`${server.base}/health`)).status, 200);
       if (runtimeName() !== "bun") {
@@ -60,7 +60,7 @@ test(
       const [serving] = childrenOf(server.child.pid!);
       assert.ok(serving !== undefined, "the serving process is a child of the one started");
       const env = fs.readFileSync(`/proc/${serving}/environ`, "utf8").split("\0");
-      assert.ok(env.includes("MIMALLOC_PURGE_DELAY=-1"), "the serving process has the setting");
+      assert.ok(env.includes("MIMALLOC_PURGE_DELAY=60000"), "the serving process has the setting");
       server.signal("SIGKILL");
       await server.exited;
       const deadline = performance.now() + 10_000;
