@@ -214,8 +214,10 @@ describe("one server's transport edge", () => {
           "the idle connection is still open and serves a second request",
         );
         if (closedAfter !== null) {
+          // Bun's sockets time out on a 4 s tick, so a 1 s timeout ends at the next tick: anywhere within it.
+          const earliestMs = runtimeName() === "bun" ? 0 : 900;
           assert.ok(
-            closedAfter >= 900 && closedAfter < cutWithinMs,
+            closedAfter >= earliestMs && closedAfter < cutWithinMs,
             `closed after ${closedAfter} ms`,
           );
         }
