@@ -13,7 +13,6 @@ import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { runtimeName } from "./detect.ts";
-import { collectGarbage } from "./gc.ts";
 
 /** The checkout this module lives in (the directory with gym-edge's package.json), or null in a compiled binary. */
 function packageRoot(): string | null {
@@ -98,8 +97,6 @@ export function runAgain(env: Record<string, string> = {}): Promise<number> {
     detached: true,
     env: { ...process.env, ...env, [PARENT_VAR]: String(process.pid) },
   });
-  // This process only waits from now on: what reading the flags and loading the modules left need not stay resident.
-  collectGarbage();
   const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, pass(s)] as const);
   for (const [s, h] of handlers) process.on(s, h);
