@@ -30,6 +30,11 @@ export interface ModelRunner {
    */
   step(inputs: RowInput[]): Promise<Float32Array[]>;
   /**
+   * Optional: the caller has read the logits of the last step, and no longer needs them. A runner whose step
+   * allocates them anew frees their memory now (the arrays step returned read as empty afterwards).
+   */
+  releaseLogits?(): void;
+  /**
    * Optional: a step whose logits stay on the runner's device, where each row with `sampling` gets its next token
    * drawn (null for rows that only fill their cache); only tokens and log-probabilities come back. No row may
    * ask for allLogits.

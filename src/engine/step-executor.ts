@@ -165,6 +165,7 @@ export class StepExecutor {
     const picks = this.#runner.stepAndSample
       ? await this.#runner.stepAndSample(inputs, sampling)
       : await this.#context.pool.sample(await this.#runner.step(inputs), sampling);
+    this.#runner.releaseLogits?.();
     ordered.forEach((seq, i) => {
       seq.numComputed++;
       this.#accept(seq, picks[i]!);
@@ -218,6 +219,7 @@ export class StepExecutor {
       const { pool } = this.#context;
       const sampled = await pool.sample(last.filter((_, i) => sampling[i]), sampling.filter((s) => s !== null));
       picks = sampling.map((s) => (s ? sampled.shift()! : null));
+      this.#runner.releaseLogits?.();
     }
     chunks.forEach(({ seq, tokens }, i) => {
       seq.numComputed += tokens;

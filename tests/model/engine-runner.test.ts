@@ -97,6 +97,29 @@ describe("engine runner", () => {
     }
   });
 
+  test("released logits are freed where the runtime can free a buffer, and the steps after are unchanged", SLOW, async () => {
+    const runner = await open();
+    try {
+      const prompt = tokens(13, 3);
+      const next = tokens(4, 4);
+      const expected = await standardRun([...prompt, ...next]);
+      const frees = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === "function";
+      for (let i = 0; i <= next.length; i++) {
+        const fed = i === 0 ? { tokens: prompt, start: 0 } : { tokens: [next[i - 1]], start: prompt.length + i - 1 };
+        const [logits] = await runner.step([{ row: 1, ...fed }]);
+        assertClose(logits, expected.at(prompt.length + i - 1), `step ${i}, before the release`);
+        const kept = logits.slice();
+        runner.releaseLogits();
+        // Freed (ArrayBuffer.prototype.transfer: Deno, Bun, Node 21+), the array reads as empty; elsewhere it stays.
+        if (frees) assert.equal(logits.length, 0, `step ${i}: the logits' memory is freed`);
+        else assert.deepEqual(logits, kept, `step ${i}: nothing freed, nothing changed`);
+        runner.releaseLogits();
+      }
+    } finally {
+      await runner.dispose();
+    }
+  });
+
   test("rows of different lengths decoded together each match their solo run", SLOW, async () => {
     const runner = await open();
     try {

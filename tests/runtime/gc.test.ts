@@ -4,7 +4,7 @@
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { collectGarbage } from "../../src/runtime/gc.ts";
+import { collectGarbage, freeBuffer } from "../../src/runtime/gc.ts";
 
 const turn = () => new Promise((resolve) => setTimeout(resolve, 10));
 
@@ -27,5 +27,23 @@ describe("collectGarbage", () => {
     collectGarbage();
     await turn();
     assert.equal(weak.deref(), kept);
+  });
+});
+
+describe("freeBuffer", () => {
+  const frees = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === "function";
+
+  test("frees an ArrayBuffer where the runtime can (its views read as empty), and leaves it whole elsewhere", () => {
+    const data = new Float32Array(1024).fill(1.5);
+    freeBuffer(data.buffer);
+    if (frees) assert.equal(data.length, 0);
+    else assert.deepEqual([data.length, data[1023]], [1024, 1.5]);
+    freeBuffer(data.buffer); // twice: no error
+  });
+
+  test("leaves shared memory alone (other threads may read it)", () => {
+    const shared = new Float32Array(new SharedArrayBuffer(64)).fill(2);
+    freeBuffer(shared.buffer);
+    assert.deepEqual([shared.length, shared[15]], [16, 2]);
   });
 });

@@ -5,6 +5,7 @@
  * out). Outside this file KV moves in the canonical layout [layers][K, V][kvHeads][token][headDim] (what the prefix
  * cache stores).
  */
+import { freeBuffer } from "../../runtime/gc.ts";
 
 /** The cache dimensions of a model. */
 export interface KvShape {
@@ -71,8 +72,9 @@ export class EngineKv {
     const keep = Math.min(old, capacity);
     const kept = Math.min(this.#rows, rows);
     const size = rows * kvh * d * capacity;
-    // Layer by layer, each old buffer is dropped as its successor is filled: the peak is one layer over the larger
-    // layout, not both layouts whole.
+    // Layer by layer, each old buffer is freed as its successor is filled: the peak is one layer over the larger
+    // layout, not both layouts whole (where the runtime can free a buffer at once: freeBuffer; elsewhere the old
+    // buffers wait for the garbage collector).
     const [keys, values] = [this.#keys, this.#values];
     for (let l = 0; l < numLayers; l++) {
       const k = new Float32Array(size);
@@ -92,6 +94,10 @@ export class EngineKv {
           }
         }
       }
+      if (l < keys.length) {
+        freeBuffer(keys[l].buffer);
+        freeBuffer(values[l].buffer);
+      }
       keys[l] = k;
       values[l] = v;
     }
@@ -100,6 +106,7 @@ export class EngineKv {
 
   /** Frees the buffers. */
   clear(): void {
+    for (const buffer of [...this.#keys, ...this.#values]) freeBuffer(buffer.buffer);
     [this.#keys, this.#values, this.#capacity, this.#rows] = [[], [], 0, 0];
   }
 

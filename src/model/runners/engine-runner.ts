@@ -13,6 +13,7 @@ import type { Backend } from "../ort/backends.ts";
 import type { EngineRunnerOptions } from "./runner-options.ts";
 import type { OrtSession, OrtSessionOptions, OrtTensor } from "../ort/ort-types.ts";
 import { RunQueue } from "../ort/run-queue.ts";
+import { freeBuffer } from "../../runtime/gc.ts";
 import { GpuEngineRunner } from "./gpu-engine-runner.ts";
 import { logitPicks, rowLogits, type TensorClass, tensorClass, tokenFeeds } from "./engine-feeds.ts";
 import { checkCanonical, checkRange, checkRow, checkRowCount, checkStep, RowLengths, slotsFor, StepGuard } from "./rows.ts";
@@ -33,6 +34,8 @@ export class EngineRunner implements ModelRunner {
   readonly #guard = new StepGuard();
   /** The copied cache of the last run that copied it (see #feeds); grows to the largest such run. */
   #fed = new Float32Array(0);
+  /** The buffer of the last step's logits, until releaseLogits. */
+  #logits: ArrayBufferLike | null = null;
   /** Reserves in a row that found half the held rows or fewer in use (rows are dropped after SHRINK_AFTER). */
   #fewerRows = 0;
 
@@ -76,11 +79,21 @@ export class EngineRunner implements ModelRunner {
         for (let l = 0; l < this.#numLayers; l++) {
           const [key, value] = [out[`key.${l}`].data, out[`value.${l}`].data] as Float32Array[];
           this.#kv.storeNew(l, rows, starts, lengths, seq, key, value);
+          freeBuffer(key.buffer);
+          freeBuffer(value.buffer);
         }
         this.#lengths.stepped(inputs);
-        return rowLogits(out.logits.data as Float32Array, inputs, picks, this.vocabSize);
+        const logits = out.logits.data as Float32Array;
+        this.#logits = logits.buffer;
+        return rowLogits(logits, inputs, picks, this.vocabSize);
       })
     );
+  }
+
+  /** Frees the last step's logits (a new buffer each run: see freeBuffer). */
+  releaseLogits(): void {
+    if (this.#logits) freeBuffer(this.#logits);
+    this.#logits = null;
   }
 
   /**
@@ -173,7 +186,10 @@ export class EngineRunner implements ModelRunner {
       return feeds;
     }
     const size = count * kvh * d * slots;
-    if (this.#fed.length < 2 * this.#numLayers * size) this.#fed = new Float32Array(2 * this.#numLayers * size);
+    if (this.#fed.length < 2 * this.#numLayers * size) {
+      freeBuffer(this.#fed.buffer);
+      this.#fed = new Float32Array(2 * this.#numLayers * size);
+    }
     const rows = inputs.map((r) => r.row);
     for (let l = 0; l < this.#numLayers; l++) {
       const key = this.#fed.subarray(2 * l * size, (2 * l + 1) * size);

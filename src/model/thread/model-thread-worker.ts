@@ -103,7 +103,9 @@ const handlers: Record<string, Handler> = {
   },
   async "runner.step"({ handle, inputs, logits }: { handle: number; inputs: RowInput[]; logits: SharedArrayBuffer }) {
     const r = runnerToRead(handle);
-    return stepReply(await r.step(inputs), logits, r.workingBytes());
+    const reply = stepReply(await r.step(inputs), logits, r.workingBytes());
+    r.releaseLogits?.();
+    return reply;
   },
   "runner.reserve"({ handle, length, rows }: { handle: number; length: number; rows?: number }) {
     return unanswered(handle, (r) => r.reserve(length, rows));
