@@ -14,7 +14,7 @@ import {
 } from "../../src/model/builder/build.ts";
 import { decodeModel } from "../../src/model/builder/onnx-read.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
-import { feedSlots, openEngineRunner } from "../../src/model/runners/engine-runner.ts";
+import { EngineRunner, feedSlots, openEngineRunner } from "../../src/model/runners/engine-runner.ts";
 import { engineRowCapacity } from "../../src/model/runners/engine-kv.ts";
 import { backendFor } from "../../src/model/ort/backends.ts";
 import { leftPad, loadReference, referenceForward } from "./reference.ts";
@@ -98,7 +98,9 @@ describe("engine runner", () => {
   });
 
   test("released logits are freed where the runtime can free a buffer, and the steps after are unchanged", SLOW, async () => {
-    const runner = await open();
+    const opened = await open();
+    assert.ok(opened instanceof EngineRunner);
+    const runner: EngineRunner = opened;
     try {
       const prompt = tokens(13, 3);
       const next = tokens(4, 4);
