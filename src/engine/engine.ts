@@ -87,6 +87,7 @@ export class Engine {
       kvCacheBytes: options.kvCacheBytes ?? 512 * 1024 * 1024,
       bytesPerToken: floatsPerToken * 4,
       rowCapacity: options.rowCapacity ?? ((n) => n),
+      heldBytes: () => runner.workingBytes(),
     }, this.cache, options.prefixCaching ?? true, options.schedulingPolicy ?? "fcfs");
     this.#executor = new StepExecutor(runner, {
       scheduler: this.scheduler,

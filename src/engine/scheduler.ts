@@ -23,6 +23,12 @@ export interface SchedulerLimits {
   bytesPerToken: number;
   /** Rounds a row length up to what the runner will allocate (its buckets). */
   rowCapacity: (length: number) => number;
+  /**
+   * Bytes the runner's rows hold now. They can be more than the running sequences need: a runner keeps rows laid out
+   * after their sequences end (until it re-lays them out), and while nothing runs the prefix cache would otherwise
+   * take the whole budget beside them.
+   */
+  heldBytes?: () => number;
 }
 
 /** What a row needs: the tokens already in it and those about to be fed. */
@@ -205,7 +211,7 @@ export class Scheduler {
   }
 
   #resizeCache(running: readonly Sequence[]): void {
-    const working = this.#workingBytes(running, (s) => Math.max(1, s.numPending));
+    const working = Math.max(this.#workingBytes(running, (s) => Math.max(1, s.numPending)), this.limits.heldBytes?.() ?? 0);
     this.cache.resize(Math.max(0, this.limits.kvCacheBytes - working) / this.cache.bytesPerBlock);
   }
 

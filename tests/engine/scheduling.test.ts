@@ -228,3 +228,29 @@ test("teacher scoring prefills the prompt before its first scored position witho
   const chunks = scheduler.schedule().prefill.filter((c) => c.seq === whole);
   assert.deepEqual(chunks.map((c) => [c.tokens, c.allLogits]), [[120, true]]);
 });
+
+test("the prefix cache gets what neither the running rows nor the rows the runner still holds take", () => {
+  const bytesPerToken = 16;
+  const cache = new PrefixCache({ blockSize: 16, floatsPerToken: bytesPerToken / 4, capacityBlocks: 0 });
+  let held = 0;
+  const limits = {
+    maxNumSeqs: 4,
+    maxNumBatchedTokens: 512,
+    kvCacheBytes: 1024 * 256,
+    bytesPerToken,
+    rowCapacity: (n: number) => Math.ceil(n / 64) * 64,
+    heldBytes: () => held,
+  };
+  const scheduler = new Scheduler(limits, cache, true);
+  const blocks = (bytes: number) => Math.floor((limits.kvCacheBytes - bytes) / cache.bytesPerBlock);
+  const seq = new Sequence(prompt(100, 91), greedy(4));
+  scheduler.add(seq);
+  scheduler.schedule();
+  // One row of 128 slots (100 tokens + the step's): the running demand, more than the runner holds yet.
+  assert.equal(cache.capacityBlocks, blocks(128 * bytesPerToken));
+  // The runner holds rows laid out for more (rows kept after their sequences ended): those count instead.
+  held = 4 * 256 * bytesPerToken;
+  seq.numComputed = 100;
+  scheduler.schedule();
+  assert.equal(cache.capacityBlocks, blocks(held));
+});
