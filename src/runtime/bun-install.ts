@@ -70,8 +70,11 @@ export function installForModelThread(info: (msg: string) => void): string | nul
  * memory in anew: on a 2-core virtual machine, a 32-row decode step of bench-135m took ~150 ms instead of ~85 (as on
  * Node), and the GRPO-like load ran at half Node's speed. With MIMALLOC_PURGE_DELAY=60000, memory freed and not
  * reused for a minute goes back: steps reuse theirs (as fast as never handing it back, -1, which held 140 MB more
- * once loaded and ~280 MB more at the load's peak). mimalloc reads it once, as the process starts; one set by the
- * user, to any value, is left alone.
+ * once loaded and ~280 MB more at the load's peak). That alone does not cover a large block freed by another thread
+ * (the collector's), which mimalloc hands back at once: the runners free their outputs themselves, on their thread
+ * (freeBuffer, runtime/gc.ts); with both, a decode run takes 92-101 ms and ~700 page faults, against 165 ms and ~5,100
+ * with the default. mimalloc reads the setting once, as the process starts; one set by the user, to any value, is left
+ * alone.
  */
 export function bunAllocatorEnv(
   runtime = runtimeName(),
