@@ -5,9 +5,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildModel, ENGINE_FILES, ONNX_FILES } from "../../src/model/builder/build.ts";
 import { type DecodedModel, decodeModel } from "../../src/model/builder/onnx-read.ts";
+import { DataType } from "../../src/model/builder/onnx-proto.ts";
 import { PRESETS } from "../../src/model/builder/presets.ts";
 import { localNativeBackend } from "../../src/model/ort/backends.ts";
-import { PACKED_SUFFIX, splitPackedWeights } from "../../src/model/ort/packed-weights.ts";
+import { shareTiedWeights } from "../../src/model/ort/packed-weights.ts";
 import type { OrtModule, OrtSession } from "../../src/model/ort/ort-types.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "gym-edge-packed-weights-"));
@@ -26,51 +27,48 @@ const readGraph = () => new Uint8Array(fs.readFileSync(enginePath));
 const consumers = (model: DecodedModel, name: string) =>
   model.graph.nodes.filter((n) => n.inputs.includes(name)).map((n) => n.opType).sort();
 
-describe("splitPackedWeights", () => {
-  test("gives the lm_head Gemm its own name for the tied embedding table, over the same external bytes", () => {
+describe("shareTiedWeights", () => {
+  test("declares the tied embedding table a graph input too: the Gather and the lm_head Gemm read one table", () => {
     const original = decode(readGraph());
     assert.deepEqual(consumers(original, EMBEDDING), ["Gather", "Gemm"], "the tiny model ties its embeddings");
-    const split = splitPackedWeights(readGraph());
-    assert.ok(split, "a tied table is split");
-    const model = decode(split);
-    const packed = EMBEDDING + PACKED_SUFFIX;
-    assert.deepEqual(consumers(model, EMBEDDING), ["Gather"]);
-    assert.deepEqual(consumers(model, packed), ["Gemm"]);
+    const shared = shareTiedWeights(readGraph());
+    assert.ok(shared, "a tied table is shared");
+    const model = decode(shared);
+    assert.deepEqual(consumers(model, EMBEDDING), ["Gather", "Gemm"]);
     const table = model.graph.initializers.find((t) => t.name === EMBEDDING)!;
-    const alias = model.graph.initializers.find((t) => t.name === packed)!;
-    assert.deepEqual({ ...alias, name: EMBEDDING }, table, "same type, shape and external data location");
     assert.ok(table.external, "the table is in external data");
+    const input = model.graph.inputs.find((i) => i.name === EMBEDDING);
+    assert.deepEqual(input, { name: EMBEDDING, elemType: DataType.FLOAT, dims: [arch.vocabSize, arch.hiddenSize] });
   });
 
-  test("keeps every other node, weight, input and output as it was", () => {
+  test("keeps every node, weight, input and output as it was", () => {
     const original = decode(readGraph());
-    const model = decode(splitPackedWeights(readGraph())!);
-    const unpack = (name: string) => name.replace(PACKED_SUFFIX, "");
-    assert.deepEqual(model.graph.nodes.map((n) => ({ ...n, inputs: n.inputs.map(unpack) })), original.graph.nodes);
-    assert.deepEqual(model.graph.initializers.filter((t) => !t.name.endsWith(PACKED_SUFFIX)), original.graph.initializers);
-    assert.equal(model.graph.initializers.length, original.graph.initializers.length + 1);
-    assert.deepEqual(model.graph.inputs, original.graph.inputs);
+    const model = decode(shareTiedWeights(readGraph())!);
+    assert.deepEqual(model.graph.nodes, original.graph.nodes);
+    assert.deepEqual(model.graph.initializers, original.graph.initializers);
+    assert.deepEqual(model.graph.inputs.filter((i) => i.name !== EMBEDDING), original.graph.inputs);
+    assert.equal(model.graph.inputs.length, original.graph.inputs.length + 1);
     assert.deepEqual(model.graph.outputs, original.graph.outputs);
     assert.deepEqual([model.irVersion, model.opsets, model.graph.name], [original.irVersion, original.opsets, original.graph.name]);
   });
 
   test("leaves a graph with no shared packed weight alone", () => {
-    assert.equal(splitPackedWeights(splitPackedWeights(readGraph())!), null, "a split graph has nothing left to split");
+    assert.equal(shareTiedWeights(shareTiedWeights(readGraph())!), null, "a shared graph has nothing left to share");
   });
 });
 
 describe("the cpu backend's sessions", () => {
   let ort: OrtModule;
-  let split: OrtSession;
+  let shared: OrtSession;
   let plain: OrtSession;
   before(async () => {
     const backend = await localNativeBackend("cpu");
     ort = backend.ort;
-    split = await backend.openFile({ model: enginePath, externalData: [{ name: path.basename(dataFile), path: dataFile }] });
+    shared = await backend.openFile({ model: enginePath, externalData: [{ name: path.basename(dataFile), path: dataFile }] });
     plain = await ort.InferenceSession.create(enginePath, { executionProviders: ["cpu"] });
   });
   after(async () => {
-    await split?.release();
+    await shared?.release();
     await plain?.release();
     fs.rmSync(root, { recursive: true, force: true });
   });
@@ -94,8 +92,13 @@ describe("the cpu backend's sessions", () => {
     return Object.fromEntries(Object.entries(out).map(([name, t]) => [name, Array.from(t.data as Float32Array)]));
   }
 
-  test("run the split graph from its bytes to the same outputs as the file, bit for bit", SLOW, async () => {
-    const [a, b] = [await prefill(split), await prefill(plain)];
+  test("do not ask for the shared table: it is no input a run must feed", () => {
+    assert.ok(!shared.inputNames.includes(EMBEDDING));
+    assert.deepEqual(shared.inputNames, plain.inputNames);
+  });
+
+  test("run the shared graph from its bytes to the same outputs as the file, bit for bit", SLOW, async () => {
+    const [a, b] = [await prefill(shared), await prefill(plain)];
     assert.equal(a.logits.length, 3 * arch.vocabSize);
     assert.deepEqual(a, b);
   });

@@ -15,7 +15,7 @@ import { DeviceUnavailableError, ModelLoadError } from "../errors.ts";
 import type { ModelDtype, OnnxFiles } from "../sources/model-files.ts";
 import { loadOrtWasm, loadOrtWebGpu } from "./ort-web.ts";
 import type { OrtModule, OrtSession, OrtSessionOptions } from "./ort-types.ts";
-import { splitPackedWeights } from "./packed-weights.ts";
+import { shareTiedWeights } from "./packed-weights.ts";
 import { hubDownloadProgress } from "../sources/download-progress.ts";
 import { RunQueue } from "./run-queue.ts";
 import { gpuAdapter, gpuDevicePresent } from "../../runtime/webgpu.ts";
@@ -227,13 +227,16 @@ async function nativeBackend(device: "cpu" | "webgpu", offThread: boolean): Prom
     async openFile(files, options) {
       try {
         const threads = threadOptions(device);
-        const split = device === "cpu" && files.externalData.length > 0 ? splitPackedWeights(await readBytes(files.model)) : null;
+        const shared = device === "cpu" && files.externalData.length > 0 ? shareTiedWeights(await readBytes(files.model)) : null;
         // From a path, onnxruntime-node finds the external data beside the graph itself; from bytes, in the folder
         // named here.
         const extra = { ...threads.extra, ...options?.extra };
-        if (!split) return await ort.InferenceSession.create(files.model, { executionProviders: [device], ...threads, ...options, extra });
+        const common = { executionProviders: [device], ...threads };
+        if (!shared) return await ort.InferenceSession.create(files.model, { ...common, ...options, extra });
         extra["session.model_external_initializers_file_folder_path"] = path.dirname(files.model);
-        return await ort.InferenceSession.create(split, { executionProviders: [device], ...threads, ...options, extra });
+        // Errors only: ONNX Runtime warns of every initializer that is a graph input too, the point here.
+        const quiet = { logSeverityLevel: 3 as const };
+        return await ort.InferenceSession.create(shared, { ...common, ...quiet, ...options, extra });
       } catch (err) {
         return await failed(err, files.model);
       }

@@ -2,16 +2,22 @@
  * One copy of a tied weight in onnxruntime-node's memory. On the CPU, ONNX Runtime repacks the B weight of every
  * float MatMul and Gemm into a layout of its own when the session opens (prepacking), and frees the weight as the
  * file had it once no other node reads it. A table that a Gather reads as well (tied embeddings: the lm_head Gemm
- * and the embedding lookup share it) is kept whole beside its packed copy: 350 MB twice for a 150k vocabulary.
- * Here the graph gives each such weight a second name over the same external bytes, read by the MatMul or Gemm
- * alone: that name is packed and freed, and the Gather's own, memory-mapped, touches only the rows it looks up.
- * Nothing of the computation changes: the same bytes feed the same nodes.
+ * and the embedding lookup share it) is kept beside its packed copy: 350 MB twice for a 150k vocabulary. Giving the
+ * Gemm a name of its own for the same bytes (packed and freed) leaves the Gather's memory-mapped table, which was
+ * meant to bring in only the rows it looks up; but the kernel maps 64 kB around every page a lookup touches, and a
+ * few thousand sampled tokens spread over the vocabulary bring in most of it (300 MB of the 350 after one round of
+ * the GRPO-like load on the random bench model), so the table ended up twice in memory all the same.
+ *
+ * Here each such weight is declared a graph input as well (an initializer that a run could override): ONNX Runtime
+ * neither packs nor copies those, so the Gather and the Gemm both read the one memory-mapped table, and the Gemm
+ * packs the panels it multiplies as it goes (with a few dozen rows of activations, the Gemm's time is reading the
+ * table either way: the GRPO-like load ran as fast, within the machine's noise). Nothing is ever fed for that input.
  */
 import { decodeTensor } from "../builder/onnx-read.ts";
 import { DataType } from "../builder/onnx-proto.ts";
 import { decodeString, type ProtoField, ProtoWriter, readFields } from "../builder/protobuf.ts";
 
-/** ModelProto.graph, and the GraphProto / NodeProto / TensorProto fields read here. */
+/** ModelProto.graph, and the GraphProto / NodeProto / ValueInfoProto fields read and written here. */
 const MODEL_GRAPH = 7;
 const GRAPH_NODE = 1;
 const GRAPH_INITIALIZER = 5;
@@ -19,21 +25,24 @@ const GRAPH_INPUT = 11;
 const NODE_INPUT = 1;
 const NODE_OP_TYPE = 4;
 const NODE_DOMAIN = 7;
-const TENSOR_NAME = 8;
 const VALUE_INFO_NAME = 1;
+const VALUE_INFO_TYPE = 2;
+/** TypeProto.tensor_type, TypeProto.Tensor's elem_type and shape, TensorShapeProto.dim, Dimension.dim_value. */
+const TYPE_TENSOR = 1;
+const TENSOR_TYPE_ELEM_TYPE = 1;
+const TENSOR_TYPE_SHAPE = 2;
+const SHAPE_DIM = 1;
+const DIM_VALUE = 1;
 
 /** The operators whose input 1, a constant float weight, ONNX Runtime's CPU kernels prepack. */
 const PACKING_OPS = new Set(["MatMul", "Gemm"]);
 
-/** The suffix of a weight's second name. */
-export const PACKED_SUFFIX = "/packed";
-
 /**
- * The model `bytes` with every float weight in external data that a MatMul or Gemm packs and another node reads too
- * given a second name for the packing nodes (see above); null when the graph has none. Every other field of the
- * file is kept as it was.
+ * The model `bytes` with every float weight in external data that a MatMul or Gemm would pack and another node reads
+ * too also declared a graph input (see above); null when the graph has none. Every other field of the file is kept
+ * as it was.
  */
-export function splitPackedWeights(bytes: Uint8Array): Uint8Array | null {
+export function shareTiedWeights(bytes: Uint8Array): Uint8Array | null {
   const model = [...readFields(bytes)];
   const graphField = model.find((f) => f.field === MODEL_GRAPH && f.bytes);
   if (!graphField) return null;
@@ -43,12 +52,10 @@ export function splitPackedWeights(bytes: Uint8Array): Uint8Array | null {
 
   const out = new ProtoWriter();
   for (const f of graph) {
-    if (f.field === GRAPH_NODE && f.bytes) out.bytes(GRAPH_NODE, renamePackedInput(f.bytes, shared));
-    else copyField(out, f);
-    if (f.field === GRAPH_INITIALIZER && f.bytes) {
-      const name = initializerName(f.bytes);
-      if (shared.has(name)) out.bytes(GRAPH_INITIALIZER, renamedTensor(f.bytes, name + PACKED_SUFFIX));
-    }
+    copyField(out, f);
+    if (f.field !== GRAPH_INITIALIZER || !f.bytes) continue;
+    const tensor = decodeTensor(f.bytes);
+    if (shared.has(tensor.name)) out.message(GRAPH_INPUT, floatInput(tensor.name, tensor.dims));
   }
   const file = new ProtoWriter();
   for (const f of model) {
@@ -56,6 +63,15 @@ export function splitPackedWeights(bytes: Uint8Array): Uint8Array | null {
     else copyField(file, f);
   }
   return file.toBytes();
+}
+
+/** A ValueInfoProto: a float tensor of fixed shape. */
+function floatInput(name: string, dims: number[]): ProtoWriter {
+  const shape = new ProtoWriter();
+  for (const d of dims) shape.message(SHAPE_DIM, new ProtoWriter().int(DIM_VALUE, d));
+  const tensorType = new ProtoWriter().int(TENSOR_TYPE_ELEM_TYPE, DataType.FLOAT).message(TENSOR_TYPE_SHAPE, shape);
+  const type = new ProtoWriter().message(TYPE_TENSOR, tensorType);
+  return new ProtoWriter().string(VALUE_INFO_NAME, name).message(VALUE_INFO_TYPE, type);
 }
 
 /** The float initializers in external data that are input 1 of a packing node and read by another node as well. */
@@ -97,37 +113,9 @@ function readNode(bytes: Uint8Array): { inputs: string[]; packs: boolean } {
   return { inputs, packs: PACKING_OPS.has(opType) && (domain === "" || domain === "ai.onnx") };
 }
 
-/** The node as it was, or with its input 1 renamed when that is a shared weight it packs. */
-function renamePackedInput(bytes: Uint8Array, shared: Set<string>): Uint8Array {
-  const node = readNode(bytes);
-  if (!node.packs || !shared.has(node.inputs[1])) return bytes;
-  const out = new ProtoWriter();
-  let input = 0;
-  for (const f of readFields(bytes)) {
-    if (f.field === NODE_INPUT && f.bytes && input++ === 1) out.string(NODE_INPUT, decodeString(f.bytes) + PACKED_SUFFIX);
-    else copyField(out, f);
-  }
-  return out.toBytes();
-}
-
-function initializerName(bytes: Uint8Array): string {
-  for (const f of readFields(bytes)) if (f.field === TENSOR_NAME && f.bytes) return decodeString(f.bytes);
-  return "";
-}
-
 function valueInfoName(bytes: Uint8Array): string {
   for (const f of readFields(bytes)) if (f.field === VALUE_INFO_NAME && f.bytes) return decodeString(f.bytes);
   return "";
-}
-
-/** The tensor with its name replaced: the same type, shape and external data location. */
-function renamedTensor(bytes: Uint8Array, name: string): Uint8Array {
-  const out = new ProtoWriter();
-  for (const f of readFields(bytes)) {
-    if (f.field === TENSOR_NAME) out.string(TENSOR_NAME, name);
-    else copyField(out, f);
-  }
-  return out.toBytes();
 }
 
 /** Writes a field read by readFields back as it was (the ONNX messages edited here hold no fixed-width fields). */
