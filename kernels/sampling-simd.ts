@@ -18,7 +18,10 @@ export const EXP_FLOOR = 104 * EXP_STEPS;
 export const EXP_TABLE = new Float64Array(EXP_FLOOR + 1).map((_, j) => Math.exp(-j / EXP_STEPS));
 
 // argmax of f32 logits at $l ([0, n), n >= 1), or -1 when one is NaN or +inf. Pads the row to whole lanes with -inf
-// first (the memory has room), so the lane loop needs no tail.
+// first (the memory has room), so the lane loop needs no tail. The running max is f32x4.pmax (b > a ? b : a), one
+// instruction on x64, where f32x4.max's rules for NaN and signed zeros take several in the loop's dependency chain
+// (a row's scan took 5x as long): NaN is caught by $bad, and the lanes equal to the max are looked for with f32x4.eq,
+// which holds -0 and +0 equal.
 const scan: WasmFunction = {
   name: "scan",
   params: [["l", "i32"], ["n", "i32"]],
@@ -39,7 +42,7 @@ const scan: WasmFunction = {
     loop $lanes
       local.get $p v128.load local.set $v
       local.get $bad local.get $v local.get $v f32x4.ne local.get $v local.get $inf f32x4.eq v128.or v128.or local.set $bad
-      local.get $top local.get $v f32x4.max local.set $top
+      local.get $top local.get $v f32x4.pmax local.set $top
       local.get $p i32.const 16 i32.add local.tee $p local.get $end i32.lt_u br_if $lanes
     end
     local.get $bad v128.any_true if i32.const -1 return end
@@ -63,21 +66,24 @@ const scan: WasmFunction = {
 
 // One or two weights from the logits at $p: x = (l - max) * invT; 0 when x < lnMinP or q = x * -EXP_STEPS is not
 // below EXP_FLOOR, else table[j] * (1 + d (1 + d (1/2 + d (1/6 + d (1/24))))) with j = trunc(q),
-// d = (j - q) (1/EXP_STEPS): scratch.ts's expNonPositive, operation for operation.
+// d = (j - q) (1/EXP_STEPS): scratch.ts's expNonPositive, operation for operation. j is floor(q) kept in float64
+// (q >= 0, so it is trunc(q) wherever the weight is kept) and capped at EXP_FLOOR, NaN included, so that the table
+// read stays in bounds; its index comes out of the float's low bits after adding 2^52. Cheaper than converting
+// to integers and back (i32x4.trunc_sat_f64x2_s_zero is several instructions on x64).
 const weightPair = `
   local.get $p v128.load64_zero f64x2.promote_low_f32x4 local.get $max f64x2.sub local.get $invT f64x2.mul local.set $x
   local.get $x local.get $negSteps f64x2.mul local.set $q
   local.get $q local.get $floor f64x2.lt local.get $x local.get $lnMinP f64x2.lt v128.andnot local.set $keep
-  local.get $q i32x4.trunc_sat_f64x2_s_zero local.get $lastJ i32x4.min_s local.get $zero i32x4.max_s local.set $j
+  local.get $floor local.get $q f64x2.floor f64x2.pmin local.tee $jf local.get $magic f64x2.add local.set $j
   local.get $j i32x4.extract_lane 0 i32.const 3 i32.shl f64.load f64x2.splat
-  local.get $j i32x4.extract_lane 1 i32.const 3 i32.shl f64.load f64x2.replace_lane 1 local.set $t
-  local.get $j f64x2.convert_low_i32x4_s local.get $q f64x2.sub local.get $perStep f64x2.mul local.set $d
+  local.get $j i32x4.extract_lane 2 i32.const 3 i32.shl f64.load f64x2.replace_lane 1 local.set $t
+  local.get $jf local.get $q f64x2.sub local.get $perStep f64x2.mul local.set $d
   local.get $d local.get $d local.get $d local.get $d local.get $twentyFourth f64x2.mul local.get $sixth f64x2.add
   f64x2.mul local.get $half f64x2.add f64x2.mul local.get $one f64x2.add f64x2.mul local.get $one f64x2.add
   local.get $t f64x2.mul local.get $keep v128.and local.set $w`;
 
 const f64x2Constants: [string, number][] = [
-  ["negSteps", -EXP_STEPS], ["floor", EXP_FLOOR], ["perStep", 1 / EXP_STEPS], ["twentyFourth", 1 / 24], ["sixth", 1 / 6], ["half", 0.5], ["one", 1],
+  ["negSteps", -EXP_STEPS], ["floor", EXP_FLOOR], ["magic", 2 ** 52], ["perStep", 1 / EXP_STEPS], ["twentyFourth", 1 / 24], ["sixth", 1 / 6], ["half", 0.5], ["one", 1],
 ];
 
 // Weights of the n logits at $l (written to $w when $store is 1) and their sum, added in id order.
@@ -87,14 +93,13 @@ const weights: WasmFunction = {
   result: "f64",
   locals: [
     ["p", "i32"], ["end", "i32"], ["z", "f64"], ["x", "v128"], ["q", "v128"], ["keep", "v128"], ["j", "v128"],
-    ["t", "v128"], ["d", "v128"], ["w", "v128"], ["max", "v128"], ["invT", "v128"], ["lnMinP", "v128"], ["lastJ", "v128"], ["zero", "v128"],
+    ["t", "v128"], ["d", "v128"], ["w", "v128"], ["jf", "v128"], ["max", "v128"], ["invT", "v128"], ["lnMinP", "v128"],
     ...f64x2Constants.map(([name]): [string, "v128"] => [name, "v128"]),
   ],
   body: `
     local.get $m f64x2.splat local.set $max
     local.get $inverseT f64x2.splat local.set $invT
     local.get $minP f64x2.splat local.set $lnMinP
-    i32.const ${EXP_FLOOR} i32x4.splat local.set $lastJ
     ${f64x2Constants.map(([name, value]) => `f64.const ${value} f64x2.splat local.set $${name}`).join("\n")}
     local.get $l local.set $p
     local.get $l local.get $n i32.const 2 i32.shl i32.add local.set $end
