@@ -172,7 +172,10 @@ describe("engine", () => {
       const logits = logitsAt(i - 1);
       assert.equal(entry.tokenId, p[i]);
       assert.ok(Math.abs(entry.logprob - logSoftmaxAt(logits, 1, p[i])) < 1e-4, `position ${i}`);
-      assert.equal(entry.rank, 1 + logits.filter((v) => v > logits[p[i]]).length, `rank at ${i}`);
+      // The engine's graph and the standard one agree within float noise, not bit for bit: a logit within 1e-4 of
+      // the token's may sit on either side of it.
+      const above = (margin: number) => logits.filter((v) => v > logits[p[i]] + margin).length;
+      assert.ok(entry.rank >= 1 + above(1e-4) && entry.rank <= 1 + above(-1e-4), `rank at ${i}: ${entry.rank}`);
       assert.equal(entry.topLogprobs.length, 3);
       const best = logits.reduce((b, v, k) => (v > logits[b] ? k : b), 0);
       assert.equal(entry.topLogprobs[0].tokenId, best, `top token at ${i}`);

@@ -8,7 +8,9 @@
  *            key_cache.{i} [B, KvH, D, M] (K transposed: Q·K needs no transpose), value_cache.{i} [B, KvH, M, D]
  *   outputs  logits [B * P, vocab] float32 (at logit_index, row-major); key.{i}, value.{i} [B, KvH, S, D] (rotated
  *            K, V of the new tokens; a padded row's tail is garbage the runner does not keep)
- * Its weights are the standard graph's (same names, shapes and bytes); see writeEngineGraph.
+ * Its weights are the standard graph's (same names, shapes and bytes); see writeEngineGraph. Unlike the standard
+ * graph, which keeps to standard operators for other ONNX runtimes, it norms and rotates with ONNX Runtime's fused
+ * nodes (DecoderContext.fused): 1,322 nodes instead of 2,137 for a 30-layer model.
  */
 import * as fs from "node:fs";
 import { type DecoderArch, modelWeightNames } from "./arch.ts";
@@ -23,6 +25,7 @@ import {
   type QuantFormat,
   quantizedNames,
   rmsNorm,
+  rotaryCaches,
   rotaryTables,
   type WeightDtype,
 } from "./layers.ts";
@@ -38,7 +41,7 @@ export const ENGINE_DIMS = {
 } as const;
 
 /** The emitted graph's name, with its version: bump it whenever the emitter's output changes, so stale files are rewritten. */
-export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v5";
+export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v6";
 
 /** Masks and sizes shared by every layer's attention. */
 interface EngineMasks {
@@ -128,7 +131,8 @@ export interface EngineEmitOptions {
 /** Emits the engine-layout decoder for `arch`. */
 export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions): ModelDef {
   const g = new GraphBuilder(17);
-  const ctx = new DecoderContext(g, arch, options.dtype, options.weights, options.format);
+  // ONNX Runtime's fused RMSNorm and rotation: fewer, cheaper nodes (1-3% off a 32-row decode step).
+  const ctx = new DecoderContext(g, arch, options.dtype, options.weights, options.format, { fused: true });
   const { batch, seq, cache } = ENGINE_DIMS;
   const { numKvHeads: kvh, headDim: d } = arch;
   const inputIds = g.input("input_ids", DataType.INT64, [batch, seq]);
@@ -141,7 +145,7 @@ export function emitEngineDecoder(arch: DecoderArch, options: EngineEmitOptions)
   }
 
   const masks = g.within("/model/attn_mask", () => engineMasks(g, inputIds, pastLengths, "key_cache.0"));
-  const rope = g.within("/model/rotary_emb", () => rotaryTables(ctx, positionIds));
+  const rope = g.within("/model/rotary_emb", () => (ctx.fused ? rotaryCaches : rotaryTables)(ctx, positionIds));
   let x = g.within("/model/embed_tokens", () => embed(ctx, inputIds));
   for (let i = 0; i < arch.numLayers; i++) {
     x = decoderLayer(ctx, i, x, rope, (layer, q, k, v) => {

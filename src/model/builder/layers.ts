@@ -60,6 +60,8 @@ export function lmHeadCopyName(table: string): string {
 export interface Rope {
   cos: string;
   sin: string;
+  /** The fused tables (rotaryCaches): cos and sin are [positions, D/2], looked up at these position ids [B, S]. */
+  positions?: string;
 }
 
 /** One layer's attention, given its rotated q [B,H,S,D] and new k/v [B,KvH,S,D]; returns [B,S,H*D]. */
@@ -74,6 +76,13 @@ export class DecoderContext {
   private dims: Map<string, number[]>;
   private registered = new Set<string>();
 
+  /**
+   * Whether RMSNorm (and the residual add before it) and the rotation are ONNX Runtime's fused nodes
+   * (SimplifiedLayerNormalization, com.microsoft SkipSimplifiedLayerNormalization and RotaryEmbedding) rather than
+   * the standard operators that transformers.js-style exports use. Float32 activations only.
+   */
+  readonly fused: boolean;
+
   /** `format` replaces the dtype's QUANT_FORMATS entry (a graph that must match weights already written). */
   constructor(
     readonly g: GraphBuilder,
@@ -81,8 +90,10 @@ export class DecoderContext {
     readonly dtype: WeightDtype,
     readonly weights: WeightSource,
     format?: QuantFormat,
+    options: { fused?: boolean } = {},
   ) {
     this.act = dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    this.fused = (options.fused ?? false) && this.act === DataType.FLOAT;
     this.format = isQuantized(dtype) ? format ?? QUANT_FORMATS[dtype] : undefined;
     this.dims = new Map(weightSpecs(arch).map((s) => [s.name, s.dims]));
   }
@@ -173,6 +184,9 @@ export class DecoderContext {
 /** RMSNorm over the last axis, computed in float32 whatever the activation type. */
 export function rmsNorm(ctx: DecoderContext, x: string, weightName: string): string {
   const { g } = ctx;
+  if (ctx.fused) {
+    return g.op("SimplifiedLayerNormalization", [x, ctx.param(weightName)], normAttributes(ctx));
+  }
   const half = ctx.act === DataType.FLOAT16;
   const xf = half ? g.op("Cast", [x], { to: DataType.FLOAT }) : x;
   const mean = g.op("ReduceMean", [g.op("Mul", [xf, xf])], { axes: [-1], keepdims: 1 });
@@ -183,6 +197,23 @@ export function rmsNorm(ctx: DecoderContext, x: string, weightName: string): str
   return g.op("Mul", [back, ctx.param(weightName)]);
 }
 
+function normAttributes(ctx: DecoderContext) {
+  return { axis: -1, epsilon: { float: ctx.arch.rmsNormEps }, stash_type: 1 };
+}
+
+/** x + y [B, S, hidden] and the RMSNorm of that sum, in one SkipSimplifiedLayerNormalization (ctx.fused). */
+function skipNorm(ctx: DecoderContext, x: string, y: string, weightName: string): { sum: string; normed: string } {
+  const { g } = ctx;
+  const base = g.fresh("SkipSimplifiedLayerNormalization");
+  const [normed, sum] = [`${base}_output_0`, `${base}_output_3`];
+  // Outputs 1 and 2 (mean, inverse standard deviation) are left out.
+  g.op("SkipSimplifiedLayerNormalization", [y, x, ctx.param(weightName)], { epsilon: normAttributes(ctx).epsilon }, {
+    outputs: [normed, "", "", sum],
+    domain: "com.microsoft",
+  });
+  return { sum, normed };
+}
+
 /** Token embeddings [B, S, hidden] for input_ids [B, S]. */
 export function embed(ctx: DecoderContext, inputIds: string): string {
   return ctx.g.op("Gather", [ctx.param(modelWeightNames.embedding), inputIds], { axis: 0 });
@@ -191,12 +222,7 @@ export function embed(ctx: DecoderContext, inputIds: string): string {
 /** Rotary tables from position_ids [B, S] (int64), computed in float32 like Hugging Face does. */
 export function rotaryTables(ctx: DecoderContext, positionIds: string): Rope {
   const { g } = ctx;
-  const invFreq = g.initializer({
-    name: "rotary_inv_freq",
-    dataType: DataType.FLOAT,
-    dims: [ctx.arch.headDim / 2],
-    data: new Uint8Array(ropeInvFreq(ctx.arch).buffer),
-  });
+  const invFreq = inverseFrequencies(ctx);
   const pos = g.op("Unsqueeze", [g.op("Cast", [positionIds], { to: DataType.FLOAT }), g.int64([2])]);
   const freqs = g.op("Mul", [pos, invFreq]); // [B, S, D/2]
   const table = (fn: string) => {
@@ -206,9 +232,35 @@ export function rotaryTables(ctx: DecoderContext, positionIds: string): Rope {
   return { cos: table("Cos"), sin: table("Sin") };
 }
 
+/** The rotary inverse frequencies [D/2], float32 (ropeInvFreq). */
+function inverseFrequencies(ctx: DecoderContext): string {
+  return ctx.g.initializer({
+    name: "rotary_inv_freq",
+    dataType: DataType.FLOAT,
+    dims: [ctx.arch.headDim / 2],
+    data: new Uint8Array(ropeInvFreq(ctx.arch).buffer),
+  });
+}
+
+/**
+ * Rotary tables for RotaryEmbedding (ctx.fused): cos and sin [P, D/2] of every position from 0 to the largest in
+ * position_ids [B, S], by the same float32 operations as rotaryTables, so the same values at each position.
+ */
+export function rotaryCaches(ctx: DecoderContext, positionIds: string): Rope {
+  const { g } = ctx;
+  const count = g.op("Add", [g.op("ReduceMax", [positionIds], { keepdims: 0 }), g.int64([1], [])]);
+  const positions = g.op("Range", [g.int64([0], []), count, g.int64([1], [])]);
+  const column = g.op("Unsqueeze", [g.op("Cast", [positions], { to: DataType.FLOAT }), g.int64([1])]); // [P, 1]
+  const freqs = g.op("Mul", [column, inverseFrequencies(ctx)]); // [P, D/2]
+  return { cos: g.op("Cos", [freqs]), sin: g.op("Sin", [freqs]), positions: positionIds };
+}
+
 /** Rotates x [B, N, S, D] by the rope tables (the "rotate half" convention of Llama and Qwen). */
 export function applyRotary(ctx: DecoderContext, x: string, rope: Rope): string {
   const { g } = ctx;
+  if (rope.positions) {
+    return g.op("RotaryEmbedding", [x, rope.positions, rope.cos, rope.sin], { interleaved: 0 }, { domain: "com.microsoft" });
+  }
   const half = ctx.arch.headDim / 2;
   const [x1, x2] = g.opN("Split", [x, g.int64([half, half])], 2, { axis: -1 });
   const first = g.op("Sub", [g.op("Mul", [x1, rope.cos]), g.op("Mul", [x2, rope.sin])]);
@@ -272,6 +324,10 @@ export function decoderLayer(ctx: DecoderContext, layer: number, x: string, rope
   return g.within(`/model/layers.${layer}`, () => {
     const { q, k, v } = g.within("/self_attn", () => projectQkv(ctx, layer, rmsNorm(ctx, x, w.inputNorm), rope));
     const attn = g.within("/self_attn", () => ctx.linear(attention(layer, q, k, v), w.o));
+    if (ctx.fused) {
+      const { sum, normed } = skipNorm(ctx, x, attn, w.postNorm);
+      return g.op("Add", [sum, g.within("/mlp", () => mlp(ctx, layer, normed))]);
+    }
     const mid = g.op("Add", [x, attn]);
     const ff = g.within("/mlp", () => mlp(ctx, layer, rmsNorm(ctx, mid, w.postNorm)));
     return g.op("Add", [mid, ff]);
