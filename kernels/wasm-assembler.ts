@@ -33,9 +33,8 @@ const PLAIN: Record<string, number[]> = {
     "i32x4.splat": 0x11, "f32x4.splat": 0x13, "f64x2.splat": 0x14,
     "f32x4.eq": 0x41, "f32x4.ne": 0x42, "f64x2.eq": 0x47, "f64x2.ne": 0x48, "f64x2.lt": 0x49, "f64x2.gt": 0x4a,
     "v128.not": 0x4d, "v128.and": 0x4e, "v128.andnot": 0x4f, "v128.or": 0x50, "v128.any_true": 0x53,
-    "f64x2.promote_low_f32x4": 0x5f, "i32x4.shl": 0xab, "i32x4.min_s": 0xb6, "i32x4.max_s": 0xb8, "f32x4.max": 0xe9, "f32x4.pmax": 0xeb,
+    "f64x2.promote_low_f32x4": 0x5f, "i32x4.shl": 0xab, "f32x4.pmax": 0xeb,
     "f64x2.floor": 0x75, "f64x2.pmin": 0xf6, "f64x2.add": 0xf0, "f64x2.sub": 0xf1, "f64x2.mul": 0xf2, "f64x2.div": 0xf3,
-    "i32x4.trunc_sat_f64x2_s_zero": 0xfc, "f64x2.convert_low_i32x4_s": 0xfe,
   }),
 };
 

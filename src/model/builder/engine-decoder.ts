@@ -10,7 +10,7 @@
  *            K, V of the new tokens; a padded row's tail is garbage the runner does not keep)
  * Its weights are the standard graph's (same names, shapes and bytes); see writeEngineGraph. Unlike the standard
  * graph, which keeps to standard operators for other ONNX runtimes, it norms and rotates with ONNX Runtime's fused
- * nodes (DecoderContext.fused): 1,322 nodes instead of 2,137 for a 30-layer model.
+ * nodes (DecoderContext.fused): 1,324 nodes instead of 2,137 for a 30-layer model.
  */
 import * as fs from "node:fs";
 import { type DecoderArch, modelWeightNames } from "./arch.ts";
@@ -41,7 +41,7 @@ export const ENGINE_DIMS = {
 } as const;
 
 /** The emitted graph's name, with its version: bump it whenever the emitter's output changes, so stale files are rewritten. */
-export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v6";
+export const ENGINE_GRAPH_NAME = "gym_edge_engine_decoder_v7";
 
 /** Masks and sizes shared by every layer's attention. */
 interface EngineMasks {

@@ -60,7 +60,7 @@ export function lmHeadCopyName(table: string): string {
 export interface Rope {
   cos: string;
   sin: string;
-  /** The fused tables (rotaryCaches): cos and sin are [positions, D/2], looked up at these position ids [B, S]. */
+  /** The fused tables (rotaryCaches): cos and sin are [rows, D/2], looked up at these row indices [B, S]. */
   positions?: string;
 }
 
@@ -185,7 +185,8 @@ export class DecoderContext {
 export function rmsNorm(ctx: DecoderContext, x: string, weightName: string): string {
   const { g } = ctx;
   if (ctx.fused) {
-    return g.op("SimplifiedLayerNormalization", [x, ctx.param(weightName)], normAttributes(ctx));
+    const attributes = { axis: -1, epsilon: normEpsilon(ctx), stash_type: 1 };
+    return g.op("SimplifiedLayerNormalization", [x, ctx.param(weightName)], attributes);
   }
   const half = ctx.act === DataType.FLOAT16;
   const xf = half ? g.op("Cast", [x], { to: DataType.FLOAT }) : x;
@@ -197,8 +198,8 @@ export function rmsNorm(ctx: DecoderContext, x: string, weightName: string): str
   return g.op("Mul", [back, ctx.param(weightName)]);
 }
 
-function normAttributes(ctx: DecoderContext) {
-  return { axis: -1, epsilon: { float: ctx.arch.rmsNormEps }, stash_type: 1 };
+function normEpsilon(ctx: DecoderContext) {
+  return { float: ctx.arch.rmsNormEps };
 }
 
 /** x + y [B, S, hidden] and the RMSNorm of that sum, in one SkipSimplifiedLayerNormalization (ctx.fused). */
@@ -207,7 +208,7 @@ function skipNorm(ctx: DecoderContext, x: string, y: string, weightName: string)
   const base = g.fresh("SkipSimplifiedLayerNormalization");
   const [normed, sum] = [`${base}_output_0`, `${base}_output_3`];
   // Outputs 1 and 2 (mean, inverse standard deviation) are left out.
-  g.op("SkipSimplifiedLayerNormalization", [y, x, ctx.param(weightName)], { epsilon: normAttributes(ctx).epsilon }, {
+  g.op("SkipSimplifiedLayerNormalization", [y, x, ctx.param(weightName)], { epsilon: normEpsilon(ctx) }, {
     outputs: [normed, "", "", sum],
     domain: "com.microsoft",
   });
@@ -243,16 +244,18 @@ function inverseFrequencies(ctx: DecoderContext): string {
 }
 
 /**
- * Rotary tables for RotaryEmbedding (ctx.fused): cos and sin [P, D/2] of every position from 0 to the largest in
- * position_ids [B, S], by the same float32 operations as rotaryTables, so the same values at each position.
+ * Rotary tables for RotaryEmbedding (ctx.fused): cos and sin [B * S, D/2] of each token's own position, by the same
+ * float32 operations as rotaryTables (so the same values), and the index of each token's row in them, [B, S]. A
+ * step computes the tables of its tokens only, not of every position up to the longest row.
  */
 export function rotaryCaches(ctx: DecoderContext, positionIds: string): Rope {
   const { g } = ctx;
-  const count = g.op("Add", [g.op("ReduceMax", [positionIds], { keepdims: 0 }), g.int64([1], [])]);
-  const positions = g.op("Range", [g.int64([0], []), count, g.int64([1], [])]);
-  const column = g.op("Unsqueeze", [g.op("Cast", [positions], { to: DataType.FLOAT }), g.int64([1])]); // [P, 1]
-  const freqs = g.op("Mul", [column, inverseFrequencies(ctx)]); // [P, D/2]
-  return { cos: g.op("Cos", [freqs]), sin: g.op("Sin", [freqs]), positions: positionIds };
+  const invFreq = inverseFrequencies(ctx);
+  const pos = g.op("Unsqueeze", [g.op("Cast", [positionIds], { to: DataType.FLOAT }), g.int64([2])]);
+  const freqs = g.op("Reshape", [g.op("Mul", [pos, invFreq]), g.int64([-1, ctx.arch.headDim / 2])]); // [B * S, D/2]
+  const rows = g.op("Range", [g.int64([0], []), g.op("Size", [positionIds]), g.int64([1], [])]);
+  const index = g.op("Reshape", [rows, g.op("Shape", [positionIds])]); // [B, S]: b * S + s
+  return { cos: g.op("Cos", [freqs]), sin: g.op("Sin", [freqs]), positions: index };
 }
 
 /** Rotates x [B, N, S, D] by the rope tables (the "rotate half" convention of Llama and Qwen). */
